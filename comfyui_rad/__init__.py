@@ -1,0 +1,4 @@
+"""comfyui-rad's engine: RAD inpainting (region-aware diffusion, Kim, Suh & Lee, CVPR 2025) for guided-diffusion
+ADM checkpoints. Pure PyTorch; never imports ComfyUI."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,376 @@
+"""The ADM UNet of guided-diffusion (Dhariwal & Nichol 2021), with RAD's spatial noise embedding (paper §3.3).
+
+State-dict keys and numerics match openai/guided-diffusion's ``UNetModel``: legacy attention head order, GroupNorm
+and softmax in float32, ``[cos, sin]`` timestep embedding, fractional timesteps allowed. The model takes either one
+timestep per image, ``t`` [B], or one per pixel, ``t`` [B,1,H,W] (the spatial noise embedding: the time MLP acts as
+1x1 convolutions and every ResBlock resizes the embedding bilinearly to its own resolution).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ADMConfig", "ADM", "timestep_embedding", "SpatialEmbedding"]
+
+
+@dataclass(frozen=True)
+class ADMConfig:
+    """Architecture of a guided-diffusion ``UNetModel``; field names follow guided-diffusion's arguments.
+
+    ``attention_ds`` holds the downsampling factors (1, 2, 4, ...) at which attention blocks sit, which is what
+    guided-diffusion's ``attention_resolutions`` becomes inside ``UNetModel`` (``image_size // resolution``).
+    """
+
+    model_channels: int
+    num_res_blocks: int
+    channel_mult: tuple[float, ...]
+    attention_ds: tuple[int, ...]
+    in_channels: int = 3
+    out_channels: int = 6
+    num_classes: int | None = None
+    num_heads: int = 1
+    num_head_channels: int = 64
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = True
+    conv_resample: bool = True
+    use_new_attention_order: bool = False
+    image_size: int = 256
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def learn_sigma(self) -> bool:
+        return self.out_channels == 2 * self.in_channels
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.model_channels
+
+    def heads_for(self, channels: int, upsample: bool = False) -> int:
+        """Number of attention heads for a block of ``channels`` channels, as guided-diffusion decides it."""
+        if self.num_head_channels != -1:
+            if channels % self.num_head_channels:
+                raise ValueError(
+                    f"attention block has {channels} channels, not a multiple of num_head_channels="
+                    f"{self.num_head_channels}: pass num_head_channels that divides it, or num_heads with "
+                    "num_head_channels=-1"
+                )
+            return channels // self.num_head_channels
+        heads = self.num_heads_upsample if upsample and self.num_heads_upsample != -1 else self.num_heads
+        if heads < 1 or channels % heads:
+            raise ValueError(f"num_heads={heads} does not divide the {channels} channels of an attention block")
+        return heads
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """ADM's sinusoidal embedding ``[cos, sin]`` of float timesteps ``t`` [N] -> [N, dim] (float32)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm(32) computed in float32 whatever the weights' dtype, as guided-diffusion does."""
+
+    def __init__(self, channels: int):
+        super().__init__(32, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int, use_conv: bool):
+        super().__init__()
+        self.use_conv = use_conv
+        if use_conv:
+            self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv(x) if self.use_conv else x
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int, use_conv: bool):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class SpatialEmbedding:
+    """A per-pixel time embedding, evaluated lazily at each ResBlock's resolution (paper §3.3, RAD_NOTES §2).
+
+    ``silu_emb`` is SiLU(time_embed(tau)) for every pixel; a ResBlock asks for ``project(linear, h, w)``, which is
+    ``linear`` applied as a 1x1 convolution to ``silu_emb`` bilinearly resized (align_corners=True) to h x w.
+
+    Two exact evaluations of the same thing:
+    - few distinct values (``index`` given): ``silu_emb`` holds one row per value, [B', K, D] with B' in {1, B};
+      the resize acts on the K-channel one-hot map of ``index`` (a convex combination, so the linear layer commutes
+      with it, bias included) and the projection is one small batched matmul per block;
+    - dense: ``silu_emb`` is [B, D, H, W]; it is resized per resolution (cached) and projected by a 1x1 conv.
+    """
+
+    def __init__(self, silu_emb: torch.Tensor, index: torch.Tensor | None, size: tuple[int, int]):
+        self.silu_emb = silu_emb
+        self.index = index
+        self.size = size
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _resized(self, h: int, w: int) -> torch.Tensor:
+        key = (h, w)
+        if key not in self._cache:
+            if self.index is None:
+                src = self.silu_emb
+            else:
+                k = self.silu_emb.shape[1]
+                src = F.one_hot(self.index, k).permute(0, 3, 1, 2).to(self.silu_emb.dtype)
+            if (h, w) != self.size:
+                src = F.interpolate(src, size=(h, w), mode="bilinear", align_corners=True)
+            self._cache[key] = src
+        return self._cache[key]
+
+    def project(self, linear: nn.Linear, h: int, w: int) -> torch.Tensor:
+        """``linear`` as a 1x1 conv over the embedding resized to h x w -> [B, out, h, w]."""
+        maps = self._resized(h, w)
+        if self.index is None:
+            return F.conv2d(maps, linear.weight[:, :, None, None], linear.bias)
+        values = F.linear(self.silu_emb, linear.weight, linear.bias)  # [B', K, out]
+        b, k = maps.shape[:2]
+        out = torch.matmul(values.transpose(1, 2), maps.reshape(b, k, h * w))  # [B, out, h*w]
+        return out.view(b, -1, h, w)
+
+
+def _emb_out(emb: torch.Tensor | SpatialEmbedding, linear: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """The ResBlock's emb_layers (SiLU then Linear) for a per-image [B, D] or per-pixel embedding -> broadcastable."""
+    if isinstance(emb, SpatialEmbedding):
+        return emb.project(linear, h.shape[-2], h.shape[-1]).to(h.dtype)
+    return linear(F.silu(emb)).to(h.dtype)[:, :, None, None]
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, scale_shift: bool,
+                 up: bool = False, down: bool = False):
+        super().__init__()
+        self.scale_shift = scale_shift
+        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.updown = up or down
+        if up:
+            self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
+        elif down:
+            self.h_upd, self.x_upd = Downsample(channels, False), Downsample(channels, False)
+        else:
+            self.h_upd = self.x_upd = nn.Identity()
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, (2 if scale_shift else 1) * out_channels))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        )
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | SpatialEmbedding) -> torch.Tensor:
+        if self.updown:
+            h = self.in_layers[:-1](x)
+            h = self.in_layers[-1](self.h_upd(h))
+            x = self.x_upd(x)
+        else:
+            h = self.in_layers(x)
+        emb_out = _emb_out(emb, self.emb_layers[1], h)
+        if self.scale_shift:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = self.out_layers[1:](h)
+        else:
+            h = self.out_layers(h + emb_out)
+        return self.skip_connection(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over all positions; ``legacy`` is guided-diffusion's default head order (RAD_NOTES §5)."""
+
+    def __init__(self, channels: int, num_heads: int, legacy: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.legacy = legacy
+        self.norm = GroupNorm32(channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, emb=None) -> torch.Tensor:
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)
+        qkv = self.qkv(self.norm(x))  # [B, 3C, T]
+        heads, ch, length = self.num_heads, c // self.num_heads, x.shape[-1]
+        if self.legacy:  # per head [q; k; v] blocks of ch rows
+            q, k, v = qkv.reshape(b, heads, 3 * ch, length).split(ch, dim=2)
+        else:  # [q of all heads; k of all heads; v of all heads]
+            q, k, v = (part.reshape(b, heads, ch, length) for part in qkv.chunk(3, dim=1))
+        a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        h = self.proj_out(a.transpose(-1, -2).reshape(b, c, length))
+        return (x + h).reshape(b, c, *spatial)
+
+
+class EmbedSequential(nn.Sequential):
+    """guided-diffusion's TimestepEmbedSequential: passes the embedding to the blocks that take one."""
+
+    def forward(self, x: torch.Tensor, emb) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+def _attention(cfg: ADMConfig, ch: int, upsample: bool = False) -> AttentionBlock:
+    return AttentionBlock(ch, cfg.heads_for(ch, upsample), legacy=not cfg.use_new_attention_order)
+
+
+def _encoder(cfg: ADMConfig) -> tuple[nn.ModuleList, list[int], int]:
+    ch = int(cfg.channel_mult[0] * cfg.model_channels)
+    blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
+    chans, ds, emb = [ch], 1, cfg.time_embed_dim
+    for level, mult in enumerate(cfg.channel_mult):
+        for _ in range(cfg.num_res_blocks):
+            out = int(mult * cfg.model_channels)
+            layers = [ResBlock(ch, emb, out, cfg.use_scale_shift_norm)]
+            ch = out
+            if ds in cfg.attention_ds:
+                layers.append(_attention(cfg, ch))
+            blocks.append(EmbedSequential(*layers))
+            chans.append(ch)
+        if level != len(cfg.channel_mult) - 1:
+            down = (ResBlock(ch, emb, ch, cfg.use_scale_shift_norm, down=True) if cfg.resblock_updown
+                    else Downsample(ch, cfg.conv_resample))
+            blocks.append(EmbedSequential(down))
+            chans.append(ch)
+            ds *= 2
+    return blocks, chans, ds
+
+
+def _decoder(cfg: ADMConfig, chans: list[int], ch: int, ds: int) -> tuple[nn.ModuleList, int]:
+    blocks, emb, chans = nn.ModuleList(), cfg.time_embed_dim, list(chans)
+    for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+        for i in range(cfg.num_res_blocks + 1):
+            out = int(mult * cfg.model_channels)
+            layers = [ResBlock(ch + chans.pop(), emb, out, cfg.use_scale_shift_norm)]
+            ch = out
+            if ds in cfg.attention_ds:
+                layers.append(_attention(cfg, ch, upsample=True))
+            if level and i == cfg.num_res_blocks:
+                layers.append(ResBlock(ch, emb, ch, cfg.use_scale_shift_norm, up=True) if cfg.resblock_updown
+                              else Upsample(ch, cfg.conv_resample))
+                ds //= 2
+            blocks.append(EmbedSequential(*layers))
+    return blocks, ch
+
+
+class ADM(nn.Module):
+    """guided-diffusion's ``UNetModel``: ``model(x, t, y=None)`` -> [B, out_channels, H, W].
+
+    x: [B, in_channels, H, W] in the model's range ([-1, 1] for images), H and W multiples of 2**(levels-1).
+    t: [B] float timesteps (0 .. 999, fractional allowed), or [B, 1, H, W] per-pixel timesteps (RAD).
+    y: [B] class labels, required by class-conditional checkpoints and refused by the others.
+    """
+
+    def __init__(self, cfg: ADMConfig):
+        super().__init__()
+        self.config = cfg
+        mc, ted = cfg.model_channels, cfg.time_embed_dim
+        self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
+        if cfg.num_classes is not None:
+            self.label_emb = nn.Embedding(cfg.num_classes, ted)
+        self.input_blocks, chans, ds = _encoder(cfg)
+        ch = chans[-1]
+        self.middle_block = EmbedSequential(
+            ResBlock(ch, ted, ch, cfg.use_scale_shift_norm), _attention(cfg, ch),
+            ResBlock(ch, ted, ch, cfg.use_scale_shift_norm),
+        )
+        self.output_blocks, ch = _decoder(cfg, chans, ch, ds)
+        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        # Per-pixel embeddings with at most this many distinct values take the exact one-hot path.
+        self.max_embedding_values = 64
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.time_embed[0].weight.dtype
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.config.channel_mult) - 1)
+
+    def _label(self, y: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        if self.config.num_classes is None:
+            if y is not None:
+                raise ValueError("this ADM is unconditional but class labels y were given: drop y")
+            return None
+        if y is None:
+            raise ValueError(
+                f"this ADM is class-conditional ({self.config.num_classes} classes): pass class labels y, shape [B]"
+            )
+        y = torch.as_tensor(y, device=self.label_emb.weight.device).long().reshape(-1)
+        if y.numel() == 1:
+            y = y.expand(batch)
+        if y.numel() != batch or int(y.min()) < 0 or int(y.max()) >= self.config.num_classes:
+            raise ValueError(f"class labels must be {batch} integers in [0, {self.config.num_classes}), got {y.tolist()}")
+        return self.label_emb(y)
+
+    def _time_mlp(self, t: torch.Tensor) -> torch.Tensor:
+        emb = timestep_embedding(t, self.config.model_channels).to(self.dtype)
+        return self.time_embed(emb)
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None, x: torch.Tensor, dense: bool = False):
+        """The time (and class) embedding: [B, D] for per-image t, a ``SpatialEmbedding`` for per-pixel t."""
+        b, _, h, w = x.shape
+        label = self._label(y, b)
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
+        if t.ndim <= 1:
+            t = t.reshape(-1).expand(b) if t.numel() == 1 else t
+            if t.shape != (b,):
+                raise ValueError(f"t has shape {tuple(t.shape)}, expected [{b}] or [{b}, 1, {h}, {w}]")
+            emb = self._time_mlp(t)
+            return emb if label is None else emb + label
+        if t.shape != (b, 1, h, w):
+            raise ValueError(f"per-pixel t has shape {tuple(t.shape)}, expected [{b}, 1, {h}, {w}] like x")
+        values, index = torch.unique(t, return_inverse=True)
+        if values.numel() == 1 and not dense:  # a constant map is the per-image embedding, exactly
+            emb = self._time_mlp(values.expand(b))
+            return emb if label is None else emb + label
+        if not dense and values.numel() <= self.max_embedding_values:
+            emb = self._time_mlp(values)[None]  # [1, K, D]
+            if label is not None:
+                emb = emb + label[:, None]
+            return SpatialEmbedding(F.silu(emb), index[:, 0], (h, w))
+        emb = self._time_mlp(values)[index[:, 0]]  # [B, H, W, D]
+        if label is not None:
+            emb = emb + label[:, None, None]
+        return SpatialEmbedding(F.silu(emb).permute(0, 3, 1, 2).contiguous(), None, (h, w))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
+                dense_embedding: bool = False) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"x has shape {tuple(x.shape)}, expected [B, {self.config.in_channels}, H, W]")
+        f = self.downsample_factor
+        if x.shape[-2] % f or x.shape[-1] % f:
+            raise ValueError(
+                f"image size {x.shape[-2]}x{x.shape[-1]} is not a multiple of {f}, which this ADM needs: "
+                "crop, pad or resize it"
+            )
+        emb = self.embed(t, y, x, dense=dense_embedding)
+        h, hs = x.to(self.dtype), []
+        for block in self.input_blocks:
+            h = block(h, emb)
+            hs.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+        return self.out(h).to(x.dtype)

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random ADMs with weights that depend only on a seed (not on torch's init code)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _golden import random_state_dict  # noqa: E402
+
+from comfyui_rad.adm import ADM, ADMConfig  # noqa: E402
+
+TINY = ADMConfig(model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_ds=(2,), num_head_channels=16)
+
+
+def make_adm(cfg: ADMConfig = TINY, seed: int = 0) -> ADM:
+    """An ADM in eval mode whose weights are a fixed function of ``seed``."""
+    model = ADM(cfg)
+    model.load_state_dict(random_state_dict({k: v.shape for k, v in model.state_dict().items()}, seed))
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_adm() -> ADM:
+    return make_adm()
+
+
+@pytest.fixture
+def image16() -> torch.Tensor:
+    """Two 16x16 RGB images in [-1, 1]."""
+    return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(7)) * 2 - 1
+
+
+@pytest.fixture
+def box_mask16() -> torch.Tensor:
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 5:13] = 1
+    return mask
