@@ -1,0 +1,100 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY, make_adm
+
+from comfyui_rad.adm import ADMConfig, timestep_embedding
+
+
+def x16(b=2):
+    return torch.randn(b, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+def binary_tau(b=2, hole=700.25):
+    m = torch.zeros(b, 1, 16, 16)
+    m[..., 3:11, 6:14] = 1
+    return m * (hole + 1) - 1  # hole pixels at `hole`, kept pixels at -1 (clean, guided-diffusion convention)
+
+
+@torch.no_grad()
+def test_constant_map_equals_scalar_path(tiny_adm):
+    t = torch.tensor([10.0, 640.5])
+    want = tiny_adm(x16(), t)
+    got = tiny_adm(x16(), t[:, None, None, None].expand(2, 1, 16, 16))
+    dense = tiny_adm(x16(), t[:, None, None, None].expand(2, 1, 16, 16), dense_embedding=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(dense, want, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("tau", [binary_tau(), torch.randint(-1, 999, (2, 1, 16, 16)).float()])
+def test_few_values_path_equals_dense_path(tiny_adm, tau):
+    fast = tiny_adm(x16(), tau)
+    dense = tiny_adm(x16(), tau, dense_embedding=True)
+    torch.testing.assert_close(fast, dense, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_dense_path_is_the_papers_definition(tiny_adm):
+    """Per-pixel sinusoid -> time_embed as 1x1 convs -> per block SiLU, bilinear resize, emb_layers as 1x1 conv."""
+    tau = torch.rand(1, 1, 16, 16) * 999
+    emb = timestep_embedding(tau.flatten(), 32).reshape(1, 16, 16, 32).permute(0, 3, 1, 2)
+    lin = tiny_adm.time_embed
+    emb = F.conv2d(F.silu(F.conv2d(emb, lin[0].weight[..., None, None], lin[0].bias)), lin[2].weight[..., None, None],
+                   lin[2].bias)
+    block = tiny_adm.input_blocks[3][0]  # a ResBlock at 8x8
+    want = F.conv2d(F.interpolate(F.silu(emb), size=(8, 8), mode="bilinear", align_corners=True),
+                    block.emb_layers[1].weight[..., None, None], block.emb_layers[1].bias)
+    spatial = tiny_adm.embed(tau, None, x16(1), dense=True)
+    torch.testing.assert_close(spatial.project(block.emb_layers[1], 8, 8), want, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_spatial_embedding_localises(tiny_adm):
+    """Changing tau in one corner changes the output near it most."""
+    tau = torch.full((1, 1, 16, 16), 500.0)
+    tau2 = tau.clone()
+    tau2[..., :4, :4] = 10.0
+    diff = (tiny_adm(x16(1), tau) - tiny_adm(x16(1), tau2)).abs().mean(dim=(0, 1))
+    assert diff[:4, :4].mean() > 2 * diff[8:, 8:].mean()
+
+
+@torch.no_grad()
+def test_class_labels_with_spatial_map():
+    model = make_adm(ADMConfig(**{**TINY.__dict__, "num_classes": 4}), seed=5)
+    y = torch.tensor([0, 3])
+    fast = model(x16(), binary_tau(), y=y)
+    torch.testing.assert_close(fast, model(x16(), binary_tau(), y=y, dense_embedding=True), rtol=0, atol=1e-5)
+    assert not torch.allclose(fast, model(x16(), binary_tau(), y=torch.tensor([1, 3])))
+
+
+def test_timestep_embedding_is_cos_then_sin():
+    e = timestep_embedding(torch.tensor([0.0, 2.5]), 8)
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(4) / 4)
+    torch.testing.assert_close(e[1], torch.cat([torch.cos(2.5 * freqs), torch.sin(2.5 * freqs)]))
+    assert timestep_embedding(torch.tensor([1.0]), 7).shape == (1, 7)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_runs_close_to_float32(dtype):
+    model = make_adm()
+    want = model(x16(), binary_tau())
+    got = model.to(dtype)(x16(), binary_tau())
+    assert got.dtype == torch.float32  # output follows x
+    assert (got - want).abs().max() < 0.1 * want.abs().max()
+
+
+def test_bad_inputs(tiny_adm):
+    with pytest.raises(ValueError, match=r"x has shape \(2, 4, 16, 16\), expected \[B, 3, H, W\]"):
+        tiny_adm(torch.zeros(2, 4, 16, 16), torch.zeros(2))
+    with pytest.raises(ValueError, match="image size 15x16 is not a multiple of 2"):
+        tiny_adm(torch.zeros(1, 3, 15, 16), torch.zeros(1))
+    with pytest.raises(ValueError, match=r"per-pixel t has shape \(2, 1, 8, 8\), expected \[2, 1, 16, 16\]"):
+        tiny_adm(x16(), torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"t has shape \(3,\), expected \[2\]"):
+        tiny_adm(x16(), torch.zeros(3))
+    with pytest.raises(ValueError, match="unconditional but class labels"):
+        tiny_adm(x16(), torch.zeros(2), y=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="not a multiple of num_head_channels=48"):
+        make_adm(ADMConfig(**{**TINY.__dict__, "num_head_channels": 48}))
