@@ -84,6 +84,19 @@ def _output_paths(path: Path, batch: int) -> list[Path]:
     return [path.with_name(f"{path.stem}_{i:05d}{path.suffix}") for i in range(batch)]
 
 
+def check_writable(path: str | os.PathLike, batch: int = 1, *, force: bool = False) -> list[Path]:
+    """The files ``save_image`` would write for a batch of ``batch``; raises before any work is done if the format
+    is unknown or a file exists (unless ``force``)."""
+    path = Path(path)
+    if path.suffix.lower() not in _FORMATS:
+        raise ValueError(f"cannot tell the format of {path}: use one of {', '.join(sorted(_FORMATS))}")
+    targets = _output_paths(path, batch)
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} already exists: choose another name or pass --force")
+    return targets
+
+
 def _write_atomic(picture: Image.Image, target: Path, fmt: str, options: dict) -> None:
     """Write to a hidden temporary file beside ``target``, then rename it over ``target`` in one step."""
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
@@ -105,15 +118,10 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, force: bool = Fa
     is written atomically: a temporary file in the same folder, then ``os.replace``.
     """
     path = Path(path)
-    if path.suffix.lower() not in _FORMATS:
-        raise ValueError(f"cannot tell the format of {path}: use one of {', '.join(sorted(_FORMATS))}")
     image = image[None] if image.dim() == 3 else image
     if image.dim() != 4 or image.shape[1] not in (1, 3):
         raise ValueError(f"image must be [B,3,H,W] or [3,H,W] (or 1 channel), got shape {tuple(image.shape)}")
-    targets = _output_paths(path, image.shape[0])
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)} already exists: choose another name or pass --force")
+    targets = check_writable(path, image.shape[0], force=force)
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     fmt, options = _FORMATS[path.suffix.lower()]
@@ -296,8 +304,9 @@ FIT_MODES = {"crop": fit_crop, "resize": fit_resize, "pad": fit_pad}
 
 def stitch(result: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, fit: Fit) -> torch.Tensor:
     """Put a model-resolution ``result`` [B,C,size,size] back into ``image`` [B,C,H,W] (same value range), for any
-    fit mode. Each window is resized back and pasted, then blended by the mask (1 = inpaint): pixels with mask 0
-    are bit-identical to ``image``, mask 1 comes from the result, soft values mix the two.
+    fit mode. Each window is resized back and pasted where the mask (1 = inpaint) is above 0: pixels with mask 0
+    are bit-identical to ``image``, every other pixel comes from the result. Soft values are not blended again: RAD
+    already regenerated each pixel by its mask value, and blending would apply it twice.
     """
     batch, _, height, width = image.shape
     if (height, width) != fit.image_size or len(fit.windows) != batch:
@@ -311,4 +320,4 @@ def stitch(result: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, fit: F
         patch = _resize(result[b:b + 1].to(image), (w.height, w.width))[0]
         y0, y1, x0, x1 = max(w.top, 0), min(w.top + w.height, height), max(w.left, 0), min(w.left + w.width, width)
         pasted[b, :, y0:y1, x0:x1] = patch[:, y0 - w.top:y1 - w.top, x0 - w.left:x1 - w.left]
-    return torch.where(mask > 0, image * (1 - mask) + pasted * mask, image)
+    return torch.where(mask > 0, pasted, image)
