@@ -103,22 +103,21 @@ def _mask(args, height: int, width: int) -> torch.Tensor:
 
 
 class Progress:
-    """A one-line progress bar on stderr: steps, rate, time left."""
+    """A progress bar on stderr (steps, rate, time left): redrawn in place on a terminal, every 10 % otherwise."""
 
     def __init__(self, enabled: bool):
         self.enabled, self.start = enabled, time.perf_counter()
+        self.tty = sys.stderr.isatty()
 
     def __call__(self, info: dict) -> None:
-        if not self.enabled:
-            return
         done, total = info["step"] + 1, info["total"]
+        if not self.enabled or not (self.tty or done == total or done % max(1, total // 10) == 0):
+            return
         elapsed = time.perf_counter() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
-        bar = "#" * (30 * done // total)
         left = (total - done) / rate if rate else 0.0
-        sys.stderr.write(f"\r[{bar:<30}] {done}/{total} {rate:.2f} it/s, {left:.0f}s left")
-        if done == total:
-            sys.stderr.write("\n")
+        line = f"[{'#' * (30 * done // total):<30}] {done}/{total} {rate:.2f} it/s, {left:.0f}s left"
+        sys.stderr.write(("\r" + line + ("\n" if done == total else "")) if self.tty else line + "\n")
         sys.stderr.flush()
 
 

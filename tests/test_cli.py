@@ -1,0 +1,114 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, make_adm
+from PIL import Image
+
+from comfyui_rad.adm import ADMConfig
+from comfyui_rad.checkpoints import lora_target_modules, save_adapter, save_model
+from comfyui_rad.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    model = make_adm(ADMConfig(**{**TINY.__dict__, "image_size": 32}))
+    save_model(d / "tiny.safetensors", model)
+    save_model(d / "base.safetensors", model)  # a stand-in base for the adapter below
+    rng = np.random.RandomState(0)
+    Image.fromarray((rng.rand(50, 70, 3) * 255).astype(np.uint8)).save(d / "in.png")
+    mask = np.zeros((50, 70), np.uint8)
+    mask[10:30, 20:45] = 255
+    Image.fromarray(mask).save(d / "mask.png")
+    Image.fromarray(np.zeros((50, 70), np.uint8)).save(d / "empty.png")
+    g = torch.Generator().manual_seed(0)
+    sd = model.state_dict()
+    lora = {}
+    for name in lora_target_modules(model)[:4]:
+        w = sd[name + ".weight"]
+        lora[name] = (torch.randn(4, *w.shape[1:], generator=g) * 0.1, torch.randn(w.shape[0], 4, *[1] * (w.dim() - 2), generator=g) * 0.1)
+    save_adapter(d / "adapter.safetensors", lora=lora, full={}, base_path=d / "base.safetensors",
+                 base_config=model.config, rank=4, alpha=4)
+    return d
+
+
+def run(d, *args):
+    return main(["--model", str(d / "tiny.safetensors"), "--image", str(d / "in.png"), "--steps", "5", "-q", *args])
+
+
+def pixels(path):
+    return np.asarray(Image.open(path)).astype(int)
+
+
+def test_inpaints_and_keeps_the_rest_bit_identical(files, capsys):
+    out = files / "out.png"
+    assert run(files, "--mask", str(files / "mask.png"), "-o", str(out)) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    a, b = pixels(files / "in.png"), pixels(out)
+    hole = pixels(files / "mask.png") > 0
+    assert b.shape == a.shape
+    assert (a[~hole] == b[~hole]).all()
+    assert np.abs(a[hole] - b[hole]).mean() > 5
+
+
+def test_refuses_to_overwrite_without_force(files, capsys):
+    out = files / "keep.png"
+    out.write_bytes(b"precious")
+    assert run(files, "--mask", "box", "-o", str(out)) == 2
+    assert "keep.png already exists" in capsys.readouterr().err and out.read_bytes() == b"precious"
+    assert run(files, "--mask", "box", "-o", str(out), "--force") == 0
+    assert pixels(out).shape == (50, 70, 3)
+
+
+@pytest.mark.parametrize("fit", ["crop", "resize", "pad"])
+@pytest.mark.parametrize("mask", ["box", "wide", "perlin", "extreme"])
+def test_generated_masks_and_fit_modes(files, fit, mask):
+    out = files / f"{fit}_{mask}.png"
+    saved = files / f"{fit}_{mask}_mask.png"
+    assert run(files, "--mask", mask, "--fit", fit, "-o", str(out), "--save-mask", str(saved)) == 0
+    hole = pixels(saved)[..., 0] > 0
+    assert 0 < hole.mean() < 1
+    assert (pixels(out)[~hole] == pixels(files / "in.png")[~hole]).all()
+
+
+def test_seed_reproducible_and_samples(files):
+    run(files, "--mask", "box", "-o", str(files / "s1.png"), "--seed", "3")
+    run(files, "--mask", "box", "-o", str(files / "s2.png"), "--seed", "3")
+    assert (pixels(files / "s1.png") == pixels(files / "s2.png")).all()
+    assert run(files, "--mask", "box", "-o", str(files / "many.png"), "--samples", "2", "--sampler", "ddim") == 0
+    a, b = pixels(files / "many_00000.png"), pixels(files / "many_00001.png")
+    assert not (a == b).all()
+
+
+def test_adapter_and_soft_mask(files):
+    base, adapted = files / "base_out.png", files / "adapted_out.png"
+    assert run(files, "--mask", str(files / "mask.png"), "-o", str(base)) == 0
+    args = ["--mask", str(files / "mask.png"), "--adapter", str(files / "adapter.safetensors")]
+    assert main(["--model", str(files / "base.safetensors"), "--image", str(files / "in.png"), "--steps", "5", "-q",
+                 *args, "-o", str(adapted)]) == 0
+    assert not (pixels(base) == pixels(adapted)).all()
+    assert run(files, "--mask", str(files / "mask.png"), "--mask-mode", "soft", "-o", str(files / "soft.png")) == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mask", "box", "--model", "missing.pt"], "--model file missing.pt does not exist"),
+    (["--mask", "nothere.png"], "mask file nothere.png does not exist"),
+    (["--mask", "{d}/empty.png"], "the mask is empty: nothing to inpaint"),
+    (["--mask", "box", "--steps", "0"], "steps must be an integer in [1, 1000], got 0"),
+    (["--mask", "box", "--threshold", "1.5"], "--threshold must be between 0 and 1, got 1.5"),
+    (["--mask", "box", "--samples", "0"], "--samples must be at least 1, got 0"),
+])
+def test_errors_are_one_line(files, capsys, args, message):
+    args = [a.format(d=files) for a in args]
+    assert run(files, *args, "-o", str(files / "never.png")) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (files / "never.png").exists()
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "comfyui_rad", "--help"], capture_output=True, text=True, check=True)
+    assert "rad-inpaint" in out.stdout and "--adapter" in out.stdout
