@@ -12,7 +12,7 @@ import torch
 
 from . import imaging, masks
 from .sampling import SAMPLERS
-from .schedule import SpatialSchedule
+from .schedule import NoiseCurves, SpatialSchedule
 
 log = logging.getLogger("comfyui_rad")
 
@@ -154,8 +154,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     log.info("inpainting %dx%d at %dx%d (%s), %d %s steps on %s", width, height, size, size, args.fit, steps,
              args.sampler, device)
     kwargs = {"eta": args.eta} if args.sampler == "ddim" else {}
+    curves = NoiseCurves.from_dict(model.rad_config.get("schedule"))  # the curves the adapter was trained with
     result = SAMPLERS[args.sampler](
-        model, imaging.to_model_range(model_image), SpatialSchedule(model_mask), steps,
+        model, imaging.to_model_range(model_image), SpatialSchedule(model_mask, curves), steps,
         torch.Generator().manual_seed(args.seed), Progress(not args.quiet), y=labels, **kwargs,
     )
     out = imaging.stitch(imaging.from_model_range(result.cpu()), image, mask, fit)
