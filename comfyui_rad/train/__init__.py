@@ -1,0 +1,19 @@
+"""rad-train: train RAD (paper §3.4, §4.2) as a LoRA adapter on a guided-diffusion ADM, or a small model from scratch.
+
+    from comfyui_rad.train import TrainOptions, Trainer
+    trainer = Trainer(TrainOptions(data="photos/", out="runs/a", preset="small64", steps=20000))
+    trainer.fit()
+    trainer.export("runs/a/rad-small64.safetensors")
+
+Modules: ``data`` (images, holdout, crops), ``noising`` (noise states per image), ``losses`` (per-pixel MSE + VLB),
+``lora`` (peft), ``presets`` (fresh models), ``state`` (checkpoints), ``export`` (adapter / model files), ``loop``
+(the trainer), ``cli`` (``rad-train``). peft is imported only for LoRA runs.
+"""
+
+from .export import export_checkpoint, export_weights
+from .loop import Trainer, TrainOptions
+from .noising import ScalarEmbedding
+from .presets import PRESETS, build_fresh, preset_config
+
+__all__ = ["Trainer", "TrainOptions", "export_checkpoint", "export_weights", "ScalarEmbedding", "PRESETS",
+           "build_fresh", "preset_config"]

@@ -1,0 +1,188 @@
+"""``rad-train``: train a RAD adapter (LoRA on a guided-diffusion ADM) or a small RAD model, and export it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import CheckpointError
+from .export import EXPORT_DTYPES, export_checkpoint
+from .loop import EMBEDDINGS, PRECISIONS, Trainer, TrainOptions
+from .noising import MASK_SAMPLINGS
+from .presets import PRESETS
+
+log = logging.getLogger("comfyui_rad")
+
+EXAMPLES = """examples:
+  LoRA on a guided-diffusion checkpoint (the paper's practice):
+    rad-train --data faces/ --base ffhq_10m.pt --out runs/ffhq --steps 300000 --batch-size 16 --resize \\
+              --export rad-ffhq.safetensors
+  a small model from scratch on the CPU:
+    rad-train --data photos/ --preset small64 --out runs/s64 --steps 50000 --export rad-small64.safetensors
+  continue a run, export a checkpoint:
+    rad-train --data photos/ --preset small64 --out runs/s64 --steps 80000 --resume
+    rad-train --export-from runs/s64 --export rad-small64.safetensors
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rad-train", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train RAD (region-aware diffusion) inpainting: LoRA on a guided-diffusion ADM (--base) or a "
+                    "fresh model (--preset), with the paper's two-phase per-pixel noise and Perlin masks.",
+    )
+    d = TrainOptions()
+    g = p.add_argument_group("data")
+    g.add_argument("--data", type=Path, help="folder of training images (recursive; png/jpg/jpeg/webp)")
+    g.add_argument("--resize", action="store_true",
+                   help="use each image whole: centre square resized to the resolution (default: random crops)")
+    g.add_argument("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=d.scale_range,
+                   help="random crops span this fraction of the image's short side, uniformly (never fewer source "
+                        "pixels than the resolution), then are resized: a random downscale (default 0.5 1.0)")
+    g.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
+    g.add_argument("--holdout", type=int, default=d.holdout,
+                   help=f"images held out for previews, never trained on (default {d.holdout})")
+    g.add_argument("--workers", type=int, default=d.workers,
+                   help=f"threads decoding images (default {d.workers}; 0 = in the training thread)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--base", type=Path, help="guided-diffusion ADM checkpoint to fine-tune with LoRA")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="train a fresh model of this layout instead")
+    g.add_argument("--resolution", type=int, help="training image size (default: the model's image_size)")
+    g.add_argument("--num-head-channels", type=int, help="attention head width (default 64 for --base)")
+    g.add_argument("--num-heads", type=int, help="attention head count (guided-diffusion's num_heads)")
+    g.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false",
+                   help="fresh models predict eps only (3 outputs, MSE loss; default: eps and variance)")
+    g.add_argument("--lora-rank", type=int, default=d.lora_rank, help=f"LoRA rank (default {d.lora_rank})")
+    g.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha:g})")
+
+    g = p.add_argument_group("RAD recipe")
+    g.add_argument("--embedding", choices=EMBEDDINGS, default=d.embedding,
+                   help="spatial: per-pixel timestep map (RAD, default); scalar: one timestep per image, that of "
+                        "the mean noise level (the paper's Cfg. 2 ablation)")
+    g.add_argument("--mask-sampling", choices=MASK_SAMPLINGS, default=d.mask_sampling,
+                   help="perlin: binary Perlin mask + uniform step (the paper, default); async: mean noise level "
+                        "and spatial spread drawn separately (AsyncPatch-style soft states); mixed: half each")
+    g.add_argument("--vlb-weight", type=float, default=d.vlb_weight,
+                   help=f"weight of the variance VLB term in bits/dim (default {d.vlb_weight:g}, guided-diffusion's; "
+                        "0 = eps MSE only)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps in total (default {d.steps})")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per micro-batch ({d.batch_size})")
+    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimiser step (1)")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"AdamW weight decay ({d.weight_decay:g})")
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient norm clip (1.0; 0 = off)")
+    g.add_argument("--ema", type=float, default=d.ema, help=f"EMA decay (default {d.ema:g}; 0 = off)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of everything random (default 0)")
+    g.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:N")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine)")
+    g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="autocast dtype: auto = bf16 on CUDA when supported, else fp32; fp16 uses a grad scaler")
+
+    g = p.add_argument_group("run folder")
+    g.add_argument("--out", type=Path, help="run folder: checkpoints/, previews/, metrics.jsonl")
+    g.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                   help="continue the run in --out (its newest checkpoint, or this one) up to --steps")
+    g.add_argument("--save-every", type=int, default=d.save_every,
+                   help=f"checkpoint period in steps ({d.save_every}; 0 = at the end only)")
+    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help=f"newest checkpoints kept (default {d.keep_checkpoints}; 0 = all)")
+    g.add_argument("--preview-every", type=int, default=d.preview_every,
+                   help=f"preview grid period ({d.preview_every}; 0 = none): masked | result | truth per "
+                        "held-out image")
+    g.add_argument("--preview-steps", type=int, default=d.preview_steps,
+                   help=f"DDIM steps of previews ({d.preview_steps})")
+    g.add_argument("--log-every", type=int, default=d.log_every, help=f"metrics.jsonl period ({d.log_every})")
+    g.add_argument("--force", action="store_true", help="overwrite an existing run in --out and the --export file")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
+
+    g = p.add_argument_group("export")
+    g.add_argument("--export", type=Path, help="write the adapter (--base) or model (--preset) here at the end")
+    g.add_argument("--export-from", metavar="CHECKPOINT",
+                   help="only export: a checkpoint file or run folder (its newest checkpoint) to --export")
+    g.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default=d.export_dtype,
+                   help="dtype of exported tensors (default fp32)")
+    g.add_argument("--no-ema", dest="use_ema", action="store_false", help="export the raw weights, not the EMA")
+    return p
+
+
+def _options(args: argparse.Namespace) -> TrainOptions:
+    names = {f for f in TrainOptions.__dataclass_fields__}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["scale_range"] = tuple(values["scale_range"])
+    return TrainOptions(**values)
+
+
+class TrainProgress:
+    """A progress bar on stderr: step, smoothed loss, it/s and time left; redrawn in place on a terminal, one line
+    every ``every`` steps otherwise."""
+
+    def __init__(self, enabled: bool, every: int = 50):
+        self.enabled, self.every, self.tty = enabled, max(1, every), sys.stderr.isatty()
+        self.loss = self.rate = None
+        self.last = time.perf_counter()
+
+    def __call__(self, m: dict) -> None:
+        now = time.perf_counter()
+        rate = 1.0 / max(now - self.last, 1e-9)
+        self.last = now
+        self.loss = m["loss"] if self.loss is None else 0.95 * self.loss + 0.05 * m["loss"]
+        self.rate = rate if self.rate is None else 0.9 * self.rate + 0.1 * rate
+        step, steps = m["step"], m["steps"]
+        if not self.enabled or not (self.tty or step == steps or step % self.every == 0):
+            return
+        left = int((steps - step) / self.rate)
+        bar = "#" * (24 * step // steps)
+        line = (f"[{bar:<24}] {step}/{steps} loss {self.loss:.4f} (mse {m['mse']:.4f}, vb {m['vb']:.4f}) "
+                f"{self.rate:.2f} it/s, {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d} left")
+        sys.stderr.write(("\r" + line + ("\n" if step == steps else "")) if self.tty else line + "\n")
+        sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    """Train and/or export as the arguments say; returns the exported paths."""
+    if args.export_from:
+        if args.export is None:
+            raise ValueError("--export-from needs --export PATH.safetensors: where to write the export")
+        return [export_checkpoint(args.export_from, args.export, base=args.base, dtype=args.export_dtype,
+                                  use_ema=args.use_ema, force=args.force)]
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    trainer = Trainer(_options(args))
+    try:
+        trainer.fit(TrainProgress(not args.quiet, args.log_every))
+    except KeyboardInterrupt:
+        log.warning("interrupted at step %d: --resume continues from the newest checkpoint", trainer.step)
+        raise
+    finally:
+        trainer.close()
+    return [trainer.export(args.export, use_ema=args.use_ema)] if args.export else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        for path in run(args):
+            print(path)
+    except (ValueError, CheckpointError, FileExistsError, FileNotFoundError, ImportError) as err:
+        print(f"rad-train: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

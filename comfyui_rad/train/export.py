@@ -1,0 +1,99 @@
+"""Exports of a training run: a RAD adapter (LoRA runs) or a full comfyui-rad model (fresh presets).
+
+Both are written by ``checkpoints.save_adapter`` / ``checkpoints.save_model`` and load with ``load_adm`` as they are:
+``load_adm(base, adapter=path)`` and ``rad-inpaint --adapter`` for an adapter, ``load_adm(path)`` for a model.
+Exporting works from the trained tensors alone (adapter-file names, see ``lora.py``): no peft needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..adm import ADM, ADMConfig
+from ..checkpoints import CheckpointError, file_sha256, save_adapter, save_model
+from .state import load_checkpoint
+
+__all__ = ["EXPORT_DTYPES", "config_to_dict", "config_from_dict", "export_weights", "export_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+# The options written into an export's metadata: the recipe, not the machine's paths or devices.
+_RECIPE = ("preset", "resolution", "lora_rank", "lora_alpha", "lr", "weight_decay", "grad_clip", "ema", "batch_size",
+           "grad_accum", "seed", "precision", "embedding", "mask_sampling", "vlb_weight", "resize", "scale_range",
+           "flip", "learn_sigma")
+
+
+def config_to_dict(cfg: ADMConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.__dict__.items() if k != "extra"}
+
+
+def config_from_dict(d: dict[str, Any]) -> ADMConfig:
+    d = dict(d)
+    for name in ("channel_mult", "attention_ds"):
+        d[name] = tuple(d[name])
+    return ADMConfig(**d)
+
+
+def _metadata(run: dict[str, Any], step: int, ema: bool) -> dict[str, Any]:
+    """Training facts written beside comfyui-rad's own metadata (all strings)."""
+    return {"trainer": "rad-train", "train_steps": str(step), "train_embedding": run["embedding"],
+            "train_mask_sampling": run["mask_sampling"], "train_ema": str(run["ema"] if ema else 0.0),
+            "train_options": json.dumps({k: v for k, v in run.get("options", {}).items() if k in _RECIPE},
+                                        sort_keys=True)}
+
+
+def export_weights(path: str | os.PathLike, run: dict[str, Any], tensors: dict[str, torch.Tensor], *, step: int,
+                   ema: bool, base: str | os.PathLike | None = None, dtype: str = "fp32",
+                   force: bool = False) -> Path:
+    """Write the trained ``tensors`` of ``run`` as an adapter (LoRA runs) or a full model (fresh runs).
+
+    ``base``: where the base checkpoint is now (default: where it was when training); it must be the same file
+    (sha256). ``dtype``: fp32 (default), fp16 or bf16 for the written tensors.
+    """
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"unknown export dtype {dtype!r}: use one of {', '.join(EXPORT_DTYPES)}")
+    cast = {k: v.detach().to("cpu", EXPORT_DTYPES[dtype]) for k, v in tensors.items()}
+    cfg = config_from_dict(run["model_config"])
+    if run["embedding"] != "spatial":
+        log.warning("this run used --embedding %s (the paper's Cfg. 2 ablation): the samplers feed per-pixel "
+                    "timesteps; wrap the model in comfyui_rad.train.ScalarEmbedding to sample it as trained",
+                    run["embedding"])
+    meta = _metadata(run, step, ema)
+    if run["kind"] == "full":
+        with torch.device("meta"):
+            model = ADM(cfg)
+        model.load_state_dict(cast, strict=True, assign=True)
+        return save_model(path, model, schedule=run["schedule"], tau_convention=run["tau_convention"],
+                          metadata=meta, force=force)
+    base_path = Path(base or run["base"]["path"])
+    if not base_path.is_file():
+        raise FileNotFoundError(f"base checkpoint {base_path} not found: pass --base with its current location")
+    have = file_sha256(base_path)
+    if have != run["base"]["sha256"]:
+        raise CheckpointError(
+            f"{base_path.name} (sha256 {have[:12]}) is not the base this run was trained on "
+            f"({run['base']['name']}, sha256 {run['base']['sha256'][:12]}): pass the original base with --base")
+    lora = {k[: -len(_LORA_SUFFIXES[0])]: (cast[k], cast[k[: -len(_LORA_SUFFIXES[0])] + _LORA_SUFFIXES[1]])
+            for k in cast if k.endswith(_LORA_SUFFIXES[0])}
+    full = {k: v for k, v in cast.items() if not k.endswith(_LORA_SUFFIXES)}
+    return save_adapter(path, lora=lora, full=full, base_path=base_path, base_config=cfg, rank=run["lora_rank"],
+                        alpha=run["lora_alpha"], schedule=run["schedule"], tau_convention=run["tau_convention"],
+                        extra_metadata=meta, force=force)
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, base: str | os.PathLike | None = None,
+                      dtype: str = "fp32", use_ema: bool = True, force: bool = False) -> Path:
+    """Export a training checkpoint (or a run folder's newest one): its EMA weights when it has them and
+    ``use_ema``, else the raw trained weights."""
+    state = load_checkpoint(checkpoint)
+    ema = bool(use_ema and state["ema"])
+    return export_weights(path, state["run"], state["ema"] if ema else state["trainable"], step=state["step"],
+                          ema=ema, base=base, dtype=dtype, force=force)

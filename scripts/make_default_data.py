@@ -1,0 +1,58 @@
+"""Export the CC0 / public-domain photos that scikit-image ships into a training folder and a held-out folder.
+
+The default RAD model (comfyui_rad/weights/rad_default.safetensors) is trained on ``train/`` and shown on
+``heldout/``, which it never sees. Needs ``pip install scikit-image`` (a development dependency, not the pack's).
+
+    python scripts/make_default_data.py /tmp/rad-data
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import skimage.data as data
+from PIL import Image
+
+# name: (loader, licence as stated in scikit-image's docstrings)
+TRAIN = {
+    "astronaut": (data.astronaut, "public domain (NASA)"),
+    "rocket": (data.rocket, "public domain (SpaceX)"),
+    "hubble_deep_field": (data.hubble_deep_field, "public domain (NASA)"),
+    "immunohistochemistry": (data.immunohistochemistry, "no known copyright restrictions"),
+    "retina": (data.retina, "CC0 1.0"),
+    "brick": (data.brick, "CC0 (CC0Textures)"),
+    "grass": (data.grass, "CC0 (CC0Textures)"),
+    "gravel": (data.gravel, "CC0 (CC0Textures)"),
+    "camera": (data.camera, "CC0, Lav Varshney"),
+    "clock": (data.clock, "public domain, Stefan van der Walt"),
+    "coins": (data.coins, "no known copyright restrictions"),
+}
+HELDOUT = {
+    "coffee": (data.coffee, "CC0, Rachel Michetti"),
+    "chelsea": (data.chelsea, "CC0, Stefan van der Walt"),
+}
+
+
+def export(images: dict, folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, (load, licence) in images.items():
+        pixels = np.asarray(load())
+        if pixels.ndim == 2:
+            pixels = np.repeat(pixels[..., None], 3, axis=2)
+        Image.fromarray(pixels[..., :3].astype(np.uint8)).save(folder / f"{name}.png")
+        lines.append(f"- {folder.name}/{name}.png ({pixels.shape[1]}x{pixels.shape[0]}): skimage.data.{load.__name__}, {licence}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    lines = export(TRAIN, args.out / "train") + export(HELDOUT, args.out / "heldout")
+    (args.out / "SOURCES.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

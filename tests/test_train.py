@@ -1,0 +1,263 @@
+"""rad-train: data, the loop, exact resume, exports that load_adm takes, clear refusals, the CLI.
+
+Tiny ADMs (``conftest.TINY``) at 16x16 on tiny generated images, one CPU thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, make_adm
+from PIL import Image
+
+from comfyui_rad.checkpoints import CheckpointError, load_adm, read_adapter, read_state_dict
+from comfyui_rad.schedule import NoiseCurves
+from comfyui_rad.train import Trainer, TrainOptions, build_fresh, export_checkpoint, preset_config
+from comfyui_rad.train.cli import main
+from comfyui_rad.train.data import DataError, ImageStream, scan_images, split_holdout
+from comfyui_rad.train.lora import require_peft
+from comfyui_rad.train.losses import q_sample, rad_loss, step_terms
+from comfyui_rad.train.state import list_checkpoints, load_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids thread start-up costs on shared CPUs (and keeps runs comparable)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_images(folder, count, seed=0):
+    rng = np.random.RandomState(seed)
+    (folder / "sub").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = (rng.rand(18 + i, 24, 3) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / ("sub" if i % 2 else ".") / f"img{i}.{'png' if i % 3 else 'jpg'}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    write_images(d / "data", 6)
+    torch.save(make_adm(TINY, seed=0).state_dict(), d / "base.pt")  # guided-diffusion's .pt state dict
+    torch.save(make_adm(TINY, seed=1).state_dict(), d / "other.pt")
+    return d
+
+
+def options(files, out, **kw):
+    base = dict(data=files / "data", out=files / out, batch_size=2, steps=2, holdout=1, preview_every=0,
+                save_every=0, workers=0, seed=0, ema=0.0, log_every=1)
+    if "preset" not in kw:
+        base.update(base=files / "base.pt", num_head_channels=16, resolution=16, lora_rank=4, lora_alpha=8)
+    return TrainOptions(**{**base, **kw})
+
+
+def train(files, out, **kw) -> Trainer:
+    trainer = Trainer(options(files, out, **kw))
+    trainer.fit()
+    trainer.close()
+    return trainer
+
+
+def probe(seed=5):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 16, 16, generator=g)
+    tau = torch.full((2, 1, 16, 16), -1.0)
+    tau[:, :, 4:12, 3:9] = 412.5
+    tau[1, :, :2] = 77.0
+    return x, tau
+
+
+# -------------------------------------------------------------------------------------------------------- data
+
+
+def test_data_errors_name_the_folder(tmp_path, caplog):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no readable images .* in .*empty.*--data"):
+        scan_images(tmp_path / "empty")
+    with pytest.raises(DataError, match="is not a folder"):
+        scan_images(tmp_path / "missing")
+    data = write_images(tmp_path / "data", 3)
+    (data / "broken.png").write_bytes(b"not a png")
+    (data / "sub" / "empty.jpg").write_bytes(b"")
+    (data / "notes.txt").write_text("ignored: not an image suffix")
+    with caplog.at_level(logging.WARNING):
+        paths = scan_images(data)
+    assert len(paths) == 3 and "skipped 2 unreadable file(s) of 5" in caplog.text
+    with pytest.raises(DataError, match=r"3 readable image\(s\) in .*data, but --holdout 3 needs at least 4"):
+        split_holdout(paths, 3, seed=0, root=data)
+
+
+def test_holdout_is_deterministic_and_never_trained_on(files, caplog):
+    paths = scan_images(files / "data")
+    with caplog.at_level(logging.INFO):
+        train, held = split_holdout(paths, 2, seed=3, root=files / "data")
+    assert (train, held) == split_holdout(paths, 2, seed=3)
+    assert len(held) == 2 and not set(train) & set(held) and sorted(train + held) == sorted(paths)
+    assert all(str(p.relative_to(files / "data")) in caplog.text for p in held)
+    stream = ImageStream(train, 16, seed=0)
+    for _ in range(5):
+        stream.next_batch(3)
+    assert set(stream.order.tolist()) == set(range(len(train)))  # indices into the training list only
+
+
+def test_image_stream_is_resumable_and_on_the_8bit_grid(files):
+    paths = scan_images(files / "data")
+    a = ImageStream(paths, 16, seed=1, workers=2)
+    first = a.next_batch(4)
+    state = a.state_dict()
+    expected = a.next_batch(5)
+    b = ImageStream(paths, 16, seed=99)
+    b.load_state_dict(state)
+    assert torch.equal(b.next_batch(5), expected)
+    assert first.shape == (4, 3, 16, 16) and first.min() >= -1 and first.max() <= 1
+    levels = (first + 1) * 127.5
+    assert (levels - levels.round()).abs().max() < 1e-4
+    resized = ImageStream(paths, 16, seed=1, resize=True, flip=False).next_batch(2)
+    assert resized.shape == (2, 3, 16, 16)
+    a.close()
+
+
+# -------------------------------------------------------------------------------------------------------- loss
+
+
+def test_loss_falls_on_a_fixed_batch():
+    """30 AdamW steps on one batch with a fixed mask, t and noise: the hybrid loss at least halves."""
+    model = build_fresh(preset_config("tiny"), seed=0).train()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 256, (4, 3, 16, 16), generator=g).float() / 127.5 - 1
+    eps = torch.randn(x0.shape, generator=g)
+    mask = torch.zeros(4, 1, 16, 16)
+    mask[..., 3:13, 4:10] = 1
+    curves = NoiseCurves()
+    terms, abar = step_terms(curves, mask, torch.tensor([30, 300, 1200, 1900]))
+    tau = curves.timestep(abar)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(30):
+        loss = rad_loss(model(q_sample(x0, eps, terms), tau), x0, eps, terms)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+# -------------------------------------------------------------------------------------------- resume and export
+
+
+def test_resume_equals_an_uninterrupted_run(files):
+    """4 steps straight == 2 steps, a new process-like Trainer resuming, 2 more: bitwise weights, EMA, optimiser."""
+    kw = dict(steps=4, save_every=2, grad_accum=2, ema=0.9, mask_sampling="mixed", preview_every=3, preview_steps=2,
+              lr=1e-2)
+    straight = train(files, "straight", **kw)
+    train(files, "split", **{**kw, "steps": 2})
+    resumed = train(files, "split", **{**kw, "resume": "latest"})
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a["step"] == b["step"] == 4
+    for part in ("trainable", "ema"):
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    assert torch.equal(a["rng"]["noise"], b["rng"]["noise"]) and a["data"]["pos"] == b["data"]["pos"]
+    assert [p.name for p in list_checkpoints(files / "split")] == ["step-0000002.pt", "step-0000004.pt"]
+    assert (files / "split" / "previews" / "step-0000003.png").is_file()
+    # the exported EMA is what the checkpoint holds
+    path = export_checkpoint(files / "split", files / "split.safetensors")
+    adapter = read_adapter(path)
+    for module, (lora_a, lora_b) in adapter.lora.items():
+        assert torch.equal(lora_a, b["ema"][module + ".lora_A.weight"])
+        assert torch.equal(lora_b, b["ema"][module + ".lora_B.weight"])
+    assert all(torch.equal(t, b["ema"][k]) for k, t in adapter.full.items())
+
+
+def test_exported_adapter_equals_the_trained_peft_model(files):
+    trainer = train(files, "lora", steps=3, lr=1e-2)
+    b_norm = sum(p.abs().sum() for k, p in trainer.params.items() if ".lora_B." in k)
+    assert b_norm > 0  # LoRA B has left its zero init: the merge is really tested
+    path = trainer.export(files / "lora.safetensors")
+    merged = load_adm(files / "base.pt", adapter=path)
+    assert merged.config.num_head_channels == 16 and merged.rad_config["tau_convention"] == "gd"
+    x, tau = probe()
+    trainer.model.eval()
+    with torch.no_grad():
+        diff = (merged(x, tau) - trainer.model(x, tau)).abs().max().item()
+    assert diff <= 1e-5
+    meta = read_adapter(path).metadata
+    assert meta["lora_rank"] == 4 and meta["lora_alpha"] == 8 and meta["train_steps"] == "3"
+    assert len(meta["full_keys"]) == len([k for k in trainer.params if "lora_" not in k]) > 0
+    # an adapter on another base is refused, by load_adm and by the exporter
+    with pytest.raises(CheckpointError, match="made for base 'base.pt'"):
+        load_adm(files / "other.pt", adapter=path)
+    with pytest.raises(CheckpointError, match=r"other.pt .* is not the base this run was trained on"):
+        export_checkpoint(files / "lora", files / "x.safetensors", base=files / "other.pt")
+    with pytest.raises(FileExistsError, match="already exists"):
+        trainer.export(path)
+
+
+def test_fresh_preset_export_loads_with_load_adm(files):
+    trainer = train(files, "fresh", preset="tiny", steps=2, ema=0.5, lr=1e-3)
+    path = trainer.export(files / "fresh.safetensors")
+    model = load_adm(path)
+    assert model.rad_config["is_rad"] and model.config == trainer.model.config
+    x, tau = probe()
+    with trainer.ema_weights() as ema_model, torch.no_grad():
+        expected = ema_model(x, tau)
+        assert torch.equal(model(x, tau), expected)
+    half = trainer.export(files / "fresh16.safetensors", dtype="fp16")
+    sd, meta = read_state_dict(half)
+    assert all(t.dtype == torch.float16 for t in sd.values()) and meta["train_embedding"] == "spatial"
+    assert (load_adm(half)(x, tau) - expected).abs().max() < 0.05
+
+
+def test_refusals(files, monkeypatch):
+    with pytest.raises(ValueError, match="exactly one of --base"):
+        TrainOptions(data=files, out=files / "x").check()
+    with pytest.raises(FileExistsError, match="already holds a training run.*--resume.*--force"):
+        Trainer(options(files, "fresh", preset="tiny"))
+    state = load_checkpoint(files / "fresh")
+    assert state["run"]["kind"] == "full"
+    with pytest.raises(ValueError, match="other model_config"):
+        Trainer(options(files, "fresh", preset="tiny", resume="latest", learn_sigma=False))
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(ImportError, match=r"pip install comfyui-rad\[train\]"):
+        require_peft()
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_smoke(files, capsys):
+    out, export = files / "cli", files / "cli.safetensors"
+    args = ["--data", str(files / "data"), "--preset", "tiny", "--out", str(out), "--steps", "3", "--batch-size",
+            "2", "--holdout", "2", "--preview-every", "2", "--preview-steps", "2", "--save-every", "2",
+            "--embedding", "scalar", "--mask-sampling", "async", "--export", str(export), "-q"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip() == str(export)
+    assert load_adm(export).config.image_size == 16
+    assert sorted(p.name for p in (out / "previews").iterdir()) == ["step-0000002.png", "step-0000003.png"]
+    assert Image.open(out / "previews" / "step-0000003.png").size == (48, 32)  # 3 columns, 2 held-out rows
+    assert main(args) == 2  # refused before any work: the export file exists
+    assert f"--export {export} already exists: pass --force" in capsys.readouterr().err
+    assert main(args[:-3] + ["-q"]) == 2  # and the run folder holds a run
+    assert "already holds a training run" in capsys.readouterr().err
+    again = files / "again.safetensors"
+    assert main(["--export-from", str(out / "checkpoints" / "step-0000002.pt"), "--export", str(again), "-q"]) == 0
+    assert read_state_dict(again)[1]["train_steps"] == "2"
+    assert main(["--export-from", str(out), "-q"]) == 2
+    assert "--export-from needs --export" in capsys.readouterr().err
+
+
+def test_peft_is_imported_only_for_lora_runs():
+    code = "import sys, comfyui_rad.train, comfyui_rad.train.cli; assert 'peft' not in sys.modules, 'peft imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
