@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from . import imaging, masks
+from .pipeline import MASK_MODES, inpaint, read_mask
 from .sampling import SAMPLERS
-from .schedule import NoiseCurves, SpatialSchedule
 
 log = logging.getLogger("comfyui_rad")
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", required=True,
                    help="mask image (white or transparent = inpaint), or one of: " + ", ".join(GENERATED_MASKS))
     p.add_argument("--invert-mask", action="store_true", help="the mask file uses black = inpaint")
-    p.add_argument("--mask-mode", choices=["binary", "soft"], default="binary",
+    p.add_argument("--mask-mode", choices=MASK_MODES, default="binary",
                    help="binary: threshold the mask (default); soft: a mask value is how much a pixel is regenerated")
     p.add_argument("--threshold", type=float, default=0.5, help="binary threshold (default 0.5)")
     p.add_argument("--output", "-o", required=True, type=Path, help="where to write the result (png/jpg/webp)")
@@ -95,11 +95,9 @@ def _mask(args, height: int, width: int) -> torch.Tensor:
         if not path.exists():
             raise CLIError(f"mask file {path} does not exist (or use one of: {', '.join(GENERATED_MASKS)})")
         mask = imaging.normalize_mask(imaging.load_mask(path, invert=args.invert_mask), 1, height, width)
-    if args.mask_mode == "binary":
-        if not 0.0 < args.threshold < 1.0:
-            raise CLIError(f"--threshold must be between 0 and 1, got {args.threshold}")
-        mask = imaging.binarize(mask, args.threshold)
-    return mask
+    if args.mask_mode == "binary" and not 0.0 < args.threshold < 1.0:
+        raise CLIError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    return read_mask(mask, args.mask_mode, args.threshold)
 
 
 class Progress:
@@ -145,21 +143,8 @@ def run(args: argparse.Namespace) -> list[Path]:
                  if v is not None}
     model = load_adm(args.model, adapter=args.adapter, strength=args.strength, device=device,
                      dtype=_dtype(args.dtype, device), **overrides)
-    if not model.rad_config.get("is_rad"):
-        log.warning("%s has no RAD adapter: RAD steps on a plain ADM inpaint poorly (paper Table 3, Cfg. 1); "
-                    "pass --adapter", args.model.name)
-    size = model.config.image_size
-    model_image, model_mask, fit = imaging.FIT_MODES[args.fit](image, mask, size)
-    labels = None if args.class_label is None else torch.full((args.samples,), args.class_label)
-    log.info("inpainting %dx%d at %dx%d (%s), %d %s steps on %s", width, height, size, size, args.fit, steps,
-             args.sampler, device)
-    kwargs = {"eta": args.eta} if args.sampler == "ddim" else {}
-    curves = NoiseCurves.from_dict(model.rad_config.get("schedule"))  # the curves the adapter was trained with
-    result = SAMPLERS[args.sampler](
-        model, imaging.to_model_range(model_image), SpatialSchedule(model_mask, curves), steps,
-        torch.Generator().manual_seed(args.seed), Progress(not args.quiet), y=labels, **kwargs,
-    )
-    out = imaging.stitch(imaging.from_model_range(result.cpu()), image, mask, fit)
+    out, _ = inpaint(model, image, mask, steps=steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
+                     fit=args.fit, callback=Progress(not args.quiet), y=args.class_label)
     written = imaging.save_image(out, args.output, force=args.force)
     if args.save_mask:
         written += imaging.save_image(mask[:, None].expand(-1, 3, -1, -1), args.save_mask, force=args.force)

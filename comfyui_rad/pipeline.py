@@ -1,0 +1,128 @@
+"""Inpainting in one call: reading a mask, batch rules, fitting the model's resolution, sampling and stitching back.
+
+The wiring shared by ``rad-inpaint`` and the ComfyUI nodes. Images are float32 [B,3,H,W] in [0,1], masks float32
+[B,H,W] in [0,1] with 1 = inpaint. No ComfyUI import.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import imaging
+from .sampling import SAMPLERS
+from .schedule import NoiseCurves, SpatialSchedule
+
+__all__ = ["MASK_MODES", "SOFT_SNAP", "read_mask", "match_batches", "model_curves", "inpaint", "schedule_preview"]
+
+log = logging.getLogger(__name__)
+
+MASK_MODES = ("binary", "soft")
+SOFT_SNAP = 0.02
+"""Soft mask values within this of 0 or 1 (about 5/255: JPEG noise, antialiased painting) count as exactly 0 or 1."""
+
+
+def read_mask(mask: torch.Tensor, mode: str = "binary", threshold: float = 0.5) -> torch.Tensor:
+    """A mask as RAD reads it, float32, same shape, values in [0,1] (1 = inpaint).
+
+    ``binary``: 1 where mask > ``threshold``, else 0 ("almost 1" and "almost 0" pixels of a JPEG land on the right
+    side). ``soft``: the value is how much of the pixel is regenerated; values within ``SOFT_SNAP`` of 0 or 1 are
+    snapped, so JPEG noise neither leaves a trace of the original in a hole nor repaints kept pixels a little.
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {', '.join(MASK_MODES)}, got {mode!r}")
+    mask = torch.as_tensor(mask).float().clamp(0, 1)
+    if mode == "binary":
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+        return imaging.binarize(mask, threshold)
+    return torch.where(mask <= SOFT_SNAP, 0.0, torch.where(mask >= 1 - SOFT_SNAP, 1.0, mask))
+
+
+def match_batches(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """image [Bi,C,H,W] and a mask ([H,W], [Bm,H,W] or [Bm,1,H,W], any size) -> image [B,C,H,W], mask [B,H,W].
+
+    One image with many masks, many images with one mask, or as many of each; B = max(Bi, Bm). A mask of another
+    size is resized to the image (``imaging.normalize_mask``), with a warning when its aspect ratio differs.
+    """
+    if image.dim() != 4:
+        raise ValueError(f"image must be [B,C,H,W], got shape {tuple(image.shape)}")
+    mask = torch.as_tensor(mask)
+    mask = mask[:, 0] if mask.dim() == 4 and mask.shape[1] == 1 else mask
+    mask = mask[None] if mask.dim() == 2 else mask
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be [H,W], [B,H,W] or [B,1,H,W], got shape {tuple(mask.shape)}")
+    (ib, _, height, width), mb = image.shape, mask.shape[0]
+    batch = max(ib, mb)
+    if ib not in (1, batch) or mb not in (1, batch):
+        raise ValueError(f"{ib} images and {mb} masks: give one image, one mask, or as many images as masks")
+    mh, mw = mask.shape[1:]
+    if abs(mw / mh - width / height) > 0.01 * width / height:
+        log.warning("mask is %dx%d but image is %dx%d (another aspect ratio): the mask is stretched to fit",
+                    mw, mh, width, height)
+    return image.expand(batch, -1, -1, -1), imaging.normalize_mask(mask, batch, height, width)
+
+
+def model_curves(model: torch.nn.Module) -> NoiseCurves:
+    """The noise curves ``model`` was trained with (its ``rad_config``; DDPM's for a plain ADM)."""
+    return NoiseCurves.from_dict(getattr(model, "rad_config", {}).get("schedule"))
+
+
+def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, steps: int = 100,
+            sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, fit: str = "crop",
+            callback: Callable[[dict], None] | None = None, y: int | torch.Tensor | None = None,
+            curves: NoiseCurves | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inpaint ``image`` [B,3,H,W] in [0,1] (CPU) where ``mask`` (1 = inpaint, read as given) is above 0.
+
+    The batches follow ``match_batches``; the model's resolution is met by ``fit`` (crop / resize / pad, see
+    ``imaging.FIT_MODES``), and the result is stitched back: pixels with mask 0 are bit-identical to the input.
+    Noise comes from a CPU generator seeded with ``seed``, so a seed gives the same result on any device.
+    ``curves``: Phase 1's noise curves, default the model's. ``callback`` gets the sampler's dict every step.
+    Returns (result [B,3,H,W] in [0,1] on the CPU, the mask used [B,H,W]).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(sorted(SAMPLERS))}")
+    if fit not in imaging.FIT_MODES:
+        raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(sorted(imaging.FIT_MODES))}")
+    image, mask = match_batches(image.float(), mask)
+    if not getattr(model, "rad_config", {}).get("is_rad"):
+        log.warning("the model has no RAD adapter: RAD steps on a plain ADM inpaint poorly (paper Table 3, Cfg. 1); "
+                    "load a RAD adapter or a RAD model")
+    size = model.config.image_size
+    model_image, model_mask, fitted = imaging.FIT_MODES[fit](image, mask, size)
+    if fitted.empty:
+        return image.clone(), mask
+    schedule = SpatialSchedule(model_mask[:, None], curves or model_curves(model))
+    kwargs = {"eta": eta} if sampler == "ddim" else {}
+    log.info("inpainting %d image(s) of %dx%d at %dx%d (%s), %d %s steps on %s", image.shape[0], image.shape[3],
+             image.shape[2], size, size, fit, steps, sampler, next(model.parameters()).device)
+    result = SAMPLERS[sampler](model, imaging.to_model_range(model_image), schedule, steps,
+                               torch.Generator().manual_seed(seed), callback, y=y, **kwargs)
+    return imaging.stitch(imaging.from_model_range(result.float().cpu()), image, mask, fitted), mask
+
+
+def schedule_preview(mask: torch.Tensor, steps: int, curves: NoiseCurves | None = None, frames: int = 5,
+                     size: int = 256) -> torch.Tensor:
+    """Pictures of the noise a sampler puts in each pixel, float32 [B, h, frames*w + gaps] in [0,1].
+
+    Per mask [B,H,W] (1 = inpaint), shrunk to at most ``size`` pixels on the long side: ``frames`` snapshots of the
+    noise standard deviation sqrt(1 - abar) along the ``steps`` reverse steps (first step on the left, the last on
+    the right), side by side with 4-pixel gray gaps. White = pure noise, black = the input pixel, untouched.
+    """
+    mask = torch.as_tensor(mask).float()
+    mask = mask[None] if mask.dim() == 2 else mask
+    height, width = mask.shape[-2:]
+    scale = min(1.0, size / max(height, width))
+    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    small = F.adaptive_max_pool2d(mask[:, None], shape) if scale < 1 else mask[:, None]
+    schedule = SpatialSchedule(small, curves)
+    pairs = schedule.steps(steps)
+    picks = sorted({round(i * (len(pairs) - 1) / max(1, frames - 1)) for i in range(frames)})
+    gap = torch.full((mask.shape[0], shape[0], 4), 0.5)
+    tiles = []
+    for k in picks:
+        tiles += [(1 - schedule.abar(pairs[k][0])).sqrt().float()[:, 0], gap]
+    return torch.cat(tiles[:-1], dim=2)
