@@ -1,0 +1,85 @@
+"""What the RAD nodes share: the socket types, ComfyUI <-> engine layouts, the schedule the sampler receives.
+
+ComfyUI's IMAGE is float32 [B,H,W,C] in [0,1] and MASK float [B,H,W] (1 = inpaint); the engine takes [B,C,H,W] and
+[B,H,W]. Layout only: the math lives in ``comfyui_rad``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from comfy_api.latest import io
+from PIL import Image
+
+from comfyui_rad.schedule import NoiseCurves
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "inpaint/RAD"
+RADModel = io.Custom("RAD_MODEL")
+"""A ComfyUI ``ModelPatcher`` around a ``comfyui_rad`` ADM (``.model``, with ``.config`` and ``.rad_config``)."""
+RADSchedule = io.Custom("RAD_SCHEDULE")
+"""A ``MaskSchedule``."""
+
+
+@dataclass(frozen=True)
+class MaskSchedule:
+    """What the Spatial Noise Schedule node hands the sampler: the mask as read, float32 [B,H,W] in [0,1]
+    (1 = inpaint) at its own size, the number of reverse steps, and Phase 1's curves (None: the model's)."""
+
+    mask: torch.Tensor
+    steps: int
+    mode: str = "binary"
+    curves: NoiseCurves | None = None
+
+
+def advanced(widget: io.Input) -> io.Input:
+    """Show ``widget`` only when the creator opens the node's advanced settings."""
+    widget.extra_dict["advanced"] = True
+    return widget
+
+
+def image_to_bchw(image: torch.Tensor) -> torch.Tensor:
+    """A ComfyUI IMAGE [B,H,W,C] (or [H,W,C]; C = 1, 3 or 4) -> float32 [B,3,H,W] on the CPU.
+
+    A [B,C,H,W] tensor (C = 1, 3 or 4) from a node that breaks the convention is accepted too. Alpha is dropped,
+    gray is repeated to RGB.
+    """
+    image = torch.as_tensor(image).detach().float().cpu()
+    image = image[None] if image.dim() == 3 else image
+    if image.dim() != 4:
+        raise ValueError(f"IMAGE must be [B,H,W,C], got shape {tuple(image.shape)}")
+    if image.shape[-1] not in (1, 3, 4) and image.shape[1] in (1, 3, 4):
+        log.debug("IMAGE of shape %s read as [B,C,H,W]", tuple(image.shape))
+        image = image.movedim(1, -1)
+    if image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"IMAGE must be [B,H,W,C] with 1, 3 or 4 channels, got shape {tuple(image.shape)}")
+    image = image[..., :3] if image.shape[-1] == 4 else image.expand(-1, -1, -1, 3)
+    return image.movedim(-1, 1).contiguous()
+
+
+def image_to_bhwc(image: torch.Tensor) -> torch.Tensor:
+    """[B,3,H,W] -> ComfyUI's IMAGE [B,H,W,3], float32 on the CPU."""
+    return image.movedim(1, -1).float().cpu().contiguous()
+
+
+def mask_to_bhw(mask: torch.Tensor) -> torch.Tensor:
+    """A ComfyUI MASK ([H,W], [B,H,W], [B,1,H,W] or [B,H,W,1]) -> float32 [B,H,W] on the CPU."""
+    mask = torch.as_tensor(mask).detach().float().cpu()
+    if mask.dim() == 4 and mask.shape[-1] == 1 and mask.shape[1] != 1:
+        mask = mask[..., 0]
+    if mask.dim() == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    mask = mask[None] if mask.dim() == 2 else mask
+    if mask.dim() != 3:
+        raise ValueError(f"MASK must be [H,W] or [B,H,W], got shape {tuple(mask.shape)}")
+    return mask
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """One image [3,H,W] in [-1,1] (the model's range) -> an RGB PIL image, for previews."""
+    pixels = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))

@@ -1,0 +1,123 @@
+"""RAD Model Loader: a guided-diffusion ADM from ``models/rad``, optionally with a RAD adapter merged in."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import comfy.model_management
+import comfy.model_patcher
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+import comfyui_rad
+from comfyui_rad.checkpoints import load_adm
+
+from .common import CATEGORY, RADModel
+
+log = logging.getLogger(__name__)
+
+FOLDER = "rad"
+EXTENSIONS = {".safetensors", ".pt", ".pth", ".ckpt", ".bin"}
+BUILTIN_DIR = Path(comfyui_rad.__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "rad_default.safetensors"
+NO_ADAPTER = "none"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def register_folder() -> None:
+    """``models/rad`` (first) and the pack's built-in weights as the ``rad`` model folder, keeping any paths a
+    user's ``extra_model_paths.yaml`` gave it, with the checkpoint extensions."""
+    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
+    folder_paths.add_model_folder_path(FOLDER, str(BUILTIN_DIR))
+    paths, extensions = folder_paths.folder_names_and_paths[FOLDER]
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | EXTENSIONS)
+
+
+def _files() -> list[str]:
+    return folder_paths.get_filename_list(FOLDER)
+
+
+def _missing(what: str, name: str) -> str:
+    folders = "\n".join(f"  {p}" for p in folder_paths.get_folder_paths(FOLDER))
+    return (f"{what} '{name}' was not found in the RAD model folders:\n{folders}\nPut the file in one of them "
+            "(or add a 'rad' entry to extra_model_paths.yaml), then refresh (R) and pick it from the list.")
+
+
+def _auto_dtype(device: torch.device) -> torch.dtype:
+    """bf16 or fp16 where ComfyUI would run a model so on this device, float32 on the CPU."""
+    if device.type == "cpu":
+        return torch.float32
+    mm = comfy.model_management
+    if getattr(mm, "should_use_bf16", None) and mm.should_use_bf16(device):
+        return torch.bfloat16
+    if getattr(mm, "should_use_fp16", None) and mm.should_use_fp16(device):
+        return torch.float16
+    return torch.float32
+
+
+class RADModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files = _files()
+        return io.Schema(
+            node_id="RADModelLoader",
+            display_name="RAD Model Loader (ADM+LoRA)",
+            category=CATEGORY,
+            description="Loads a guided-diffusion ADM checkpoint (pixel space, e.g. 256x256_diffusion_uncond.pt) "
+                        "and merges a RAD adapter into it, from ComfyUI/models/rad. rad_default.safetensors ships "
+                        "with the pack and needs no adapter.",
+            inputs=[
+                io.Combo.Input("base_model", options=files, default=DEFAULT_MODEL if DEFAULT_MODEL in files else None,
+                               tooltip="A guided-diffusion ADM checkpoint (.pt or .safetensors) or a full RAD model, "
+                                       "from models/rad. rad_default.safetensors is built in."),
+                io.Combo.Input("adapter", options=[NO_ADAPTER, *(f for f in files if f.endswith(".safetensors"))],
+                               default=NO_ADAPTER,
+                               tooltip="A RAD adapter (.safetensors from rad-train) made for this base, or none "
+                                       "for a full RAD model. A plain ADM without an adapter inpaints poorly."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05,
+                               tooltip="How much of the adapter to merge: 1 = as trained (ignored without one)."),
+                io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
+                               tooltip="Weights' precision. auto: bf16/fp16 on a GPU as ComfyUI decides, fp32 on the "
+                                       "CPU. The seed gives the same noise in every precision."),
+            ],
+            outputs=[RADModel.Output("rad_model", display_name="rad_model", tooltip="The model, for RAD Sampler.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, base_model: str, adapter: str) -> bool | str:
+        if folder_paths.get_full_path(FOLDER, base_model) is None:
+            return _missing("base_model", base_model)
+        if adapter != NO_ADAPTER and folder_paths.get_full_path(FOLDER, adapter) is None:
+            return _missing("adapter", adapter)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, base_model: str, adapter: str, strength: float, dtype: str):
+        """Reload when a chosen file changes on disk (same name, new weights)."""
+        paths = [folder_paths.get_full_path(FOLDER, n) for n in (base_model, adapter) if n != NO_ADAPTER]
+        return tuple((p, os.path.getmtime(p)) for p in paths if p is not None), strength, dtype
+
+    @classmethod
+    def execute(cls, base_model: str, adapter: str, strength: float, dtype: str) -> io.NodeOutput:
+        base_path = folder_paths.get_full_path(FOLDER, base_model)
+        if base_path is None:
+            raise FileNotFoundError(_missing("base_model", base_model))
+        adapter_path = None
+        if adapter != NO_ADAPTER:
+            adapter_path = folder_paths.get_full_path(FOLDER, adapter)
+            if adapter_path is None:
+                raise FileNotFoundError(_missing("adapter", adapter))
+        load_device = comfy.model_management.get_torch_device()
+        offload_device = comfy.model_management.unet_offload_device()
+        weights_dtype = DTYPES[dtype] if dtype in DTYPES else _auto_dtype(torch.device(load_device))
+        try:
+            model = load_adm(base_path, adapter=adapter_path, strength=strength, device=offload_device,
+                             dtype=weights_dtype)
+        except ValueError as error:
+            raise ValueError(f"cannot load {base_path}{f' with {adapter_path}' if adapter_path else ''}: {error}") \
+                from error
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+        return io.NodeOutput(patcher)

@@ -1,0 +1,87 @@
+"""RAD Sampler: inpaints an image with a RAD model and a spatial noise schedule, in one reverse pass."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+import comfy.utils
+from comfy_api.latest import io
+
+from comfyui_rad.imaging import FIT_MODES
+from comfyui_rad.pipeline import inpaint
+from comfyui_rad.sampling import SAMPLERS
+
+from .common import CATEGORY, MaskSchedule, RADModel, RADSchedule, image_to_bchw, image_to_bhwc, to_pil
+
+log = logging.getLogger(__name__)
+
+PREVIEW_SIZE = 512
+
+
+def _progress(total: int):
+    """A sampler callback: ComfyUI's progress bar with the predicted image as preview; raises on Cancel."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def callback(info: dict) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(info["step"] + 1, info["total"], ("JPEG", to_pil(info["pred_x0"][0]), PREVIEW_SIZE))
+
+    return callback
+
+
+class RADSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RADSampler",
+            display_name="RAD Sampler",
+            category=CATEGORY,
+            description="Inpaints with RAD: every pixel gets its own noise level, so one reverse pass fills the mask "
+                        "while pixels outside it are returned untouched, bit for bit. Works at the model's "
+                        "resolution: a window around the mask is cropped, inpainted and stitched back.",
+            inputs=[
+                RADModel.Input("rad_model", tooltip="From RAD Model Loader."),
+                io.Image.Input("image", tooltip="The image(s) to inpaint, any size. One image with many masks, many "
+                                                "images with one mask, or as many of each."),
+                RADSchedule.Input("schedule", tooltip="From Spatial Noise Schedule: the mask and the steps."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed. Noise is drawn on the CPU, so a seed gives the same image on any "
+                                     "device."),
+                io.Int.Input("steps", default=0, min=0, max=1000,
+                             tooltip="Reverse steps; 0 = the schedule's steps."),
+                io.Combo.Input("sampler", options=list(SAMPLERS), default="ddpm",
+                               tooltip="ddpm: the paper's sampler (100 steps). ddim: fewer steps (25-50), "
+                                       "deterministic at eta 0."),
+                io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="ddim only: 0 = deterministic, 1 = as random as DDPM."),
+                io.Combo.Input("fit", options=list(FIT_MODES), default="crop",
+                               tooltip="How the image meets the model's resolution (e.g. 256x256). crop: a square "
+                                       "window around the mask (with context; larger holes are downscaled), "
+                                       "stitched back: best for big photos. resize: the whole image, stretched. "
+                                       "pad: the whole image in a square."),
+                io.Int.Input("class_label", default=-1, min=-1, max=9999,
+                             tooltip="Class-conditional checkpoints only (e.g. ImageNet: 0-999); -1 for "
+                                     "unconditional ones."),
+            ],
+            outputs=[
+                io.Image.Output("result", display_name="image",
+                                tooltip="The inpainted images at the input's size; pixels outside the mask are the "
+                                        "input's."),
+                io.Mask.Output("result_mask", display_name="mask",
+                               tooltip="The mask used, at the image's size (after threshold)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, rad_model, image, schedule: MaskSchedule, seed: int, steps: int, sampler: str, eta: float,
+                fit: str, class_label: int) -> io.NodeOutput:
+        if not isinstance(schedule, MaskSchedule):
+            raise TypeError(f"schedule must come from Spatial Noise Schedule (RAD), got {type(schedule).__name__}")
+        steps = steps or schedule.steps
+        comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        result, mask = inpaint(rad_model.model, image_to_bchw(image), schedule.mask, steps=steps, sampler=sampler,
+                               eta=eta, seed=seed, fit=fit, callback=_progress(steps),
+                               y=None if class_label < 0 else class_label, curves=schedule.curves)
+        return io.NodeOutput(image_to_bhwc(result), mask)

@@ -1,0 +1,80 @@
+import os
+import sys
+
+import pytest
+import torch
+from comfy_stub import host, state  # noqa: F401
+
+from comfyui_rad.adm import ADM
+
+
+def test_lists_models_and_adapters(host):
+    inputs = {i.id: i for i in host.nodes.RADModelLoader.define_schema().inputs}
+    listed = set(inputs["base_model"].options["options"])
+    assert {"tiny.safetensors", "base.safetensors", "adapter.safetensors"} <= listed
+    assert inputs["adapter"].options["options"][0] == "none"
+    assert inputs["adapter"].options["default"] == "none"
+    assert inputs["dtype"].options["options"] == ["auto", "fp32", "fp16", "bf16"]
+
+
+def test_built_in_default_model_is_the_default_choice(host, tmp_path):
+    loader = host.nodes.model_loader
+    default = host.models / "rad" / loader.DEFAULT_MODEL  # stands in for the shipped file
+    default.write_bytes((host.models / "rad" / "tiny.safetensors").read_bytes())
+    try:
+        inputs = {i.id: i for i in loader.RADModelLoader.define_schema().inputs}
+        assert inputs["base_model"].options["default"] == "rad_default.safetensors"
+    finally:
+        default.unlink()
+
+
+def test_loads_a_patcher_around_an_adm(host, state):
+    patcher = host.nodes.RADModelLoader.execute("tiny.safetensors", "none", 1.0, "auto")[0]
+    assert isinstance(patcher.model, ADM) and patcher.model.rad_config["is_rad"]
+    assert patcher.model.dtype == torch.float32  # auto on a CPU host
+    assert patcher.load_device == torch.device("cpu")
+
+
+def test_adapter_and_dtype(host):
+    plain = host.nodes.RADModelLoader.execute("base.safetensors", "none", 1.0, "fp32")[0].model
+    adapted = host.nodes.RADModelLoader.execute("base.safetensors", "adapter.safetensors", 1.0, "bf16")[0].model
+    assert adapted.rad_config["adapter"] == "adapter.safetensors" and plain.rad_config["adapter"] is None
+    assert adapted.rad_config["strength"] == 1.0
+    assert adapted.dtype == torch.bfloat16
+
+
+def test_auto_dtype_asks_comfyui_on_a_gpu(host, monkeypatch):
+    mm = sys.modules["comfy.model_management"]
+    monkeypatch.setattr(mm, "should_use_bf16", lambda device=None, **kw: False)
+    monkeypatch.setattr(mm, "should_use_fp16", lambda device=None, **kw: True)
+    assert host.nodes.model_loader._auto_dtype(torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(mm, "should_use_bf16", lambda device=None, **kw: True)
+    assert host.nodes.model_loader._auto_dtype(torch.device("cuda")) == torch.bfloat16
+    assert host.nodes.model_loader._auto_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_missing_file_names_the_folders_searched(host):
+    message = host.nodes.RADModelLoader.validate_inputs("gone.pt", "none")
+    assert "gone.pt" in message and str(host.models / "rad") in message and "comfyui_rad/weights" in message
+    message = host.nodes.RADModelLoader.validate_inputs("tiny.safetensors", "nope.safetensors")
+    assert "adapter 'nope.safetensors'" in message
+    assert host.nodes.RADModelLoader.validate_inputs("tiny.safetensors", "none") is True
+    with pytest.raises(FileNotFoundError, match="extra_model_paths.yaml"):
+        host.nodes.RADModelLoader.execute("gone.pt", "none", 1.0, "auto")
+
+
+def test_wrong_file_says_which_and_why(host):
+    with pytest.raises(ValueError, match=r"cannot load .*junk\.safetensors: .*"):
+        host.nodes.RADModelLoader.execute("junk.safetensors", "none", 1.0, "auto")
+    with pytest.raises(ValueError, match=r"cannot load .*tiny\.safetensors with .*adapter\.safetensors"):
+        host.nodes.RADModelLoader.execute("tiny.safetensors", "adapter.safetensors", 1.0, "auto")
+
+
+def test_fingerprint_changes_when_the_file_changes(host):
+    fingerprint = host.nodes.RADModelLoader.fingerprint_inputs
+    before = fingerprint("tiny.safetensors", "none", 1.0, "auto")
+    assert fingerprint("tiny.safetensors", "none", 1.0, "auto") == before
+    path = host.models / "rad" / "tiny.safetensors"
+    stat = path.stat()
+    os.utime(path, (stat.st_atime, stat.st_mtime + 10))
+    assert fingerprint("tiny.safetensors", "none", 1.0, "auto") != before

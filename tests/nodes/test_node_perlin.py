@@ -1,0 +1,33 @@
+import pytest
+import torch
+from comfy_stub import host  # noqa: F401
+
+
+def perlin(host, **kw):
+    args = dict(width=48, height=32, batch_size=2, seed=5, cell_size_min=4.0, cell_size_max=12.0, octaves=2,
+                coverage=0.3, softness=0.0, invert=False) | kw
+    return host.nodes.RADPerlinMask.execute(**args)[0]
+
+
+def test_shape_coverage_and_binary(host):
+    mask = perlin(host)
+    assert mask.shape == (2, 32, 48) and mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert mask.mean(dim=(1, 2)).tolist() == pytest.approx([0.3, 0.3], abs=1 / (32 * 48))
+    assert not torch.equal(mask[0], mask[1])
+
+
+def test_deterministic_per_seed(host):
+    assert torch.equal(perlin(host, seed=9), perlin(host, seed=9))
+    assert not torch.equal(perlin(host, seed=9), perlin(host, seed=10))
+
+
+def test_invert_and_softness(host):
+    assert torch.equal(perlin(host, invert=True), 1 - perlin(host))
+    soft = perlin(host, softness=2.0)
+    assert ((soft > 0) & (soft < 1)).any() and soft.min() >= 0 and soft.max() <= 1
+
+
+def test_swapped_cell_range_is_refused(host):
+    with pytest.raises(ValueError, match="swap"):
+        perlin(host, cell_size_min=20.0, cell_size_max=10.0)

@@ -1,0 +1,121 @@
+import pytest
+import torch
+from comfy_stub import Interrupted, host, rad_model, state  # noqa: F401
+from PIL import Image
+
+
+def photo(batch, height, width, seed=0):
+    """ComfyUI IMAGE [B,H,W,3] in [0,1]."""
+    return torch.rand(batch, height, width, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def box(batch, height, width, top=0.3, left=0.25, size=0.35):
+    mask = torch.zeros(batch, height, width)
+    mask[:, int(top * height):int((top + size) * height), int(left * width):int((left + size) * width)] = 1
+    return mask
+
+
+def sample(host, model, image, mask, **kw):
+    mode = kw.pop("mask_mode", "binary")
+    schedule = host.nodes.RADSpatialSchedule.execute(mask, mode, 0.5, kw.pop("schedule_steps", 3))[0]
+    args = dict(seed=0, steps=0, sampler="ddpm", eta=0.0, fit="crop", class_label=-1) | kw
+    return host.nodes.RADSampler.execute(model, image, schedule, **args)
+
+
+def kept_equal(out, image, mask):
+    keep = (mask == 0)[..., None].expand_as(image)
+    return torch.equal(out[keep], image[keep])
+
+
+@pytest.mark.parametrize("fit", ["crop", "resize", "pad"])
+def test_inpaints_at_the_input_size_and_keeps_the_rest(host, rad_model, state, fit):
+    image, mask = photo(1, 40, 56), box(1, 40, 56)
+    out, used = sample(host, rad_model, image, mask, fit=fit)
+    assert out.shape == image.shape and out.dtype == torch.float32 and used.shape == (1, 40, 56)
+    assert kept_equal(out, image, used) and torch.equal(used, mask)
+    assert (out - image)[mask.bool()].abs().mean() > 0.05
+    assert state.loaded == [rad_model]
+
+
+def test_progress_has_an_x0_preview_every_step(host, rad_model, state):
+    sample(host, rad_model, photo(1, 32, 32), box(1, 32, 32), schedule_steps=4)
+    assert [(i, t) for i, t, _ in state.progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    kind, picture, size = state.progress[-1][2]
+    assert kind == "JPEG" and isinstance(picture, Image.Image) and picture.size == (32, 32) and size == 512
+
+
+def test_cancel_stops_within_one_step(host, rad_model, state):
+    state.interrupt_after = 2
+    with pytest.raises(Interrupted):
+        sample(host, rad_model, photo(1, 32, 32), box(1, 32, 32), schedule_steps=20)
+    assert len(state.progress) == 2
+
+
+def test_sampler_steps_override_the_schedule(host, rad_model, state):
+    sample(host, rad_model, photo(1, 32, 32), box(1, 32, 32), schedule_steps=4, steps=2)
+    assert len(state.progress) == 2
+
+
+def test_same_seed_same_image_other_seed_other_image(host, rad_model):
+    image, mask = photo(1, 32, 32), box(1, 32, 32)
+    a = sample(host, rad_model, image, mask, seed=7)[0]
+    assert torch.equal(a, sample(host, rad_model, image, mask, seed=7)[0])
+    assert not torch.equal(a, sample(host, rad_model, image, mask, seed=8)[0])
+
+
+def test_ddim(host, rad_model):
+    image, mask = photo(1, 32, 32), box(1, 32, 32)
+    out = sample(host, rad_model, image, mask, sampler="ddim", eta=0.5)[0]
+    assert kept_equal(out, image, mask)
+
+
+@pytest.mark.parametrize("images,masks,batch", [(1, 3, 3), (3, 1, 3), (2, 2, 2)])
+def test_batch_rules(host, rad_model, images, masks, batch):
+    image = photo(images, 24, 36)
+    mask = torch.cat([box(1, 24, 36, top=0.1 * i) for i in range(masks)])
+    out, used = sample(host, rad_model, image, mask)
+    assert out.shape == (batch, 24, 36, 3) and used.shape == (batch, 24, 36)
+    assert kept_equal(out, image.expand(batch, -1, -1, -1), used)
+
+
+def test_batch_mismatch_is_refused(host, rad_model):
+    with pytest.raises(ValueError, match="2 images and 3 masks"):
+        sample(host, rad_model, photo(2, 24, 36), box(3, 24, 36))
+
+
+def test_image_much_larger_than_the_model_non_square(host, rad_model):
+    image = photo(1, 300, 700)
+    mask = torch.zeros(1, 300, 700)
+    mask[:, 120:150, 400:460] = 1
+    out, used = sample(host, rad_model, image, mask)
+    assert out.shape == image.shape and kept_equal(out, image, used)
+    assert (out - image)[mask.bool()].abs().mean() > 0.05
+
+
+def test_mask_of_another_size_is_resized_to_the_image(host, rad_model):
+    image, small, large = photo(1, 64, 96), torch.zeros(1, 32, 48), torch.zeros(1, 64, 96)
+    small[:, 8:16, 12:24] = 1
+    large[:, 16:32, 24:48] = 1
+    out, used = sample(host, rad_model, image, small)
+    assert used.shape == (1, 64, 96) and torch.equal(used, large)
+    assert kept_equal(out, image, used)
+
+
+def test_bchw_and_rgba_images(host, rad_model):
+    image, mask = photo(1, 32, 40), box(1, 32, 40)
+    reference = sample(host, rad_model, image, mask)[0]
+    assert torch.equal(sample(host, rad_model, image.movedim(-1, 1), mask)[0], reference)
+    rgba = torch.cat([image, torch.ones(1, 32, 40, 1)], dim=-1)
+    assert torch.equal(sample(host, rad_model, rgba, mask)[0], reference)
+
+
+def test_soft_mask_output_and_kept_pixels(host, rad_model):
+    image = photo(1, 32, 32)
+    mask = box(1, 32, 32) * 0.5
+    out, used = sample(host, rad_model, image, mask, mask_mode="soft")
+    assert used.max() == 0.5 and kept_equal(out, image, used)
+
+
+def test_class_label_reaches_the_model(host, rad_model):
+    with pytest.raises(ValueError, match="unconditional"):
+        sample(host, rad_model, photo(1, 32, 32), box(1, 32, 32), class_label=3)

@@ -1,0 +1,48 @@
+"""The example workflows, read without ComfyUI: both formats, a thumbnail, and our nodes as the contract pins them.
+
+tests/test_comfy_host.py runs them in a real ComfyUI.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from node_contract import CONTRACT
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+EXAMPLES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+
+
+def test_at_least_the_five_examples():
+    assert {"rad_basic_inpaint", "rad_perlin_masks", "rad_soft_mask_strength", "rad_large_photo_crop",
+            "rad_core_mask_nodes"} <= set(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_both_formats_a_thumbnail_and_the_pinned_widgets(name):
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    assert (WORKFLOWS / f"{name}.jpg").stat().st_size > 1000
+    assert ui["version"] == 0.4 and {"nodes", "links"} <= set(ui)
+    ours = [n for n in ui["nodes"] if n["type"] in CONTRACT]
+    assert {n["type"] for n in ours} >= {"RADModelLoader", "RADSpatialSchedule", "RADSampler"}
+    for node in ours:
+        widgets = CONTRACT[node["type"]]["widgets"]
+        assert len(node["widgets_values"]) == len(widgets), node["type"]
+        named = dict(zip(widgets, node["widgets_values"]))
+        twin = api[str(node["id"])]
+        assert twin["class_type"] == node["type"]
+        assert {k: v for k, v in twin["inputs"].items() if k in named} == {
+            k: v for k, v in named.items() if k != "control_after_generate"}
+        assert set(twin["inputs"]) == {name for name, _ in CONTRACT[node["type"]]["inputs"]}
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_runs_on_a_fresh_install(name):
+    """The default model is selected and every picture it loads ships with the pack (copied to input/ on load)."""
+    api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    for node in api.values():
+        if node["class_type"] == "RADModelLoader":
+            assert node["inputs"]["base_model"] == "rad_default.safetensors" and node["inputs"]["adapter"] == "none"
+        if node["class_type"] in ("LoadImage", "LoadImageMask"):
+            assert (WORKFLOWS / "input" / node["inputs"]["image"]).exists()
