@@ -111,54 +111,113 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
+def _axis_taps(n_in: int, n_out: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear (align_corners=True) source taps along one axis: indices i0, i1 and the weight of i1, as F.interpolate."""
+    if n_out == 1 or n_in == 1:
+        src = torch.zeros(n_out, dtype=torch.float32, device=device)
+    else:
+        src = torch.arange(n_out, dtype=torch.float32, device=device) * ((n_in - 1) / (n_out - 1))
+    i0 = src.floor().long().clamp_(0, n_in - 1)
+    i1 = (i0 + 1).clamp_(max=n_in - 1)
+    return i0, i1, src - i0
+
+
 class SpatialEmbedding:
     """A per-pixel time embedding, evaluated lazily at each ResBlock's resolution (paper §3.3, RAD_NOTES §2).
 
-    ``silu_emb`` is SiLU(time_embed(tau)) for every pixel; a ResBlock asks for ``project(linear, h, w)``, which is
-    ``linear`` applied as a 1x1 convolution to ``silu_emb`` bilinearly resized (align_corners=True) to h x w.
+    Per pixel it is SiLU(time_embed(tau)); a ResBlock asks for ``project(weight, bias, h, w)``: its emb_layers
+    Linear applied as a 1x1 conv to the embedding bilinearly resized (align_corners=True) to h x w. Bilinear resizing
+    makes each output pixel a convex combination of source pixels, so the Linear (bias included) commutes with it,
+    and a map with K distinct values needs the K embedding rows only. Three exact evaluations of the same thing:
 
-    Two exact evaluations of the same thing:
-    - few distinct values (``index`` given): ``silu_emb`` holds one row per value, [B', K, D] with B' in {1, B};
-      the resize acts on the K-channel one-hot map of ``index`` (a convex combination, so the linear layer commutes
-      with it, bias included) and the projection is one small batched matmul per block;
-    - dense: ``silu_emb`` is [B, D, H, W]; it is resized per resolution (cached) and projected by a 1x1 conv.
+    - ``onehot`` (few values, e.g. a binary mask: two per step): ``rows`` [B' in {1, B}, K, D]; the K-channel one-hot
+      map of ``index`` is resized per resolution (cached) and the projection is one small batched matmul.
+    - ``taps`` (many values, e.g. a soft mask): each output pixel mixes its 4 bilinear source taps; per block either
+      the distinct rows the taps touch are projected first and then mixed, or, when they outnumber the block's
+      pixels, the rows are mixed first (cached per resolution) and then projected. Cost O(min(K, h*w)) projections.
+    - ``dense`` (the paper's literal definition, kept as the reference): ``rows`` is the [B, D, H, W] map, resized
+      per resolution (cached) and projected by a 1x1 conv.
     """
 
-    def __init__(self, silu_emb: torch.Tensor, index: torch.Tensor | None, size: tuple[int, int]):
-        self.silu_emb = silu_emb
-        self.index = index
-        self.size = size
-        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+    def __init__(self, rows: torch.Tensor, index: torch.Tensor | None, size: tuple[int, int], mode: str):
+        self.rows, self.index, self.size, self.mode = rows, index, size, mode
+        self._cache: dict[tuple, object] = {}
 
-    def _resized(self, h: int, w: int) -> torch.Tensor:
-        key = (h, w)
+    def _cached(self, key: tuple, make):
         if key not in self._cache:
-            if self.index is None:
-                src = self.silu_emb
-            else:
-                k = self.silu_emb.shape[1]
-                src = F.one_hot(self.index, k).permute(0, 3, 1, 2).to(self.silu_emb.dtype)
-            if (h, w) != self.size:
-                src = F.interpolate(src, size=(h, w), mode="bilinear", align_corners=True)
-            self._cache[key] = src
+            self._cache[key] = make()
         return self._cache[key]
 
-    def project(self, linear: nn.Linear, h: int, w: int) -> torch.Tensor:
-        """``linear`` as a 1x1 conv over the embedding resized to h x w -> [B, out, h, w]."""
-        maps = self._resized(h, w)
-        if self.index is None:
-            return F.conv2d(maps, linear.weight[:, :, None, None], linear.bias)
-        values = F.linear(self.silu_emb, linear.weight, linear.bias)  # [B', K, out]
-        b, k = maps.shape[:2]
-        out = torch.matmul(values.transpose(1, 2), maps.reshape(b, k, h * w))  # [B, out, h*w]
-        return out.view(b, -1, h, w)
+    def _resized(self, src: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        if (h, w) == self.size:
+            return src
+        return F.interpolate(src, size=(h, w), mode="bilinear", align_corners=True)
+
+    def project(self, weight: torch.Tensor, bias: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """``weight``/``bias`` as a 1x1 conv over the embedding resized to h x w -> [B, out, h, w]."""
+        if self.mode == "dense":
+            maps = self._cached(("dense", h, w), lambda: self._resized(self.rows, h, w))
+            return F.conv2d(maps, weight[:, :, None, None], bias)
+        if self.mode == "onehot":
+            k = self.rows.shape[1]
+            maps = self._cached(("onehot", h, w), lambda: self._resized(
+                F.one_hot(self.index, k).permute(0, 3, 1, 2).to(self.rows.dtype), h, w))
+            values = F.linear(self.rows, weight, bias)  # [B', K, out]
+            out = torch.matmul(values.transpose(1, 2), maps.reshape(maps.shape[0], k, h * w))  # [B, out, h*w]
+            return out.view(maps.shape[0], -1, h, w)
+        return self._project_taps(weight, bias, h, w)
+
+    def _taps(self, h: int, w: int) -> list:
+        """Per image: (distinct rows touched [Ku], [(tap -> position in those rows [h*w], weight [h*w] or None)])."""
+        def make():
+            if (h, w) == self.size:
+                taps, weights = [lambda i: i.reshape(-1)], [None]
+            else:
+                y0, y1, ly = _axis_taps(self.size[0], h, self.index.device)
+                x0, x1, lx = _axis_taps(self.size[1], w, self.index.device)
+                taps = [lambda i, a=a, b=b: i[a][:, b].reshape(-1) for a in (y0, y1) for b in (x0, x1)]
+                ly, lx = ly[:, None], lx[None, :]
+                weights = [wt.reshape(-1).to(self.rows.dtype)
+                           for wt in ((1 - ly) * (1 - lx), (1 - ly) * lx, ly * (1 - lx), ly * lx)]
+            out = []
+            for image in self.index:  # [H, W] indices into the K rows
+                used, where = torch.unique(torch.stack([tap(image) for tap in taps]), return_inverse=True)
+                out.append((used, list(zip(where.unbind(0), weights))))
+            return out
+        return self._cached(("taps", h, w), make)
+
+    @staticmethod
+    def _mix(table_t: torch.Tensor, taps: list) -> torch.Tensor:
+        """sum over taps of weight * table_t[:, tap] -> [rows of table_t, h*w]."""
+        out = None
+        for tap, wt in taps:
+            g = table_t.index_select(1, tap)
+            out = g if wt is None else (g.mul_(wt) if out is None else out.addcmul_(g, wt))
+        return out
+
+    def _project_taps(self, weight: torch.Tensor, bias: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        outs = []
+        for b, (used, taps) in enumerate(self._taps(h, w)):
+            rows = self.rows[b if self.rows.shape[0] > 1 else 0][used]  # [Ku, D]
+            if used.numel() < h * w:  # project the distinct rows, then mix the projections
+                outs.append(self._mix(F.linear(rows, weight, bias).t().contiguous(), taps))
+            else:  # mix the embedding (cached), then project
+                mixed = self._cached(("mixed", h, w, b), lambda: self._mix(rows.t().contiguous(), taps))
+                outs.append(torch.addmm(bias[:, None], weight, mixed))
+        return torch.stack(outs).view(len(outs), -1, h, w)
 
 
-def _emb_out(emb: torch.Tensor | SpatialEmbedding, linear: nn.Linear, h: torch.Tensor) -> torch.Tensor:
-    """The ResBlock's emb_layers (SiLU then Linear) for a per-image [B, D] or per-pixel embedding -> broadcastable."""
+def _emb_out(emb: torch.Tensor | SpatialEmbedding, linear: nn.Linear, h: torch.Tensor,
+             scale_one: bool = False) -> torch.Tensor:
+    """The ResBlock's emb_layers (SiLU then Linear) for a per-image [B, D] or per-pixel embedding -> [B, out, 1, 1]
+    or [B, out, h, w]. ``scale_one`` adds 1 to the first (scale) half: 1 + scale comes out of the projection, so
+    the modulation is one fused pass even per pixel."""
+    bias = linear.bias
+    if scale_one:
+        bias = torch.cat([bias[: bias.shape[0] // 2] + 1, bias[bias.shape[0] // 2:]])
     if isinstance(emb, SpatialEmbedding):
-        return emb.project(linear, h.shape[-2], h.shape[-1]).to(h.dtype)
-    return linear(F.silu(emb)).to(h.dtype)[:, :, None, None]
+        return emb.project(linear.weight, bias, h.shape[-2], h.shape[-1]).to(h.dtype)
+    return F.linear(F.silu(emb), linear.weight, bias).to(h.dtype)[:, :, None, None]
 
 
 class ResBlock(nn.Module):
@@ -187,11 +246,10 @@ class ResBlock(nn.Module):
             x = self.x_upd(x)
         else:
             h = self.in_layers(x)
-        emb_out = _emb_out(emb, self.emb_layers[1], h)
+        emb_out = _emb_out(emb, self.emb_layers[1], h, scale_one=self.scale_shift)
         if self.scale_shift:
-            scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[1:](h)
+            scale1, shift = emb_out.chunk(2, dim=1)  # scale1 = 1 + scale
+            h = self.out_layers[1:](torch.addcmul(shift, self.out_layers[0](h), scale1))
         else:
             h = self.out_layers(h + emb_out)
         return self.skip_connection(x) + h
@@ -297,8 +355,8 @@ class ADM(nn.Module):
         )
         self.output_blocks, ch = _decoder(cfg, chans, ch, ds)
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
-        # Per-pixel embeddings with at most this many distinct values take the exact one-hot path.
-        self.max_embedding_values = 64
+        # Per-pixel maps with at most this many distinct values take the one-hot path, more take the 4-tap path.
+        self.max_onehot_values = 8
 
     @property
     def dtype(self) -> torch.dtype:
@@ -345,15 +403,15 @@ class ADM(nn.Module):
         if values.numel() == 1 and not dense:  # a constant map is the per-image embedding, exactly
             emb = self._time_mlp(values.expand(b))
             return emb if label is None else emb + label
-        if not dense and values.numel() <= self.max_embedding_values:
-            emb = self._time_mlp(values)[None]  # [1, K, D]
-            if label is not None:
-                emb = emb + label[:, None]
-            return SpatialEmbedding(F.silu(emb), index[:, 0], (h, w))
-        emb = self._time_mlp(values)[index[:, 0]]  # [B, H, W, D]
+        rows = self._time_mlp(values)[None]  # [1, K, D]: one embedding per distinct timestep
         if label is not None:
-            emb = emb + label[:, None, None]
-        return SpatialEmbedding(F.silu(emb).permute(0, 3, 1, 2).contiguous(), None, (h, w))
+            rows = rows + label[:, None]
+        rows = F.silu(rows)
+        if dense:
+            maps = rows[:, index[:, 0]] if rows.shape[0] == 1 else rows[torch.arange(b)[:, None, None], index[:, 0]]
+            return SpatialEmbedding(maps.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous(), None, (h, w), "dense")
+        mode = "onehot" if values.numel() <= self.max_onehot_values else "taps"
+        return SpatialEmbedding(rows, index[:, 0], (h, w), mode)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
                 dense_embedding: bool = False) -> torch.Tensor:

@@ -26,12 +26,44 @@ def test_constant_map_equals_scalar_path(tiny_adm):
     torch.testing.assert_close(dense, want, rtol=0, atol=1e-5)
 
 
+def soft_tau(levels: int) -> torch.Tensor:
+    """A soft-mask-like map: a blurred box quantised to ``levels`` values, one per image (different per image)."""
+    m = torch.zeros(2, 1, 16, 16)
+    m[0, :, 2:10, 3:12] = 1
+    m[1, :, 6:16, 0:7] = 1
+    m = F.avg_pool2d(F.pad(m, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    return (m * (levels - 1)).round() / (levels - 1) * 700.0 - 1.0
+
+
 @torch.no_grad()
-@pytest.mark.parametrize("tau", [binary_tau(), torch.randint(-1, 999, (2, 1, 16, 16)).float()])
-def test_few_values_path_equals_dense_path(tiny_adm, tau):
+@pytest.mark.parametrize("tau,mode", [
+    (binary_tau(), "onehot"),
+    (soft_tau(5), "onehot"),
+    (soft_tau(60), "taps"),
+    (torch.randint(-1, 999, (2, 1, 16, 16), generator=torch.Generator().manual_seed(0)).float(), "taps"),
+])
+def test_fast_paths_equal_dense_path(tiny_adm, tau, mode):
+    assert tiny_adm.embed(tau, None, x16()).mode == mode
     fast = tiny_adm(x16(), tau)
     dense = tiny_adm(x16(), tau, dense_embedding=True)
     torch.testing.assert_close(fast, dense, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_taps_projection_both_orders_equal_resize(tiny_adm):
+    """The 4-tap path projects first (few distinct rows) or mixes first (more rows than pixels): both are exact."""
+    tau = torch.randint(-1, 999, (1, 1, 16, 16), generator=torch.Generator().manual_seed(1)).float()
+    spatial = tiny_adm.embed(tau, None, x16(1))
+    dense = tiny_adm.embed(tau, None, x16(1), dense=True)
+    lin = tiny_adm.input_blocks[1][0].emb_layers[1]
+    for h in (16, 8, 4, 2, 1):  # 256 distinct rows: mixed first at every size; project first when rows < pixels
+        torch.testing.assert_close(spatial.project(lin.weight, lin.bias, h, h),
+                                   dense.project(lin.weight, lin.bias, h, h), rtol=0, atol=1e-5)
+    few = tiny_adm.embed(soft_tau(30)[:1], None, x16(1))
+    assert few.mode == "taps"
+    torch.testing.assert_close(few.project(lin.weight, lin.bias, 16, 16),
+                               tiny_adm.embed(soft_tau(30)[:1], None, x16(1), dense=True).project(
+                                   lin.weight, lin.bias, 16, 16), rtol=0, atol=1e-5)
 
 
 @torch.no_grad()
@@ -46,7 +78,8 @@ def test_dense_path_is_the_papers_definition(tiny_adm):
     want = F.conv2d(F.interpolate(F.silu(emb), size=(8, 8), mode="bilinear", align_corners=True),
                     block.emb_layers[1].weight[..., None, None], block.emb_layers[1].bias)
     spatial = tiny_adm.embed(tau, None, x16(1), dense=True)
-    torch.testing.assert_close(spatial.project(block.emb_layers[1], 8, 8), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(spatial.project(block.emb_layers[1].weight, block.emb_layers[1].bias, 8, 8), want,
+                               rtol=0, atol=1e-5)
 
 
 @torch.no_grad()
@@ -65,6 +98,8 @@ def test_class_labels_with_spatial_map():
     y = torch.tensor([0, 3])
     fast = model(x16(), binary_tau(), y=y)
     torch.testing.assert_close(fast, model(x16(), binary_tau(), y=y, dense_embedding=True), rtol=0, atol=1e-5)
+    taps = model(x16(), soft_tau(40), y=y)
+    torch.testing.assert_close(taps, model(x16(), soft_tau(40), y=y, dense_embedding=True), rtol=0, atol=1e-5)
     assert not torch.allclose(fast, model(x16(), binary_tau(), y=torch.tensor([1, 3])))
 
 
