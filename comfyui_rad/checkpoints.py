@@ -775,6 +775,21 @@ def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return resolved
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """"auto" (CUDA when there is one, else CPU) or a torch device name; a clear error for unknown or absent ones."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA, but this torch has no CUDA device: use --device cpu")
+    return device
+
+
 def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | None = None, strength: float = 1.0, *,
              device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None, **overrides: Any) -> ADM:
     """A guided-diffusion ADM (or comfyui-rad.model) from a file, optionally with a RAD adapter merged in.

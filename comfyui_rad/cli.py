@@ -66,18 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise CLIError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {name} asked for CUDA, but this torch has no CUDA device: use --device cpu")
-    return device
-
-
 def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name != "auto":
         return DTYPES[name]
@@ -121,7 +109,7 @@ class Progress:
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Inpaint as the arguments say; returns the written paths."""
-    from .checkpoints import load_adm
+    from .checkpoints import load_adm, resolve_device
 
     if args.samples < 1:
         raise CLIError(f"--samples must be at least 1, got {args.samples}")
@@ -138,7 +126,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                        "try --invert-mask)")
     image = image.expand(args.samples, -1, -1, -1)
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     overrides = {k: v for k, v in (("num_head_channels", args.num_head_channels), ("num_heads", args.num_heads))
                  if v is not None}
     model = load_adm(args.model, adapter=args.adapter, strength=args.strength, device=device,

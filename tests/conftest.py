@@ -38,3 +38,12 @@ def box_mask16() -> torch.Tensor:
     mask = torch.zeros(1, 1, 16, 16)
     mask[..., 4:12, 5:13] = 1
     return mask
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread avoids thread start-up costs on shared CPUs (and keeps runs comparable)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,13 +25,7 @@ from comfyui_rad.train.losses import q_sample, rad_loss, step_terms
 from comfyui_rad.train.state import list_checkpoints, load_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids thread start-up costs on shared CPUs (and keeps runs comparable)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_images(folder, count, seed=0):

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from .. import masks
-from ..checkpoints import file_sha256, load_adm
+from ..checkpoints import file_sha256, load_adm, resolve_device
 from ..imaging import save_image
 from ..sampling import sample_ddim
 from ..schedule import NoiseCurves, SpatialSchedule
@@ -123,18 +123,6 @@ class TrainOptions:
                              ".safetensors")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for CUDA, but this torch has no CUDA device: use --device cpu")
-    return device
-
-
 def _precision(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -154,7 +142,7 @@ class Trainer:
     def __init__(self, options: TrainOptions):
         options.check()
         self.opts = opts = options
-        self.device = _device(opts.device)
+        self.device = resolve_device(opts.device)
         self.autocast_dtype = _precision(opts.precision, self.device)
         if opts.export is not None and Path(opts.export).exists() and not opts.force:
             raise FileExistsError(f"--export {opts.export} already exists: pass --force to overwrite it, or choose "
