@@ -775,6 +775,12 @@ def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return resolved
 
 
+BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
+"""The pack's own model folder (listed by the ComfyUI loader too)."""
+DEFAULT_MODEL = BUILTIN_WEIGHTS / "rad_default.safetensors"
+"""The small RAD model ``rad-inpaint`` and the nodes use when no model is chosen (once it ships)."""
+
+
 def resolve_device(name: str | torch.device) -> torch.device:
     """"auto" (CUDA when there is one, else CPU) or a torch device name; a clear error for unknown or absent ones."""
     if isinstance(name, torch.device):

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import imaging, masks
+from .checkpoints import DEFAULT_MODEL
 from .pipeline import MASK_MODES, inpaint, read_mask
 from .sampling import SAMPLERS
 
@@ -34,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rad-inpaint",
         description="Inpaint an image with RAD (region-aware diffusion): one reverse pass, about 100 network calls.",
     )
-    p.add_argument("--model", required=True, type=Path,
-                   help="guided-diffusion ADM checkpoint (.pt or .safetensors), or a full RAD model")
+    p.add_argument("--model", type=Path, default=None,
+                   help="guided-diffusion ADM checkpoint (.pt or .safetensors), or a full RAD model "
+                        "(default: the pack's built-in rad_default.safetensors)")
     p.add_argument("--adapter", type=Path, help="RAD adapter .safetensors made for this base (from rad-train)")
     p.add_argument("--strength", type=float, default=1.0, help="adapter strength (default 1.0)")
     p.add_argument("--image", required=True, type=Path, help="image to inpaint (png/jpg/webp), any size")
@@ -114,6 +116,11 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.samples < 1:
         raise CLIError(f"--samples must be at least 1, got {args.samples}")
     imaging.check_writable(args.output, args.samples, force=args.force)  # fail before minutes of sampling
+    if args.model is None:
+        if not DEFAULT_MODEL.exists():
+            raise CLIError(f"no --model given and the built-in default model is not installed ({DEFAULT_MODEL}): "
+                           "pass --model with a guided-diffusion checkpoint (and --adapter) or a RAD model")
+        args.model = DEFAULT_MODEL
     for path, what in ((args.model, "--model"), (args.image, "--image"), (args.adapter, "--adapter")):
         if path is not None and not path.exists():
             raise CLIError(f"{what} file {path} does not exist")

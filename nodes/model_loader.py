@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import comfy.model_management
 import comfy.model_patcher
@@ -12,7 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-import comfyui_rad
+from comfyui_rad.checkpoints import DEFAULT_MODEL as DEFAULT_MODEL_PATH
 from comfyui_rad.checkpoints import load_adm
 
 from .common import CATEGORY, RADModel
@@ -21,8 +20,8 @@ log = logging.getLogger(__name__)
 
 FOLDER = "rad"
 EXTENSIONS = {".safetensors", ".pt", ".pth", ".ckpt", ".bin"}
-BUILTIN_DIR = Path(comfyui_rad.__file__).resolve().parent / "weights"
-DEFAULT_MODEL = "rad_default.safetensors"
+BUILTIN_DIR = DEFAULT_MODEL_PATH.parent
+DEFAULT_MODEL = DEFAULT_MODEL_PATH.name
 NO_ADAPTER = "none"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

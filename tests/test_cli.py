@@ -112,3 +112,15 @@ def test_errors_are_one_line(files, capsys, args, message):
 def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "comfyui_rad", "--help"], capture_output=True, text=True, check=True)
     assert "rad-inpaint" in out.stdout and "--adapter" in out.stdout
+
+
+def test_default_model_is_used_when_no_model_is_given(files, monkeypatch, capsys):
+    monkeypatch.setattr("comfyui_rad.cli.DEFAULT_MODEL", files / "nothing_here.safetensors")
+    args = ["--image", str(files / "in.png"), "--mask", "box", "--steps", "2", "-q"]
+    assert main([*args, "-o", str(files / "no_default.png")]) == 2
+    err = capsys.readouterr().err
+    assert "no --model given and the built-in default model is not installed" in err and "nothing_here" in err
+    monkeypatch.setattr("comfyui_rad.cli.DEFAULT_MODEL", files / "tiny.safetensors")  # stands in for the shipped one
+    assert main([*args, "-o", str(files / "with_default.png")]) == 0
+    assert run(files, "--mask", "box", "--steps", "2", "-o", str(files / "explicit.png")) == 0
+    assert (pixels(files / "with_default.png") == pixels(files / "explicit.png")).all()
