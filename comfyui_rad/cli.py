@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, type=Path, help="where to write the result (png/jpg/webp)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--save-mask", type=Path, help="also write the mask that was used")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm", help="ddpm (default, the paper's) or ddim")
-    p.add_argument("--steps", type=int, default=None, help="reverse steps (default 100 for ddpm, 50 for ddim)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm",
+                   help="ddpm (default, the paper's), ddim, or repaint (the baseline: 2,410 network calls at 250)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="reverse steps (default 100 for ddpm, 50 for ddim, 250 for repaint)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same result anywhere")
     p.add_argument("--samples", type=int, default=1, help="number of results (written as name_00000.png, ...)")
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     for path, what in ((args.model, "--model"), (args.image, "--image"), (args.adapter, "--adapter")):
         if path is not None and not path.exists():
             raise CLIError(f"{what} file {path} does not exist")
-    steps = args.steps if args.steps is not None else (100 if args.sampler == "ddpm" else 50)
+    steps = args.steps if args.steps is not None else {"ddpm": 100, "ddim": 50, "repaint": 250}[args.sampler]
     image = imaging.load_image(args.image)
     _, _, height, width = image.shape
     mask = _mask(args, height, width)

@@ -74,13 +74,14 @@ def model_curves(model: torch.nn.Module) -> NoiseCurves:
 def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, steps: int = 100,
             sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, fit: str = "crop",
             callback: Callable[[dict], None] | None = None, y: int | torch.Tensor | None = None,
-            curves: NoiseCurves | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            curves: NoiseCurves | None = None, options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint ``image`` [B,3,H,W] in [0,1] (CPU) where ``mask`` (1 = inpaint, read as given) is above 0.
 
     The batches follow ``match_batches``; the model's resolution is met by ``fit`` (crop / resize / pad, see
     ``imaging.FIT_MODES``), and the result is stitched back: pixels with mask 0 are bit-identical to the input.
     Noise comes from a CPU generator seeded with ``seed``, so a seed gives the same result on any device.
     ``curves``: Phase 1's noise curves, default the model's. ``callback`` gets the sampler's dict every step.
+    ``options``: further keywords for the sampler (repaint: ``jump_length``, ``jump_n_sample``).
     Returns (result [B,3,H,W] in [0,1] on the CPU, the mask used [B,H,W]).
     """
     if sampler not in SAMPLERS:
@@ -88,7 +89,7 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
     if fit not in imaging.FIT_MODES:
         raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(sorted(imaging.FIT_MODES))}")
     image, mask = match_batches(image.float(), mask)
-    if not getattr(model, "rad_config", {}).get("is_rad"):
+    if sampler != "repaint" and not getattr(model, "rad_config", {}).get("is_rad"):
         log.warning("the model has no RAD adapter: RAD steps on a plain ADM inpaint poorly (paper Table 3, Cfg. 1); "
                     "load a RAD adapter or a RAD model")
     size = model.config.image_size
@@ -96,7 +97,7 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
     if fitted.empty:
         return image.clone(), mask
     schedule = SpatialSchedule(model_mask[:, None], curves or model_curves(model))
-    kwargs = {"eta": eta} if sampler == "ddim" else {}
+    kwargs = ({"eta": eta} if sampler == "ddim" else {}) | (options or {})
     log.info("inpainting %d image(s) of %dx%d at %dx%d (%s), %d %s steps on %s", image.shape[0], image.shape[3],
              image.shape[2], size, size, fit, steps, sampler, next(model.parameters()).device)
     result = SAMPLERS[sampler](model, imaging.to_model_range(model_image), schedule, steps,

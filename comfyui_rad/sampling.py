@@ -8,6 +8,9 @@ them, so the sampler cannot see what it must invent.
 
 Noise is drawn on the CPU from ``generator``, so a seed gives the same result on any device. ``callback`` gets a
 dict per step: ``step`` (0-based), ``total``, ``t``, ``x`` (x_t after the step) and ``pred_x0``.
+
+``sample_repaint`` is the baseline users compare against (RePaint, RAD_NOTES §6): one timestep per image, the known
+region re-noised at every step, about 24x the network calls of RAD's DDPM at the defaults.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 
 from .schedule import SpatialSchedule
 
-__all__ = ["RADDenoiser", "sample_ddpm", "sample_ddim", "SAMPLERS"]
+__all__ = ["RADDenoiser", "sample_ddpm", "sample_ddim", "sample_repaint", "repaint_times",
+           "repaint_calls", "SAMPLERS"]
 
 log = logging.getLogger(__name__)
 
@@ -143,4 +147,87 @@ def sample_ddim(model, image: torch.Tensor, schedule: SpatialSchedule, steps: in
     return _loop(model, image, schedule, steps, generator, callback, _ddim_update(eta), y)
 
 
-SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+def repaint_times(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
+    """The respaced step indices RePaint's state visits, from ``steps - 1`` (pure noise) to -1 (clean), as a list.
+
+    Walking down, each multiple j of ``jump_length`` below ``steps - jump_length`` sends the walk back up to
+    j + ``jump_length`` (re-noising), ``jump_n_sample - 1`` times for that j, before it goes on down (RePaint §4.2).
+    Each step down is one network call: 2,410 for (250, 10, 10) (RAD_NOTES §6).
+    """
+    for name, value in (("steps", steps), ("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if jump_n_sample > 1 and jump_length >= steps:
+        raise ValueError(f"jump_length {jump_length} must be below steps {steps} to jump back: lower jump_length, "
+                         "or set jump_n_sample to 1 (no jumps)")
+    left = {j: jump_n_sample - 1 for j in range(0, steps - jump_length, jump_length)}
+    times = [steps - 1]
+    while times[-1] >= 0:
+        t = times[-1]
+        if left.get(t, 0) > 0:
+            left[t] -= 1
+            times.append(t + jump_length)
+        else:
+            times.append(t - 1)
+    return times
+
+
+def repaint_calls(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> int:
+    """Network calls (steps down in ``repaint_times``) of one RePaint run: 2,410 for (250, 10, 10)."""
+    times = repaint_times(steps, jump_length, jump_n_sample)
+    return sum(nxt < cur for cur, nxt in zip(times, times[1:]))
+
+
+@torch.no_grad()
+def sample_repaint(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = 250,
+                   generator: torch.Generator | None = None, callback: Callback | None = None,
+                   y: torch.Tensor | None = None, jump_length: int = 10, jump_n_sample: int = 10) -> torch.Tensor:
+    """RePaint (Lugmayr et al. 2022, Alg. 1 with the jump schedule) on any ADM -> [B,3,H,W] in [-1, 1].
+
+    One timestep per image: ``steps`` respaced steps of Phase 1's DDPM curve (abar at the chosen steps, as the
+    other samplers), guided-diffusion's learned-range variance. Before every network call the known region
+    (mask 0) is replaced by the input re-noised to that step, q(x_t | x0); a jump back re-noises the whole image,
+    x_{t+j} ~ q(x_{t+j} | x_t). Finally the known region is copied back, bit-identical to the input.
+    The mask must be binary, 1 = inpaint (RePaint's own mask files use 1 = keep: invert those). Pixels under the
+    mask are never read. With an all-ones mask no known-region noise is drawn, so jump_n_sample = 1 is plain DDPM.
+    ``callback`` gets a dict per network call: ``step`` over all calls, ``total`` calls, DDPM ``t``, ``x``, ``pred_x0``.
+    """
+    if not schedule.is_binary:
+        raise ValueError("RePaint needs a binary mask (0 = keep, 1 = inpaint), got values between 0 and 1: "
+                         "threshold it (Spatial Noise Schedule mask_mode binary, or pipeline.read_mask)")
+    times = repaint_times(steps, jump_length, jump_n_sample)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    denoiser, schedule, x, pairs = _prepare(model, image, schedule, steps, generator, y)
+    hole = (schedule.mask >= 1).expand_as(x)
+    known = torch.where(hole, 0.0, image.to(x.device, torch.float32))  # never read what must be invented
+    ts = [t for t, _ in reversed(pairs)]  # the respaced DDPM steps, ascending
+    abar1 = schedule.curves.abar1.to(x.device)
+    one = torch.ones(1, 1, 1, 1, dtype=torch.float64, device=x.device)
+
+    def abar(i: int) -> torch.Tensor:
+        return abar1[ts[i]].reshape(1, 1, 1, 1) if i >= 0 else one
+
+    replace = not bool(hole.all())
+    total, call = repaint_calls(steps, jump_length, jump_n_sample), 0
+    for cur, nxt in zip(times, times[1:]):
+        abar_t, abar_next = abar(cur), abar(nxt)
+        if nxt > cur:  # 1. jump back: x_{t+j} ~ q(x_{t+j} | x_t) = N(sqrt(a) x_t, (1 - a) I), a = abar_{t+j} / abar_t
+            alpha = abar_next / abar_t
+            x = (alpha.sqrt() * x + (1 - alpha).sqrt() * _randn(generator, x.shape, x.device)).float()
+            continue
+        if replace:  # 2. known region at this step's level, q(x_t | x0) (RePaint eq. (8))
+            noisy_known = abar_t.sqrt() * known + (1 - abar_t).sqrt() * _randn(generator, x.shape, x.device)
+            x = torch.where(hole, x, noisy_known.float())
+        # 3. the unknown region by one DDPM step (RePaint eq. (7)), on the whole image as the network sees it
+        eps, v = denoiser(x, abar_t)
+        x0 = _predict_x0(x, eps, abar_t)
+        z = _randn(generator, x.shape, x.device) if nxt >= 0 else None
+        x = _ddpm_update(x, x0, eps, v, abar_t, abar_next, z).float()
+        if callback is not None:
+            callback({"step": call, "total": total, "t": ts[cur], "x": x,
+                      "pred_x0": torch.where(hole, x0.float(), known)})
+        call += 1
+    return torch.where(hole, x, known)  # 4. the known region is the input, bit for bit
+
+
+SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "repaint": sample_repaint}

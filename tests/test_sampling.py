@@ -3,7 +3,7 @@ import torch
 from conftest import TINY, make_adm
 
 from comfyui_rad.adm import ADMConfig
-from comfyui_rad.sampling import SAMPLERS, sample_ddim, sample_ddpm
+from comfyui_rad.sampling import SAMPLERS, repaint_calls, repaint_times, sample_ddim, sample_ddpm, sample_repaint
 from comfyui_rad.schedule import SpatialSchedule
 
 
@@ -153,3 +153,79 @@ def test_bad_inputs(tiny_adm, image16):
         sample_ddpm(tiny_adm, image16, SpatialSchedule(torch.ones(16, 16)), 0)
     with pytest.raises(ValueError, match="eta must be in"):
         sample_ddim(tiny_adm, image16, SpatialSchedule(torch.ones(16, 16)), 3, eta=2.0)
+
+
+class CountingModel(torch.nn.Module):
+    """A cheap stand-in ADM: eps = 0.1 x, v = 0; counts its calls and records the timesteps it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.1))
+        self.timesteps = []
+
+    def forward(self, x, t, y=None):
+        self.timesteps.append(float(t.flatten()[0]))
+        return torch.cat([self.scale * x, torch.zeros_like(x)], dim=1)
+
+
+def test_repaint_defaults_make_2410_model_calls(box_mask16):
+    model, seen = CountingModel(), []
+    image = torch.zeros(1, 3, 16, 16)
+    out = sample_repaint(model, image, SpatialSchedule(box_mask16), generator=gen(), callback=seen.append)
+    assert len(model.timesteps) == len(seen) == repaint_calls(250, 10, 10) == 2410
+    assert [s["step"] for s in seen] == list(range(2410)) and {s["total"] for s in seen} == {2410}
+    # down from respaced step 249 (t = 996) to 230 (t = 920), then back up to 240 (t = 960)
+    assert [s["t"] for s in seen[:20]] == [996 - 4 * k for k in range(19)] + [960]
+    assert seen[-1]["t"] == 0 and model.timesteps[-1] == pytest.approx(0, abs=1e-3)
+    assert torch.isfinite(out).all()
+
+
+def test_repaint_times_jump_back_and_end_clean():
+    times = repaint_times(6, 2, 3)
+    # jump points 0, 2 (below 6 - 2): each sends the walk back up 2 steps, twice
+    assert times == [5, 4, 3, 2, 4, 3, 2, 4, 3, 2, 1, 0, 2, 1, 0, 2, 1, 0, -1]
+    assert repaint_calls(6, 2, 3) == 6 + 2 * 2 * 2
+    assert repaint_times(5, 10, 1) == [4, 3, 2, 1, 0, -1]
+
+
+def test_repaint_keeps_the_known_region_and_never_reads_the_hole(tiny_adm, image16, box_mask16):
+    sched = SpatialSchedule(box_mask16)
+    out = sample_repaint(tiny_adm, image16, sched, 8, gen(), jump_length=2, jump_n_sample=3)
+    keep = box_mask16.expand_as(image16) == 0
+    assert torch.equal(out[keep], image16[keep])
+    assert not torch.equal(out[~keep], image16[~keep])
+    assert out.abs().max() <= 1 and torch.isfinite(out).all()
+    scribbled = torch.where(keep, image16, torch.rand_like(image16) * 2 - 1)
+    assert torch.equal(sample_repaint(tiny_adm, scribbled, sched, 8, gen(), jump_length=2, jump_n_sample=3), out)
+
+
+def test_repaint_same_seed_same_result(tiny_adm, image16, box_mask16):
+    sched = SpatialSchedule(box_mask16)
+    a = sample_repaint(tiny_adm, image16, sched, 5, gen(3), jump_length=2, jump_n_sample=2)
+    assert torch.equal(a, sample_repaint(tiny_adm, image16, sched, 5, gen(3), jump_length=2, jump_n_sample=2))
+    assert not torch.equal(a, sample_repaint(tiny_adm, image16, sched, 5, gen(4), jump_length=2, jump_n_sample=2))
+
+
+def test_repaint_all_ones_mask_without_jumps_is_plain_ddpm(tiny_adm, image16):
+    ours = sample_repaint(tiny_adm, image16, SpatialSchedule(torch.ones(16, 16)), 20, gen(), jump_n_sample=1)
+    ref = plain_ddpm(tiny_adm, image16.shape, 20, gen())
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+
+
+def test_repaint_all_zeros_mask_returns_input(tiny_adm, image16):
+    out = sample_repaint(tiny_adm, image16, SpatialSchedule(torch.zeros(16, 16)), 4, gen(), jump_length=2)
+    assert torch.equal(out, image16)
+
+
+def test_repaint_bad_inputs(tiny_adm, image16, box_mask16):
+    sched = SpatialSchedule(box_mask16)
+    with pytest.raises(ValueError, match="jump_length must be a positive integer, got 0"):
+        sample_repaint(tiny_adm, image16, sched, 10, jump_length=0)
+    with pytest.raises(ValueError, match="jump_n_sample must be a positive integer, got 0"):
+        sample_repaint(tiny_adm, image16, sched, 10, jump_n_sample=0)
+    with pytest.raises(ValueError, match="jump_length 10 must be below steps 10"):
+        sample_repaint(tiny_adm, image16, sched, 10, jump_length=10)
+    with pytest.raises(ValueError, match="binary mask"):
+        sample_repaint(tiny_adm, image16, SpatialSchedule(box_mask16 * 0.5), 10)
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        sample_repaint(tiny_adm, image16, sched, 1001, jump_n_sample=1)
