@@ -11,12 +11,14 @@ from comfy_api.latest import ComfyExtension, io
 
 from .model_loader import RADModelLoader, register_folder
 from .perlin_mask import RADPerlinMask
+from .repaint_sampler import RADRePaintSampler
 from .sampler import RADSampler
 from .schedule import RADSpatialSchedule
 
 log = logging.getLogger(__name__)
 
-NODES: list[type[io.ComfyNode]] = [RADPerlinMask, RADModelLoader, RADSpatialSchedule, RADSampler]
+NODES: list[type[io.ComfyNode]] = [RADPerlinMask, RADModelLoader, RADSpatialSchedule, RADSampler,
+                                   RADRePaintSampler]
 EXAMPLE_INPUTS = Path(__file__).resolve().parent.parent / "workflows" / "input"
 
 

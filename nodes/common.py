@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import comfy.model_management
+import comfy.utils
 import numpy as np
 import torch
 from comfy_api.latest import io
@@ -83,3 +85,17 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     """One image [3,H,W] in [-1,1] (the model's range) -> an RGB PIL image, for previews."""
     pixels = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))
+
+
+PREVIEW_SIZE = 512
+
+
+def progress(total: int):
+    """A sampler callback: ComfyUI's progress bar with the predicted image as preview; raises on Cancel."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def callback(info: dict) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(info["step"] + 1, info["total"], ("JPEG", to_pil(info["pred_x0"][0]), PREVIEW_SIZE))
+
+    return callback

@@ -5,29 +5,18 @@ from __future__ import annotations
 import logging
 
 import comfy.model_management
-import comfy.utils
 from comfy_api.latest import io
 
 from comfyui_rad.imaging import FIT_MODES
 from comfyui_rad.pipeline import inpaint
 from comfyui_rad.sampling import SAMPLERS
 
-from .common import CATEGORY, MaskSchedule, RADModel, RADSchedule, image_to_bchw, image_to_bhwc, to_pil
+from .common import CATEGORY, MaskSchedule, RADModel, RADSchedule, image_to_bchw, image_to_bhwc, progress
 
 log = logging.getLogger(__name__)
 
-PREVIEW_SIZE = 512
-
-
-def _progress(total: int):
-    """A sampler callback: ComfyUI's progress bar with the predicted image as preview; raises on Cancel."""
-    bar = comfy.utils.ProgressBar(total)
-
-    def callback(info: dict) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(info["step"] + 1, info["total"], ("JPEG", to_pil(info["pred_x0"][0]), PREVIEW_SIZE))
-
-    return callback
+RAD_SAMPLERS = [name for name in SAMPLERS if name != "repaint"]
+"""RePaint has its own node (RePaint Sampler (ADM)): its steps and jumps are no RAD settings."""
 
 
 class RADSampler(io.ComfyNode):
@@ -50,7 +39,7 @@ class RADSampler(io.ComfyNode):
                                      "device."),
                 io.Int.Input("steps", default=0, min=0, max=1000,
                              tooltip="Reverse steps; 0 = the schedule's steps."),
-                io.Combo.Input("sampler", options=list(SAMPLERS), default="ddpm",
+                io.Combo.Input("sampler", options=RAD_SAMPLERS, default="ddpm",
                                tooltip="ddpm: the paper's sampler (100 steps). ddim: fewer steps (25-50), "
                                        "deterministic at eta 0."),
                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.05,
@@ -82,6 +71,6 @@ class RADSampler(io.ComfyNode):
         comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
         comfy.model_management.throw_exception_if_processing_interrupted()
         result, mask = inpaint(rad_model.model, image_to_bchw(image), schedule.mask, steps=steps, sampler=sampler,
-                               eta=eta, seed=seed, fit=fit, callback=_progress(steps),
+                               eta=eta, seed=seed, fit=fit, callback=progress(steps),
                                y=None if class_label < 0 else class_label, curves=schedule.curves)
         return io.NodeOutput(image_to_bhwc(result), mask)

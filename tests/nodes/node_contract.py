@@ -36,4 +36,12 @@ CONTRACT = {
         "outputs": [("image", "IMAGE"), ("mask", "MASK")],
         "widgets": ["seed", "control_after_generate", "steps", "sampler", "eta", "fit", "class_label"],
     },
+    "RADRePaintSampler": {
+        "category": "inpaint/RAD",
+        "inputs": [("rad_model", "RAD_MODEL"), ("image", "IMAGE"), ("schedule", "RAD_SCHEDULE"), ("seed", "INT"),
+                   ("steps", "INT"), ("jump_length", "INT"), ("jump_n_sample", "INT"), ("fit", "COMBO"),
+                   ("class_label", "INT")],
+        "outputs": [("image", "IMAGE"), ("mask", "MASK")],
+        "widgets": ["seed", "control_after_generate", "steps", "jump_length", "jump_n_sample", "fit", "class_label"],
+    },
 }

@@ -1,0 +1,76 @@
+"""RePaint Sampler (ADM): the baseline, RePaint's resampling on any loaded ADM, beside the RAD Sampler."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+from comfy_api.latest import io
+
+from comfyui_rad.imaging import FIT_MODES
+from comfyui_rad.pipeline import inpaint
+from comfyui_rad.sampling import repaint_calls
+
+from .common import CATEGORY, MaskSchedule, RADModel, RADSchedule, image_to_bchw, image_to_bhwc, progress
+
+log = logging.getLogger(__name__)
+
+
+class RADRePaintSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RADRePaintSampler",
+            display_name="RePaint Sampler (ADM)",
+            category=CATEGORY,
+            description="Inpaints with RePaint (Lugmayr et al. 2022), the baseline RAD is compared against: any ADM "
+                        "(no RAD adapter needed), the known region re-noised at every step, and jumps back to "
+                        "harmonise. Slow: 2,410 network calls at the defaults, against RAD's 100. Pixels outside "
+                        "the mask are returned untouched. Needs a binary mask.",
+            inputs=[
+                RADModel.Input("rad_model", tooltip="From RAD Model Loader: any ADM, with or without an adapter."),
+                io.Image.Input("image", tooltip="The image(s) to inpaint, any size. One image with many masks, many "
+                                                "images with one mask, or as many of each."),
+                RADSchedule.Input("schedule", tooltip="From Spatial Noise Schedule: the mask (mask_mode binary) and "
+                                                      "the noise curves; its steps are not used here."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed. Noise is drawn on the CPU, so a seed gives the same image on any "
+                                     "device."),
+                io.Int.Input("steps", default=250, min=1, max=1000,
+                             tooltip="Respaced reverse steps (RePaint: 250)."),
+                io.Int.Input("jump_length", default=10, min=1, max=1000,
+                             tooltip="How many steps each jump goes back up (RePaint: 10)."),
+                io.Int.Input("jump_n_sample", default=10, min=1, max=100,
+                             tooltip="How often each stretch is sampled; 1 = no jumps (RePaint: 10). Network calls "
+                                     "grow about in proportion."),
+                io.Combo.Input("fit", options=list(FIT_MODES), default="crop",
+                               tooltip="How the image meets the model's resolution (e.g. 256x256). crop: a square "
+                                       "window around the mask (with context; larger holes are downscaled), "
+                                       "stitched back: best for big photos. resize: the whole image, stretched. "
+                                       "pad: the whole image in a square."),
+                io.Int.Input("class_label", default=-1, min=-1, max=9999,
+                             tooltip="Class-conditional checkpoints only (e.g. ImageNet: 0-999); -1 for "
+                                     "unconditional ones."),
+            ],
+            outputs=[
+                io.Image.Output("result", display_name="image",
+                                tooltip="The inpainted images at the input's size; pixels outside the mask are the "
+                                        "input's."),
+                io.Mask.Output("result_mask", display_name="mask",
+                               tooltip="The mask used, at the image's size (after threshold)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, rad_model, image, schedule: MaskSchedule, seed: int, steps: int, jump_length: int,
+                jump_n_sample: int, fit: str, class_label: int) -> io.NodeOutput:
+        if not isinstance(schedule, MaskSchedule):
+            raise TypeError(f"schedule must come from Spatial Noise Schedule (RAD), got {type(schedule).__name__}")
+        calls = repaint_calls(steps, jump_length, jump_n_sample)  # checks the jump settings before loading
+        comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        result, mask = inpaint(rad_model.model, image_to_bchw(image), schedule.mask, steps=steps, sampler="repaint",
+                               seed=seed, fit=fit, callback=progress(calls),
+                               y=None if class_label < 0 else class_label, curves=schedule.curves,
+                               options={"jump_length": jump_length, "jump_n_sample": jump_n_sample})
+        return io.NodeOutput(image_to_bhwc(result), mask)
