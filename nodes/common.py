@@ -16,6 +16,7 @@ import torch
 from comfy_api.latest import io
 from PIL import Image
 
+from comfyui_rad.imaging import FIT_MODES
 from comfyui_rad.schedule import NoiseCurves
 
 log = logging.getLogger(__name__)
@@ -99,3 +100,30 @@ def progress(total: int):
         bar.update_absolute(info["step"] + 1, info["total"], ("JPEG", to_pil(info["pred_x0"][0]), PREVIEW_SIZE))
 
     return callback
+
+
+def fit_and_label_inputs() -> list:
+    """The sampler nodes' ``fit`` and ``class_label`` inputs (public API: names, defaults and order pinned)."""
+    return [
+        io.Combo.Input("fit", options=list(FIT_MODES), default="crop",
+                       tooltip="How the image meets the model's resolution (e.g. 256x256). crop: a square window "
+                               "around the mask (with context; larger holes are downscaled), stitched back: best for "
+                               "big photos. resize: the whole image, stretched. pad: the whole image in a square."),
+        io.Int.Input("class_label", default=-1, min=-1, max=9999,
+                     tooltip="Class-conditional checkpoints only (e.g. ImageNet: 0-999); -1 for unconditional ones."),
+    ]
+
+
+def sampler_outputs() -> list:
+    """The sampler nodes' outputs: the inpainted images and the mask used."""
+    return [
+        io.Image.Output("result", display_name="image",
+                        tooltip="The inpainted images at the input's size; pixels outside the mask are the input's."),
+        io.Mask.Output("result_mask", display_name="mask",
+                       tooltip="The mask used, at the image's size (after threshold)."),
+    ]
+
+
+def check_schedule(schedule) -> None:
+    if not isinstance(schedule, MaskSchedule):
+        raise TypeError(f"schedule must come from Spatial Noise Schedule (RAD), got {type(schedule).__name__}")

@@ -7,11 +7,13 @@ import logging
 import comfy.model_management
 from comfy_api.latest import io
 
-from comfyui_rad.imaging import FIT_MODES
 from comfyui_rad.pipeline import inpaint
 from comfyui_rad.sampling import repaint_calls
 
-from .common import CATEGORY, MaskSchedule, RADModel, RADSchedule, image_to_bchw, image_to_bhwc, progress
+from .common import (
+    CATEGORY, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule, progress, RADModel,
+    RADSchedule, sampler_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +45,15 @@ class RADRePaintSampler(io.ComfyNode):
                 io.Int.Input("jump_n_sample", default=10, min=1, max=100,
                              tooltip="How often each stretch is sampled; 1 = no jumps (RePaint: 10). Network calls "
                                      "grow about in proportion."),
-                io.Combo.Input("fit", options=list(FIT_MODES), default="crop",
-                               tooltip="How the image meets the model's resolution (e.g. 256x256). crop: a square "
-                                       "window around the mask (with context; larger holes are downscaled), "
-                                       "stitched back: best for big photos. resize: the whole image, stretched. "
-                                       "pad: the whole image in a square."),
-                io.Int.Input("class_label", default=-1, min=-1, max=9999,
-                             tooltip="Class-conditional checkpoints only (e.g. ImageNet: 0-999); -1 for "
-                                     "unconditional ones."),
+                *fit_and_label_inputs(),
             ],
-            outputs=[
-                io.Image.Output("result", display_name="image",
-                                tooltip="The inpainted images at the input's size; pixels outside the mask are the "
-                                        "input's."),
-                io.Mask.Output("result_mask", display_name="mask",
-                               tooltip="The mask used, at the image's size (after threshold)."),
-            ],
+            outputs=sampler_outputs(),
         )
 
     @classmethod
     def execute(cls, rad_model, image, schedule: MaskSchedule, seed: int, steps: int, jump_length: int,
                 jump_n_sample: int, fit: str, class_label: int) -> io.NodeOutput:
-        if not isinstance(schedule, MaskSchedule):
-            raise TypeError(f"schedule must come from Spatial Noise Schedule (RAD), got {type(schedule).__name__}")
+        check_schedule(schedule)
         calls = repaint_calls(steps, jump_length, jump_n_sample)  # checks the jump settings before loading
         comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
         comfy.model_management.throw_exception_if_processing_interrupted()
