@@ -766,6 +766,10 @@ def save_model(path: str | os.PathLike, model: nn.Module, *, schedule: Mapping[s
     return _atomic_save(tensors, _merge_extra(meta, metadata), Path(path), force)
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+"""The precisions a user names on the command line and in the nodes."""
+
+
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     if dtype is None:
         return torch.float32

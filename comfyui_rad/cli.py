@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from . import imaging, masks
-from .checkpoints import DEFAULT_MODEL
+from .checkpoints import DEFAULT_MODEL, DTYPES
 from .pipeline import MASK_MODES, inpaint, read_mask
 from .sampling import SAMPLERS
 
@@ -23,7 +23,6 @@ GENERATED_MASKS = {
     "wide": lambda b, h, w, g: masks.wide_mask(b, h, w, generator=g),
     "perlin": lambda b, h, w, g: masks.perlin_mask(b, h, w, generator=g, coverage=(0.2, 0.5)),
 }
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class CLIError(Exception):

@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from comfyui_rad.checkpoints import DEFAULT_MODEL as DEFAULT_MODEL_PATH
-from comfyui_rad.checkpoints import load_adm
+from comfyui_rad.checkpoints import DTYPES, load_adm
 
 from .common import CATEGORY, RADModel
 
@@ -23,7 +23,6 @@ EXTENSIONS = {".safetensors", ".pt", ".pth", ".ckpt", ".bin"}
 BUILTIN_DIR = DEFAULT_MODEL_PATH.parent
 DEFAULT_MODEL = DEFAULT_MODEL_PATH.name
 NO_ADAPTER = "none"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def register_folder() -> None:

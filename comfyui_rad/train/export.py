@@ -16,14 +16,14 @@ from typing import Any
 import torch
 
 from ..adm import ADM, ADMConfig
-from ..checkpoints import CheckpointError, file_sha256, save_adapter, save_model
+from ..checkpoints import DTYPES, CheckpointError, file_sha256, save_adapter, save_model
 from .state import load_checkpoint
 
 __all__ = ["EXPORT_DTYPES", "config_to_dict", "config_from_dict", "export_weights", "export_checkpoint"]
 
 log = logging.getLogger(__name__)
 
-EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+EXPORT_DTYPES = DTYPES
 _LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 # The options written into an export's metadata: the recipe, not the machine's paths or devices.
 _RECIPE = ("preset", "resolution", "lora_rank", "lora_alpha", "lr", "weight_decay", "grad_clip", "ema", "batch_size",

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from .. import masks
-from ..checkpoints import file_sha256, load_adm, resolve_device
+from ..checkpoints import DTYPES, file_sha256, load_adm, resolve_device
 from ..imaging import save_image
 from ..sampling import sample_ddim
 from ..schedule import NoiseCurves, SpatialSchedule
@@ -129,7 +129,7 @@ def _precision(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if cuda_bf16 else torch.float32
     if name == "fp16" and device.type != "cuda":
         raise ValueError(f"--precision fp16 needs a CUDA device (this run is on {device}): use fp32 or bf16")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return DTYPES[name]
 
 
 def _count(n: int) -> str:
