@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import re
-import tempfile
+import secrets
 import zipfile
 from collections import Counter
 from collections.abc import Mapping
@@ -614,6 +614,19 @@ def _created_by() -> str:
     return f"comfyui-rad {__version__}"
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (changing it races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_save(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path, force: bool,
                  protect: tuple[str | os.PathLike, ...] = ()) -> Path:
     """Write a safetensors file through a temp file in the same folder and os.replace (never half a file)."""
@@ -624,10 +637,10 @@ def _atomic_save(tensors: dict[str, Tensor], metadata: dict[str, str], path: Pat
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists: pass force=True to overwrite it, or choose another name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors makes its files 0600: give the mode any new file gets
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -800,13 +813,20 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
+def _trained_rad(metadata: Mapping[str, Any]) -> bool:
+    """False for weights rad-train trained as a plain DDPM (``--mask-sampling full``), True otherwise."""
+    return metadata.get("train_mask_sampling") != "full"
+
+
 def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | None = None, strength: float = 1.0, *,
              device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None, **overrides: Any) -> ADM:
     """A guided-diffusion ADM (or comfyui-rad.model) from a file, optionally with a RAD adapter merged in.
 
     ``overrides``: ``ADMConfig`` fields, e.g. ``num_head_channels=64`` or ``num_heads=4`` (see
     ``config_from_state_dict``). ``dtype`` None means float32. The model is in eval mode without gradients and
-    carries ``model.rad_config``: schedule, tau_convention ("gd" | "authors"), is_rad, base, adapter, strength.
+    carries ``model.rad_config``: schedule, tau_convention ("gd" | "authors"), is_rad, embedding ("spatial", or
+    "scalar" for rad-train's Cfg. 2 ablation: sample it through ``train.ScalarEmbedding``), base, adapter, strength.
+    Weights rad-train trained with ``--mask-sampling full`` (a plain DDPM) are not RAD (is_rad False).
     """
     path = Path(path)
     _check_override_names(overrides)
@@ -818,12 +838,14 @@ def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | Non
     is_model_file = raw.get("format") == MODEL_FORMAT
     meta = _parse_metadata(raw, path.name) if is_model_file else {}
     info = {"schedule": dict(meta.get("schedule") or DEFAULT_SCHEDULE),
-            "tau_convention": meta.get("tau_convention", "gd"), "is_rad": is_model_file,
+            "tau_convention": meta.get("tau_convention", "gd"), "is_rad": is_model_file and _trained_rad(meta),
+            "embedding": meta.get("train_embedding", "spatial"),
             "base": path.name, "adapter": None, "strength": 1.0 if is_model_file else 0.0}
     if adapter is not None:
         _check_adapter_base(adapter, cfg, path, sd)
         sd = merge_adapter(sd, adapter, strength)
-        info.update(is_rad=True, adapter=adapter.name, strength=float(strength))
+        info.update(is_rad=_trained_rad(adapter.metadata), adapter=adapter.name, strength=float(strength),
+                    embedding=adapter.metadata.get("train_embedding", "spatial"))
         if "schedule" in adapter.metadata:
             info["schedule"] = dict(adapter.metadata["schedule"])
         info["tau_convention"] = adapter.metadata.get("tau_convention", info["tau_convention"])

@@ -6,6 +6,7 @@ Tiny random ADMs on CPU; weights come from ``_golden.random_state_dict`` so they
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def test_load_adm_matches_source(tmp_path, name):
     assert torch.equal(run(model), run(source))
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert model.rad_config == {"schedule": ck.DEFAULT_SCHEDULE, "tau_convention": "gd", "is_rad": False,
-                                "base": "m.safetensors", "adapter": None, "strength": 0.0}
+                                "embedding": "spatial", "base": "m.safetensors", "adapter": None, "strength": 0.0}
 
 
 def test_class_conditional_needs_labels(tmp_path):
@@ -358,7 +359,8 @@ def test_load_adm_with_adapter(base, adapter_file):
     assert same_weights(model, merge_adapter(read_state_dict(base)[0], ad, 0.7))
     assert model.config == TINY  # the adapter's head layout (16 per head) replaces the default 64
     assert model.rad_config == {"schedule": ck.DEFAULT_SCHEDULE, "tau_convention": "authors", "is_rad": True,
-                                "base": "base.safetensors", "adapter": "rad.safetensors", "strength": 0.7}
+                                "embedding": "spatial", "base": "base.safetensors", "adapter": "rad.safetensors",
+                                "strength": 0.7}
     assert load_adm(base, ad, strength=0.7).rad_config["adapter"] == "rad.safetensors"  # an Adapter object works
 
 
@@ -477,13 +479,23 @@ def test_save_model_round_trip(tmp_path):
     assert model.config == cfg
     assert torch.equal(run(model), run(source))
     assert model.rad_config == {"schedule": ck.DEFAULT_SCHEDULE, "tau_convention": "authors", "is_rad": True,
-                                "base": "rad.safetensors", "adapter": None, "strength": 1.0}
+                                "embedding": "spatial", "base": "rad.safetensors", "adapter": None, "strength": 1.0}
     assert read_state_dict(path)[1]["steps"] == "100"
     assert load_adm(path, num_heads=4).config.num_heads == 4  # overrides still win
     with pytest.raises(FileExistsError, match="force=True"):
         save_model(path, model)
     save_model(path, model, force=True)  # rad_config (tau "authors") travels with the model
     assert load_adm(path).rad_config["tau_convention"] == "authors"
+
+
+def test_saved_files_get_the_umask_mode_and_leave_no_temporaries(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_model(tmp_path / "shared.safetensors", random_adm(seed=1))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by others, as any file the user writes (not 0600)
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.safetensors"]
 
 
 def test_dtype_and_fp16_file(tmp_path):
