@@ -214,6 +214,24 @@ def test_fresh_preset_export_loads_with_load_adm(files):
     assert (load_adm(half)(x, tau) - expected).abs().max() < 0.05
 
 
+def test_plain_ddpm_base_then_rad_lora_on_it(files):
+    """--mask-sampling full makes a plain base (not RAD); a RAD adapter trained on its export records its recipe."""
+    base = Trainer(options(files, "plain", preset="tiny", steps=1, mask_sampling="full"))
+    seen = []
+    base.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[1].shape)))
+    base.fit()
+    base.close()
+    assert seen == [(2,)]  # uniform noise: one timestep per image, the plain ADM's input
+    path = base.export(files / "plain.safetensors")
+    plain = load_adm(path)
+    assert not plain.rad_config["is_rad"] and read_state_dict(path)[1]["train_mask_sampling"] == "full"
+    rad = train(files, "on-plain", base=path, steps=1, embedding="scalar")
+    adapter = rad.export(files / "on-plain.safetensors")
+    model = load_adm(path, adapter=adapter)
+    assert model.rad_config["is_rad"] and model.rad_config["embedding"] == "scalar"
+    assert model.config == plain.config
+
+
 def test_refusals(files, monkeypatch):
     with pytest.raises(ValueError, match="exactly one of --base"):
         TrainOptions(data=files, out=files / "x").check()

@@ -153,7 +153,7 @@ def test_rad_loss_learned_sigma_and_eps_only():
     assert plain["vb"] == 0 and torch.equal(plain["loss"], plain["mse"])
 
 
-@pytest.mark.parametrize("mode", ["async", "mixed", "perlin"])
+@pytest.mark.parametrize("mode", ["async", "mixed", "perlin", "full"])
 def test_losses_finite_on_sampled_states(mode):
     """Soft async states (tiny mask values, first steps everywhere at t = 0) and extreme outputs stay finite."""
     g = torch.Generator().manual_seed(3)
@@ -179,6 +179,22 @@ def test_perlin_states_are_the_papers():
     assert t.min() >= 0 and t.max() < 2 * T1 and (t < T1).any() and (t >= T1).any()
     again = sample_states(64, 16, 16, CURVES, torch.Generator().manual_seed(0), "perlin")
     assert torch.equal(mask, again[0]) and torch.equal(t, again[1])
+
+
+def test_full_states_are_plain_ddpm():
+    """--mask-sampling full: one uniform noise level per image, abar1[t] in every pixel, tau = t everywhere."""
+    g = torch.Generator().manual_seed(4)
+    mask, t = sample_states(256, 8, 8, CURVES, g, "full")
+    assert bool((mask == 1).all()) and t.min() >= 0 and t.max() < T1 and t.min() < 100 and t.max() > T1 - 100
+    terms, abar = step_terms(CURVES, mask, t)
+    flat = abar.flatten(1)
+    assert bool((flat == flat[:, :1]).all())  # uniform per image
+    torch.testing.assert_close(flat[:, 0], CURVES.abar1[t], rtol=1e-10, atol=0)
+    tau = CURVES.timestep(abar)
+    torch.testing.assert_close(tau.flatten(1), t[:, None].float().expand(-1, 64), rtol=0, atol=2e-3)
+    assert bool(terms.noised.all())
+    again = sample_states(256, 8, 8, CURVES, torch.Generator().manual_seed(4), "full")
+    assert torch.equal(t, again[1])
 
 
 def test_async_levels_become_exact_rad_states():

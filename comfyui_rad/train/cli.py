@@ -24,6 +24,9 @@ EXAMPLES = """examples:
               --export rad-ffhq.safetensors
   a small model from scratch on the CPU:
     rad-train --data photos/ --preset small64 --out runs/s64 --steps 50000 --export rad-small64.safetensors
+  a plain DDPM base (no RAD), then RAD as LoRA on it:
+    rad-train --data photos/ --preset small64 --mask-sampling full --out runs/base --export base.safetensors
+    rad-train --data photos/ --base base.safetensors --out runs/rad --export rad-on-base.safetensors
   continue a run, export a checkpoint:
     rad-train --data photos/ --preset small64 --out runs/s64 --steps 80000 --resume
     rad-train --export-from runs/s64 --export rad-small64.safetensors
@@ -67,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the mean noise level (the paper's Cfg. 2 ablation)")
     g.add_argument("--mask-sampling", choices=MASK_SAMPLINGS, default=d.mask_sampling,
                    help="perlin: binary Perlin mask + uniform step (the paper, default); async: mean noise level "
-                        "and spatial spread drawn separately (AsyncPatch-style soft states); mixed: half each")
+                        "and spatial spread drawn separately (AsyncPatch-style soft states); mixed: half each; "
+                        "full: every pixel at one uniform step, i.e. plain DDPM training (a non-RAD base model, "
+                        "the paper's pretrained ADM)")
     g.add_argument("--vlb-weight", type=float, default=d.vlb_weight,
                    help=f"weight of the variance VLB term in bits/dim (default {d.vlb_weight:g}, guided-diffusion's; "
                         "0 = eps MSE only)")

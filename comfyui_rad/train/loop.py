@@ -296,9 +296,9 @@ class Trainer:
         mask, t = sample_states(opts.batch_size, size, size, self.curves, self.noise, opts.mask_sampling)
         eps = torch.randn(x0.shape, generator=self.noise)
         terms, abar = step_terms(self.curves, mask, t)
-        if opts.embedding == "spatial":
+        if opts.embedding == "spatial" and opts.mask_sampling != "full":
             tau = self.curves.timestep(abar, TAU_CONVENTION)
-        else:
+        else:  # one timestep per image: Cfg. 2, or plain DDPM states (their maps are uniform: the same, cheaper)
             tau = scalar_timestep(abar, self.curves, TAU_CONVENTION)
         x0, eps, tau, terms = x0.to(self.device), eps.to(self.device), tau.to(self.device), terms.to(self.device)
         with self._autocast():

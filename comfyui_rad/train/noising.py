@@ -14,6 +14,9 @@ A training state is RAD's own (mask m [B,1,H,W] in [0,1], step t [B]): the pixel
   - 1 and the soft mask m with log(1 - nu m) * e1[t] = log abar(k), which is how a soft inpainting mask behaves at
   sampling time; the pixel at the highest level gets m = 1.
 - ``mixed``: per image, a fair coin between the two.
+- ``full``: no RAD at all: an all-ones mask and t ~ U{0 .. T1-1}, so every pixel has the same noise abar1[t],
+  i.e. ordinary DDPM training of a plain (pretrained-ADM-like) base model, whose spatial timestep map is constant
+  (the model sees exactly a per-image t). Phase 2 is never drawn: with a full mask it adds no noise.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from torch import nn
 from .. import masks
 from ..schedule import TAU_OFFSETS, NoiseCurves
 
-__all__ = ["MASK_SAMPLINGS", "ASYNC_SPREAD", "sample_states", "perlin_states", "async_states", "states_for_levels",
-           "scalar_timestep", "abar_from_timestep", "ScalarEmbedding"]
+__all__ = ["MASK_SAMPLINGS", "ASYNC_SPREAD", "sample_states", "perlin_states", "async_states", "full_states",
+           "states_for_levels", "scalar_timestep", "abar_from_timestep", "ScalarEmbedding"]
 
-MASK_SAMPLINGS = ("perlin", "async", "mixed")
+MASK_SAMPLINGS = ("perlin", "async", "mixed", "full")
 ASYNC_SPREAD = 0.5
 """Largest spatial spread (std of the per-pixel level, before clamping) of ``async`` states, in units of T1."""
 
@@ -37,6 +40,12 @@ def perlin_states(batch: int, height: int, width: int, curves: NoiseCurves,
     """The paper's states: a binary Perlin mask (authors' defaults) and t ~ U{0 .. T1+T2-1} per image."""
     mask = masks.perlin_mask(batch, height, width, generator=generator)[:, None]
     return mask, torch.randint(0, curves.total_steps, (batch,), generator=generator)
+
+
+def full_states(batch: int, height: int, width: int, curves: NoiseCurves,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain DDPM states: an all-ones mask and t ~ U{0 .. T1-1} per image (every pixel noised alike)."""
+    return torch.ones(batch, 1, height, width), torch.randint(0, curves.T1, (batch,), generator=generator)
 
 
 def states_for_levels(level: torch.Tensor, curves: NoiseCurves) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +83,8 @@ def sample_states(batch: int, height: int, width: int, curves: NoiseCurves, gene
         return perlin_states(batch, height, width, curves, generator)
     if mode == "async":
         return async_states(batch, height, width, curves, generator)
+    if mode == "full":
+        return full_states(batch, height, width, curves, generator)
     if mode == "mixed":
         coin = torch.rand(batch, generator=generator) < 0.5
         p_mask, p_t = perlin_states(batch, height, width, curves, generator)
@@ -104,6 +115,7 @@ class ScalarEmbedding(nn.Module):
         super().__init__()
         self.model, self.curves, self.convention = model, curves or NoiseCurves(), convention
         self.rad_config = getattr(model, "rad_config", {"tau_convention": convention})
+        self.config = getattr(model, "config", None)  # the ADM's, for pipeline.inpaint
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if t.ndim == 4:

@@ -6,13 +6,15 @@ sigma, legacy attention head order), so a trained model is an ordinary ADM that 
 | preset   | size | channels | res blocks | channel_mult    | attention at | params | fp16 file |
 |----------|------|----------|------------|-----------------|--------------|--------|-----------|
 | tiny     | 16   | 32       | 1          | (1, 2)          | 8x8          | 0.83 M | 1.7 MB    |
+| digits32 | 32   | 32       | 1          | (1, 2, 2)       | 8            | 1.37 M | 2.7 MB    |
 | micro64  | 64   | 32       | 1          | (1, 2, 2, 2)    | 8            | ~2 M   | ~4 MB     |
 | small64  | 64   | 64       | 1          | (1, 2, 2, 2)    | 16, 8        | 7.83 M | 15.7 MB   |
 | small128 | 128  | 64       | 1          | (1, 1, 2, 2, 4) | 16, 8        | 15.6 M | 31 MB     |
 | adm256   | 256  | 256      | 2          | (1,1,2,2,4,4)   | 32, 16, 8    | 553 M  | 1.1 GB    |
 
-``micro64`` is small64 at half the width with attention only at 8x8: a quarter of its cost per step, what a
-CPU trains in an hour (the built-in default model). ``small64`` is the default small model for GPU training: one ResBlock per level (not two) keeps it under 10 M parameters, so it
+``digits32`` is a small 32x32 layout (0.61 GFLOP per image and forward pass) for the CPU experiment on
+scikit-learn's digits (``scripts/digits_experiment.py``). ``micro64`` is small64 at half the width with attention
+only at 8x8: a quarter of its cost per step, what a CPU trains in an hour (the built-in default model). ``small64`` is the default small model for GPU training: one ResBlock per level (not two) keeps it under 10 M parameters, so it
 trains on a CPU and ships under 20 MB in fp16/bf16; 32 channels per attention head. ``adm256`` is guided-diffusion's
 ``256x256_diffusion_uncond`` layout (the checkpoints of RAD_NOTES §5), for training from scratch on a GPU.
 """
@@ -31,6 +33,8 @@ __all__ = ["PRESETS", "preset_config", "build_fresh"]
 PRESETS: dict[str, ADMConfig] = {
     "tiny": ADMConfig(model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_ds=(2,),
                       num_head_channels=16, image_size=16),
+    "digits32": ADMConfig(model_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2), attention_ds=(4,),
+                          num_head_channels=32, image_size=32),
     "micro64": ADMConfig(model_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2, 2), attention_ds=(8,),
                          num_head_channels=32, image_size=64),
     "small64": ADMConfig(model_channels=64, num_res_blocks=1, channel_mult=(1, 2, 2, 2), attention_ds=(4, 8),
