@@ -25,6 +25,10 @@ GENERATED_MASKS = {
 }
 
 
+DEFAULT_STEPS = {"ddpm": 100, "ddim": 50, "repaint": 250, "replace": 100}
+"""Reverse steps per sampler when --steps is not given (rad-inpaint, rad-eval)."""
+
+
 class CLIError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
 
@@ -50,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--save-mask", type=Path, help="also write the mask that was used")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm",
-                   help="ddpm (default, the paper's), ddim, or repaint (the baseline: 2,410 network calls at 250)")
+                   help="ddpm (default, the paper's), ddim, or the baselines for any ADM: repaint (2,410 network "
+                        "calls at 250) and replace (plain DDPM, the known region replaced after each step)")
     p.add_argument("--steps", type=int, default=None,
-                   help="reverse steps (default 100 for ddpm, 50 for ddim, 250 for repaint)")
+                   help="reverse steps (default 100 for ddpm and replace, 50 for ddim, 250 for repaint)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same result anywhere")
     p.add_argument("--samples", type=int, default=1, help="number of results (written as name_00000.png, ...)")
@@ -125,7 +130,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     for path, what in ((args.model, "--model"), (args.image, "--image"), (args.adapter, "--adapter")):
         if path is not None and not path.exists():
             raise CLIError(f"{what} file {path} does not exist")
-    steps = args.steps if args.steps is not None else {"ddpm": 100, "ddim": 50, "repaint": 250}[args.sampler]
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
     image = imaging.load_image(args.image)
     _, _, height, width = image.shape
     mask = _mask(args, height, width)

@@ -10,7 +10,8 @@ Noise is drawn on the CPU from ``generator``, so a seed gives the same result on
 dict per step: ``step`` (0-based), ``total``, ``t``, ``x`` (x_t after the step) and ``pred_x0``.
 
 ``sample_repaint`` is the baseline users compare against (RePaint, RAD_NOTES §6): one timestep per image, the known
-region re-noised at every step, about 24x the network calls of RAD's DDPM at the defaults.
+region re-noised at every step, about 24x the network calls of RAD's DDPM at the defaults. ``sample_replace`` is the
+plain "replace the known region" baseline: RePaint without its jumps, as many network calls as RAD.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch
 
 from .schedule import SpatialSchedule
 
-__all__ = ["RADDenoiser", "sample_ddpm", "sample_ddim", "sample_repaint", "repaint_times",
-           "repaint_calls", "SAMPLERS"]
+__all__ = ["RADDenoiser", "sample_ddpm", "sample_ddim", "sample_repaint", "sample_replace", "repaint_times",
+           "repaint_calls", "SAMPLERS", "BASELINE_SAMPLERS"]
 
 log = logging.getLogger(__name__)
 
@@ -230,4 +231,20 @@ def sample_repaint(model, image: torch.Tensor, schedule: SpatialSchedule, steps:
     return torch.where(hole, x, known)  # 4. the known region is the input, bit for bit
 
 
-SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "repaint": sample_repaint}
+@torch.no_grad()
+def sample_replace(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = 100,
+                   generator: torch.Generator | None = None, callback: Callback | None = None,
+                   y: torch.Tensor | None = None) -> torch.Tensor:
+    """The "replace" baseline on any ADM: RePaint's conditioning (Lugmayr et al. 2022, eq. (8)) without resampling.
+
+    Ordinary DDPM on the whole image with one timestep per image (``steps`` respaced steps, learned-range variance);
+    after each step the known region (mask 0) is replaced by the input noised to the new level, q(x_t | x0), and at
+    the end by the input itself. That is ``sample_repaint`` without jumps (jump_n_sample = 1), which is how it is
+    computed: same noise draws, same callback. Binary masks only, 1 = inpaint; pixels under the mask are never read.
+    """
+    return sample_repaint(model, image, schedule, steps, generator, callback, y, jump_length=1, jump_n_sample=1)
+
+
+SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "repaint": sample_repaint, "replace": sample_replace}
+BASELINE_SAMPLERS = ("repaint", "replace")
+"""Samplers that work on any ADM (one timestep per image); the others are RAD's and need a RAD-trained model."""

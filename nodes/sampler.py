@@ -8,7 +8,7 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from comfyui_rad.pipeline import inpaint
-from comfyui_rad.sampling import SAMPLERS
+from comfyui_rad.sampling import BASELINE_SAMPLERS, SAMPLERS
 
 from .common import (
     CATEGORY, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule, progress, RADModel,
@@ -17,7 +17,7 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
-RAD_SAMPLERS = [name for name in SAMPLERS if name != "repaint"]
+RAD_SAMPLERS = [name for name in SAMPLERS if name not in BASELINE_SAMPLERS]
 """RePaint has its own node (RePaint Sampler (ADM)): its steps and jumps are no RAD settings."""
 
 
