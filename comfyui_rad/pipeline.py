@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from . import imaging
-from .sampling import SAMPLERS
+from .sampling import BASELINE_SAMPLERS, SAMPLERS
 from .schedule import NoiseCurves, SpatialSchedule
 
-__all__ = ["MASK_MODES", "SOFT_SNAP", "read_mask", "match_batches", "model_curves", "inpaint", "schedule_preview"]
+__all__ = ["MASK_MODES", "SOFT_SNAP", "read_mask", "match_batches", "model_curves", "sampling_model", "inpaint",
+           "schedule_preview"]
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,29 @@ def model_curves(model: torch.nn.Module) -> NoiseCurves:
     return NoiseCurves.from_dict(getattr(model, "rad_config", {}).get("schedule"))
 
 
+def sampling_model(model: torch.nn.Module, embedding: str = "auto",
+                   curves: NoiseCurves | None = None) -> torch.nn.Module:
+    """The model as the samplers must drive it: wrapped in ``train.noising.ScalarEmbedding`` (per-pixel timesteps
+    in, the mean noise level's one timestep per image to the network) when ``embedding`` is "scalar", or "auto" and
+    its ``rad_config`` says its weights were trained that way (``rad-train --embedding scalar``, the paper's
+    Cfg. 2); "spatial" or an already wrapped model: the model itself."""
+    if embedding not in ("auto", "spatial", "scalar"):
+        raise ValueError(f"embedding must be auto, spatial or scalar, got {embedding!r}")
+    from .train.noising import ScalarEmbedding
+
+    rad = getattr(model, "rad_config", {})
+    if embedding == "auto":
+        embedding = rad.get("embedding", "spatial")
+    if embedding != "scalar" or isinstance(model, ScalarEmbedding):
+        return model
+    return ScalarEmbedding(model, curves or model_curves(model), rad.get("tau_convention", "gd"))
+
+
 def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, steps: int = 100,
             sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, fit: str = "crop",
             callback: Callable[[dict], None] | None = None, y: int | torch.Tensor | None = None,
-            curves: NoiseCurves | None = None, options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            curves: NoiseCurves | None = None, options: dict | None = None,
+            embedding: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint ``image`` [B,3,H,W] in [0,1] (CPU) where ``mask`` (1 = inpaint, read as given) is above 0.
 
     The batches follow ``match_batches``; the model's resolution is met by ``fit`` (crop / resize / pad, see
@@ -82,6 +102,7 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
     Noise comes from a CPU generator seeded with ``seed``, so a seed gives the same result on any device.
     ``curves``: Phase 1's noise curves, default the model's. ``callback`` gets the sampler's dict every step.
     ``options``: further keywords for the sampler (repaint: ``jump_length``, ``jump_n_sample``).
+    ``embedding``: how the model takes its timesteps, as ``sampling_model`` (auto: as it was trained).
     Returns (result [B,3,H,W] in [0,1] on the CPU, the mask used [B,H,W]).
     """
     if sampler not in SAMPLERS:
@@ -89,10 +110,11 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
     if fit not in imaging.FIT_MODES:
         raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(sorted(imaging.FIT_MODES))}")
     image, mask = match_batches(image.float(), mask)
-    if sampler != "repaint" and not getattr(model, "rad_config", {}).get("is_rad"):
+    if sampler not in BASELINE_SAMPLERS and not getattr(model, "rad_config", {}).get("is_rad"):
         log.warning("the model has no RAD adapter: RAD steps on a plain ADM inpaint poorly (paper Table 3, Cfg. 1); "
                     "load a RAD adapter or a RAD model")
     size = model.config.image_size
+    model = sampling_model(model, embedding, curves)
     model_image, model_mask, fitted = imaging.FIT_MODES[fit](image, mask, size)
     if fitted.empty:
         return image.clone(), mask

@@ -1,0 +1,404 @@
+"""``rad-eval``: inpaint held-out images under generated masks and measure the results (paper §4.2's protocol).
+
+For each mask kind (box / extreme / wide as LaMa and the paper draw them, or perlin), one mask per image is drawn
+from a CPU generator seeded with ``--seed``, so every model and sampler sees the same masks. Images are used whole:
+the centre square resized (bicubic) to the model's resolution. Each batch is inpainted by ``pipeline.inpaint``
+(what rad-inpaint and the nodes run; kept pixels stay bit-identical) with noise seed ``seed + index of the batch's
+first image``: a seed and a batch size give the same results anywhere. Measured per image (``metrics``, images in
+[0,1]): hole MSE and PSNR, SSIM over the image and over the hole's bounding box, the seam measure, and LPIPS when
+``--lpips-weights`` is given; per mask kind: the means, seconds per image (sampling only) and network calls per
+image, and the FID against the held-out originals when ``--fid-weights`` is given (``perceptual`` lists the weight
+files it takes; nothing is downloaded).
+
+Models trained with ``--embedding scalar`` (the paper's Cfg. 2) are sampled through ``train.ScalarEmbedding``, as
+trained; a plain ADM with ``--sampler ddpm`` is the paper's Cfg. 1 (RAD steps without RAD training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import imaging, masks, metrics
+from .cli import DEFAULT_STEPS
+from .pipeline import inpaint, sampling_model
+from .sampling import SAMPLERS, repaint_calls
+
+__all__ = ["EVAL_MASKS", "METRICS", "eval_masks", "load_images", "sampling_model", "MaskRun", "inpaint_set",
+           "measure", "evaluate", "sample_grid", "masked_input", "network_calls", "results_dict", "write_json",
+           "main"]
+
+log = logging.getLogger(__name__)
+
+EVAL_MASKS: dict[str, Callable[[int, int, int, torch.Generator], torch.Tensor]] = {
+    "box": lambda n, h, w, g: masks.box_mask(n, h, w, generator=g),  # a half-size square at a random position
+    "extreme": lambda n, h, w, g: masks.extreme_mask(n, h, w, generator=g),  # only the centred half-size square kept
+    "wide": lambda n, h, w, g: masks.wide_mask(n, h, w, generator=g),  # LaMa's thick strokes
+    "perlin": lambda n, h, w, g: masks.perlin_mask(n, h, w, generator=g, coverage=(0.2, 0.5)),
+}
+"""Evaluation masks by name: (count, height, width, CPU generator) -> float32 [N,H,W], 1 = inpaint."""
+
+METRICS = ("hole_mse", "hole_psnr", "ssim", "ssim_hole", "seam", "lpips")
+"""Per-image measures in the order results list them (lpips only with LPIPS weights)."""
+
+
+def eval_masks(kind: str, count: int, size: int, seed: int) -> torch.Tensor:
+    """``count`` masks of ``kind`` at ``size`` x ``size``, float32 [N,H,W] (1 = inpaint), the same for a seed."""
+    if kind not in EVAL_MASKS:
+        raise ValueError(f"unknown mask kind {kind!r}: use one of {', '.join(EVAL_MASKS)}")
+    return EVAL_MASKS[kind](count, size, size, torch.Generator().manual_seed(seed))
+
+
+def load_images(folder: str | os.PathLike, size: int, limit: int | None = None) -> tuple[list[Path], torch.Tensor]:
+    """The images under ``folder`` (sorted, recursive; the first ``limit``), each its centre square resized to
+    ``size``: (paths, float32 [N,3,S,S] in [0,1])."""
+    from .train.data import load_crop, scan_images
+
+    paths = scan_images(folder, size)[:limit]
+    return paths, torch.stack([load_crop(p, size) for p in paths]).float() / 255
+
+
+def network_calls(sampler: str, steps: int, options: dict | None = None) -> int:
+    """Network evaluations per image of one run of ``sampler``."""
+    if sampler == "repaint":
+        o = options or {}
+        return repaint_calls(steps, o.get("jump_length", 10), o.get("jump_n_sample", 10))
+    return steps
+
+
+def inpaint_set(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, *, sampler: str = "ddpm",
+                steps: int = 100, seed: int = 0, batch_size: int = 16, eta: float = 0.0,
+                options: dict | None = None, progress: Callable[[int, int], None] | None = None
+                ) -> tuple[torch.Tensor, float]:
+    """Inpaint images [N,3,S,S] in [0,1] (S = the model's size) under masks [N,S,S] in batches: (results [N,3,S,S]
+    in [0,1], seconds spent sampling). Batch k starts at image i and uses noise seed ``seed + i``."""
+    if images.shape[0] != mask.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {mask.shape[0]} masks: give one mask per image")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    out, seconds = [], 0.0
+    for start in range(0, images.shape[0], batch_size):
+        stop = min(start + batch_size, images.shape[0])
+        tick = time.perf_counter()
+        result, _ = inpaint(model, images[start:stop], mask[start:stop], steps=steps, sampler=sampler, eta=eta,
+                            seed=seed + start, fit="resize", options=options,
+                            embedding="spatial")  # as given: the caller applied sampling_model
+        seconds += time.perf_counter() - tick
+        out.append(result)
+        if progress is not None:
+            progress(stop, images.shape[0])
+    return torch.cat(out), seconds
+
+
+def measure(results: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor,
+            lpips: torch.nn.Module | None = None, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Per-image measures (``METRICS``) of results against truth, both [N,3,H,W] in [0,1], masks [N,H,W]:
+    name -> float64 [N]."""
+    out = {
+        "hole_mse": metrics.hole_mse(results, truth, mask),
+        "hole_psnr": metrics.hole_psnr(results, truth, mask),
+        "ssim": metrics.ssim(results, truth),
+        "ssim_hole": metrics.ssim(results, truth, mask),
+        "seam": metrics.seam(results, truth, mask),
+    }
+    if lpips is not None:
+        device = next(lpips.parameters()).device
+        with torch.no_grad():
+            out["lpips"] = torch.cat([lpips(results[i:i + batch_size].to(device), truth[i:i + batch_size].to(device))
+                                      for i in range(0, results.shape[0], batch_size)]).double().cpu()
+    return out
+
+
+def _features(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        return torch.cat([net(images[i:i + batch_size].to(device)).double().cpu()
+                          for i in range(0, images.shape[0], batch_size)])
+
+
+def _finite_mean(values: torch.Tensor) -> float | None:
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if finite.numel() else None
+
+
+@dataclass
+class MaskRun:
+    """One mask kind's evaluation: masks [N,S,S], results [N,3,S,S] in [0,1], per-image measures, timing, FID."""
+
+    kind: str
+    masks: torch.Tensor
+    results: torch.Tensor
+    per_image: dict[str, torch.Tensor]
+    seconds: float
+    calls_per_image: int
+    fid: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(1, self.results.shape[0])
+
+    def means(self) -> dict[str, float | None]:
+        """Mean of each measure over the images where it is finite (a perfect hole's infinite PSNR is left out)."""
+        return {k: _finite_mean(v) for k, v in self.per_image.items()}
+
+
+def evaluate(model: torch.nn.Module, images: torch.Tensor, kinds: list[str] | tuple[str, ...], *,
+             sampler: str = "ddpm", steps: int | None = None, seed: int = 0, batch_size: int = 16,
+             eta: float = 0.0, options: dict | None = None, embedding: str = "auto",
+             lpips: torch.nn.Module | None = None, inception: torch.nn.Module | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> dict[str, MaskRun]:
+    """Inpaint ``images`` [N,3,S,S] in [0,1] (S = the model's size) under each mask kind and measure the results.
+
+    ``steps`` defaults to rad-inpaint's per sampler; ``options`` are the sampler's keywords (repaint:
+    jump_length, jump_n_sample); ``embedding`` as ``sampling_model``. ``inception``: a feature network
+    (``perceptual.InceptionFeatures``) for the FID of results against ``images``.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(sorted(SAMPLERS))}")
+    size = model.config.image_size
+    if images.ndim != 4 or images.shape[1:] != (3, size, size):
+        raise ValueError(f"images are {tuple(images.shape)}, the model needs [N, 3, {size}, {size}]: load them with "
+                         "load_images(folder, model.config.image_size)")
+    steps = DEFAULT_STEPS[sampler] if steps is None else steps
+    net = sampling_model(model, embedding)
+    truth_features = _features(inception, images) if inception is not None else None
+    runs = {}
+    for kind in kinds:
+        mask = eval_masks(kind, images.shape[0], size, seed)
+        tick = (lambda done, total, k=kind: progress(k, done, total)) if progress else None
+        results, seconds = inpaint_set(net, images, mask, sampler=sampler, steps=steps, seed=seed,
+                                       batch_size=batch_size, eta=eta, options=options, progress=tick)
+        run = MaskRun(kind, mask, results, measure(results, images, mask, lpips), seconds,
+                      network_calls(sampler, steps, options))
+        if inception is not None:
+            run.fid = metrics.frechet_distance(_features(inception, results), truth_features)
+        log.info("%s: %s, %.3f s per image", kind, ", ".join(f"{k} {v:.4f}" for k, v in run.means().items()
+                                                              if v is not None), run.seconds_per_image)
+        runs[kind] = run
+    return runs
+
+
+# ------------------------------------------------------------------------------------------------------ outputs
+
+
+def sample_grid(columns: list[torch.Tensor], gap: int = 2, background: float = 1.0) -> torch.Tensor:
+    """Images side by side: ``columns`` of [N,3,H,W] in [0,1] (one per method) -> one picture [3, H', W'] with row
+    i holding image i of every column, separated by ``gap`` pixels of ``background``."""
+    n, c, h, w = columns[0].shape
+    if any(col.shape != columns[0].shape for col in columns):
+        raise ValueError(f"grid columns must share one shape, got {[tuple(col.shape) for col in columns]}")
+    grid = torch.full((c, n * h + (n - 1) * gap, len(columns) * w + (len(columns) - 1) * gap), background)
+    for j, col in enumerate(columns):
+        for i in range(n):
+            grid[:, i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = col[i].float()
+    return grid
+
+
+def masked_input(images: torch.Tensor, mask: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
+    """What the sampler is given, for pictures: images [N,3,H,W] with the hole (mask [N,H,W] > 0) in ``fill``."""
+    return torch.where(mask[:, None] > 0, torch.full_like(images, fill), images)
+
+
+def _json_number(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def results_dict(runs: dict[str, MaskRun], config: dict, names: list[str] | None = None) -> dict:
+    """The JSON document of an evaluation: config, then per mask kind the means, timing, FID and per-image rows."""
+    out = {"format": "comfyui-rad.eval", "version": 1, "config": config, "masks": {}}
+    for kind, run in runs.items():
+        rows = []
+        for i in range(run.results.shape[0]):
+            row = {"index": i, "hole_fraction": float(run.masks[i].gt(0.5).float().mean())}
+            if names is not None:
+                row["file"] = names[i]
+            row.update({k: _json_number(float(v[i])) for k, v in run.per_image.items()})
+            rows.append(row)
+        out["masks"][kind] = {"count": run.results.shape[0], "mean": run.means(), "fid": run.fid,
+                              "seconds_per_image": run.seconds_per_image, "network_calls_per_image":
+                              run.calls_per_image, **run.extra, "per_image": rows}
+    return out
+
+
+def write_json(data: dict, path: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``data`` as JSON to ``path`` through a temporary file and os.replace; an existing file is refused
+    (FileExistsError) unless ``force``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} already exists: choose another name or pass --force")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x") as f:  # a new file: the umask's mode, as any other output
+            json.dump(data, f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rad-eval",
+        description="Evaluate inpainting on held-out images: generated box/extreme/wide/perlin masks, one sampler, "
+                    "per-image and mean hole PSNR/MSE, SSIM, seam, optional LPIPS and FID, seconds per image.",
+    )
+    p.add_argument("--model", required=True, type=Path, help="guided-diffusion ADM checkpoint or RAD model")
+    p.add_argument("--adapter", type=Path, help="RAD adapter .safetensors for --model (from rad-train)")
+    p.add_argument("--strength", type=float, default=1.0, help="adapter strength (default 1.0)")
+    p.add_argument("--images", required=True, type=Path, help="folder of held-out images (recursive)")
+    p.add_argument("--out", "-o", required=True, type=Path, help="results JSON to write")
+    p.add_argument("--masks", default="box,extreme,wide",
+                   help=f"comma-separated mask kinds of {', '.join(EVAL_MASKS)} (default box,extreme,wide)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm",
+                   help="ddpm (RAD, default), ddim, repaint or replace (baselines on any ADM)")
+    p.add_argument("--steps", type=int, help="reverse steps (default 100 for ddpm and replace, 50 ddim, 250 repaint)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--jump-length", type=int, default=10, help="RePaint jump length (10)")
+    p.add_argument("--jump-n-sample", type=int, default=10, help="RePaint resamplings per jump point (10)")
+    p.add_argument("--embedding", choices=("auto", "spatial", "scalar"), default="auto",
+                   help="how the model takes timesteps: auto (from its metadata), spatial, scalar (Cfg. 2)")
+    p.add_argument("--seed", type=int, default=0, help="mask and noise seed (default 0)")
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--batch-size", type=int, default=16, help="images per sampler call (default 16)")
+    p.add_argument("--grids", type=Path, help="folder for sample grids: <mask>.png, masked | result | truth rows")
+    p.add_argument("--grid-rows", type=int, default=8, help="images per grid (default 8)")
+    p.add_argument("--lpips-weights", type=Path, nargs="+",
+                   help="local LPIPS (AlexNet v0.1) weights: one lpips state dict, or torchvision's AlexNet and "
+                        "lpips's alex.pth heads (see comfyui_rad.perceptual)")
+    p.add_argument("--fid-weights", type=Path,
+                   help="local pytorch-fid InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="model weights' precision (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--num-head-channels", type=int, help="attention head width (guided-diffusion's; default 64)")
+    p.add_argument("--num-heads", type=int, help="attention head count (with --num-head-channels -1)")
+    p.add_argument("--force", action="store_true", help="overwrite the results JSON and grids")
+    p.add_argument("--quiet", "-q", action="store_true", help="only the results table")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> list[str]:
+    kinds = [k.strip() for k in args.masks.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in EVAL_MASKS]
+    if not kinds or unknown:
+        raise ValueError(f"--masks {args.masks!r}: use comma-separated kinds of {', '.join(EVAL_MASKS)}")
+    for name, value in (("--batch-size", args.batch_size), ("--grid-rows", args.grid_rows),
+                        ("--limit", 1 if args.limit is None else args.limit)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.out.exists() and not args.force:
+        raise FileExistsError(f"{args.out} already exists: choose another name or pass --force")
+    if args.grids is not None:
+        for kind in kinds:
+            imaging.check_writable(args.grids / f"{kind}.png", force=args.force)
+    for path, what in ((args.model, "--model"), (args.adapter, "--adapter"), (args.fid_weights, "--fid-weights"),
+                       *((p, "--lpips-weights") for p in args.lpips_weights or [])):
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"{what} file {path} does not exist")
+    return kinds
+
+
+def _table(runs: dict[str, MaskRun]) -> str:
+    keys = [k for k in METRICS if any(k in r.per_image for r in runs.values())]
+    head = ["mask", *keys, "fid", "s/image", "calls"]
+    lines = ["  ".join(f"{h:>10}" for h in head)]
+    for kind, run in runs.items():
+        means = run.means()
+        cells = [kind, *(f"{means[k]:.4f}" if means.get(k) is not None else "-" for k in keys),
+                 f"{run.fid:.3f}" if run.fid is not None else "-", f"{run.seconds_per_image:.3f}",
+                 str(run.calls_per_image)]
+        lines.append("  ".join(f"{c:>10}" for c in cells))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
+    """Evaluate as the arguments say; returns (the results JSON written, the runs)."""
+    from . import __version__
+    from .checkpoints import DTYPES, load_adm, resolve_device
+    from .perceptual import load_inception, load_lpips
+
+    kinds = _check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (
+        (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.type == "cuda"
+        else torch.float32)
+    overrides = {k: v for k, v in (("num_head_channels", args.num_head_channels), ("num_heads", args.num_heads))
+                 if v is not None}
+    model = load_adm(args.model, adapter=args.adapter, strength=args.strength, device=device, dtype=dtype,
+                     **overrides)
+    lpips = load_lpips(args.lpips_weights, device) if args.lpips_weights else None
+    inception = load_inception(args.fid_weights, device) if args.fid_weights else None
+    paths, images = load_images(args.images, model.config.image_size, args.limit)
+    options = ({"jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample}
+               if args.sampler == "repaint" else {})
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
+
+    def progress(kind, done, total):
+        if not args.quiet:
+            print(f"{kind}: {done}/{total} images", file=sys.stderr, flush=True)
+
+    runs = evaluate(model, images, kinds, sampler=args.sampler, steps=steps, seed=args.seed,
+                    batch_size=args.batch_size, eta=args.eta, options=options, embedding=args.embedding,
+                    lpips=lpips, inception=inception, progress=progress)
+    scalar = sampling_model(model, args.embedding) is not model
+    config = {"model": str(args.model), "adapter": str(args.adapter) if args.adapter else None,
+              "strength": args.strength, "embedding": "scalar" if scalar else "spatial",
+              "is_rad": bool(model.rad_config.get("is_rad")), "images": str(args.images),
+              "count": len(paths), "image_size": model.config.image_size, "sampler": args.sampler, "steps": steps,
+              "eta": args.eta if args.sampler == "ddim" else None, "options": options, "seed": args.seed,
+              "batch_size": args.batch_size, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+              "threads": torch.get_num_threads(), "lpips": bool(lpips), "fid": bool(inception),
+              "created_by": f"comfyui-rad {__version__}"}
+    names = [p.relative_to(args.images).as_posix() for p in paths]
+    out = write_json(results_dict(runs, config, names), args.out, force=args.force)
+    if args.grids is not None:
+        for kind, r in runs.items():
+            k = min(args.grid_rows, images.shape[0])
+            grid = sample_grid([masked_input(images[:k], r.masks[:k]), r.results[:k], images[:k]])
+            imaging.save_image(grid, args.grids / f"{kind}.png", force=args.force)
+    print(_table(runs))
+    return out, runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    from .checkpoints import CheckpointError
+    from .perceptual import WeightsError
+
+    try:
+        out, _ = run(args)
+    except (ValueError, CheckpointError, WeightsError, FileExistsError, FileNotFoundError) as err:
+        print(f"rad-eval: error: {err}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
