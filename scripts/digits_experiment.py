@@ -1,0 +1,447 @@
+#!/usr/bin/env python
+"""RAD against its ablations and baselines on scikit-learn's handwritten digits, end to end on a CPU.
+
+A miniature of the paper's Tables 1-3 (RAD, Cfg. 1, Cfg. 2, RePaint) plus the plain "replace" baseline, with every
+model trained here from nothing in about half an hour on two CPU cores at the defaults. Phases:
+
+1. data: ``sklearn.datasets.load_digits`` (1,797 images, 8x8, 17 gray levels 0..16), scaled to 0..255 and upscaled
+   to 32x32 with PIL's bilinear filter (a triangle kernel: smooth strokes, no ringing, values stay in range), split
+   by ``--seed`` into train and held-out (``--heldout`` images), written as gray PNGs under ``data/{train,heldout}/
+   <digit>/``.
+2. classifier: a small CNN (pure torch) trained on the train split with +-2 px shifts; it scores inpainted digits
+   (accuracy: does the digit keep its class?) and gives the 32-d features of the Fréchet distance.
+3. base: ``rad-train --preset digits32 --mask-sampling full``: a plain DDPM, this experiment's "pretrained ADM".
+4. RAD: ``rad-train --base base.safetensors``: RAD's recipe (two-phase noise, Perlin masks, spatial embedding) as
+   a LoRA adapter (+ the time layers in full) on the base, as the paper fine-tunes ADM.
+5. Cfg. 2: the same with ``--embedding scalar`` (one timestep per image: RAD without the spatial embedding).
+6. evaluation, on the first ``--eval-images`` held-out digits under box / extreme / wide masks (the same masks for
+   every method, seeded): RAD (DDPM, ``--steps``), Cfg. 2 (same sampler), Cfg. 1 (RAD steps on the base), RePaint
+   on the base (``--repaint-steps`` with jumps), replace on the base (``--steps``). Per method and mask: hole PSNR,
+   SSIM over the hole's bounding box, seam, classifier accuracy, Fréchet distance of classifier features to the
+   originals, seconds and network calls per image; rows for the originals and for the masked input (hole in gray)
+   bound the scale.
+7. report: ``results.json``, ``results.md`` (tables, phase times) and ``samples.png`` (per mask kind, rows of
+   masked | RAD | Cfg. 2 | Cfg. 1 | RePaint | replace | original).
+
+Cost at the defaults, from CPU time measured per piece on one thread (digits32: 0.61 GFLOP per image and forward):
+a training step of 16 images 0.79 s (base) and 0.91 s (LoRA, per-pixel timesteps), a sampler step on 32 images
+0.48 s; so base 800 steps ~10.5 min, RAD and Cfg. 2 300 steps ~4.5 min each, evaluation ~14 min (3 masks x 32
+images x 590 network calls), data + classifier ~1 min: ~35 min on one free core, ~20-25 min with ``--threads 2``
+on two free cores (not measured: the machine it was written on was busy). ``--quick`` shrinks everything to a smoke test of the whole
+chain: ~21 s of CPU. Phase times, wall and CPU, are printed and written to the report.
+
+    pip install scikit-learn
+    python scripts/digits_experiment.py --out runs/digits --threads 2
+    python scripts/digits_experiment.py --out /tmp/digits-smoke --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from comfyui_rad import imaging  # noqa: E402
+from comfyui_rad.checkpoints import load_adm, resolve_device  # noqa: E402
+from comfyui_rad.evaluate import (  # noqa: E402
+    eval_masks,
+    inpaint_set,
+    masked_input,
+    measure,
+    network_calls,
+    sample_grid,
+    sampling_model,
+    write_json,
+)
+from comfyui_rad.metrics import frechet_distance  # noqa: E402
+from comfyui_rad.train.cli import main as rad_train  # noqa: E402
+
+log = logging.getLogger("digits")
+
+SIZE = 32
+MASK_KINDS = ("box", "extreme", "wide")
+METHODS = ("RAD", "Cfg. 2", "Cfg. 1", "RePaint", "replace")
+
+
+@dataclass
+class Settings:
+    """Every knob of the experiment; ``--quick`` replaces them with ``QUICK``."""
+
+    heldout: int = 360
+    train_limit: int = 0  # 0 = all training images
+    classifier_epochs: int = 20
+    base_steps: int = 800
+    base_lr: float = 5e-4
+    rad_steps: int = 300
+    rad_lr: float = 5e-4
+    lora_rank: int = 8
+    batch_size: int = 16
+    ema_base: float = 0.99
+    ema_rad: float = 0.98
+    eval_images: int = 32
+    steps: int = 100
+    repaint_steps: int = 100
+    jump_length: int = 10
+    jump_n_sample: int = 2
+    eval_batch: int = 32
+    grid_rows: int = 6
+
+
+QUICK = Settings(heldout=8, train_limit=64, classifier_epochs=1, base_steps=2, rad_steps=2, lora_rank=4,
+                 batch_size=4, eval_images=4, steps=4, repaint_steps=4, jump_length=2, jump_n_sample=2,
+                 eval_batch=4, grid_rows=2)
+
+
+class Clock:
+    """Wall and CPU seconds of each phase."""
+
+    def __init__(self):
+        self.phases: dict[str, dict[str, float]] = {}
+
+    def __call__(self, name: str):
+        clock = self
+
+        class Phase:
+            def __enter__(self):
+                self.wall, self.cpu = time.perf_counter(), time.process_time()
+                log.info("== %s", name)
+
+            def __exit__(self, *exc):
+                spent = {"wall_s": time.perf_counter() - self.wall, "cpu_s": time.process_time() - self.cpu}
+                clock.phases[name] = spent
+                log.info("== %s done: %.1f s wall, %.1f s CPU", name, spent["wall_s"], spent["cpu_s"])
+
+        return Phase()
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+def upscale(digits: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """sklearn digits [N,8,8] (0..16) -> uint8 [N,size,size]: 0..255, then PIL's bilinear upscale."""
+    levels = np.clip(np.rint(np.asarray(digits, dtype=np.float64) * (255 / 16)), 0, 255).astype(np.uint8)
+    return np.stack([np.asarray(Image.fromarray(d).resize((size, size), Image.Resampling.BILINEAR)) for d in levels])
+
+
+def split(count: int, heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices): a permutation by ``seed``; the held-out ones sorted."""
+    if not 0 < heldout < count:
+        raise ValueError(f"--heldout must be between 1 and {count - 1}, got {heldout}")
+    order = np.random.RandomState(seed).permutation(count)
+    return np.sort(order[heldout:]), np.sort(order[:heldout])
+
+
+def write_digits(folder: Path, pixels: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+    for i in indices:
+        path = folder / str(labels[i]) / f"{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[i]).save(path)
+
+
+def prepare_data(out: Path, s: Settings, seed: int, reuse: bool = False) -> dict:
+    """Write data/train and data/heldout (kept as they are with ``reuse``, or replaced when this script wrote
+    them: ``data/split.json``); returns tensors for the classifier and the evaluation."""
+    import shutil
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels, labels = upscale(digits.images), digits.target
+    train, held = split(len(labels), s.heldout, seed)
+    if s.train_limit:
+        train = train[:s.train_limit]
+    folder, split_file = out / "data", out / "data" / "split.json"
+    if folder.exists() and not split_file.is_file():
+        raise SystemExit(f"{folder} exists but was not written by this script: choose another --out")
+    if not (reuse and split_file.is_file()):
+        shutil.rmtree(folder, ignore_errors=True)
+        write_digits(folder / "train", pixels, labels, train)
+        write_digits(folder / "heldout", pixels, labels, held)
+        split_file.write_text(json.dumps({"seed": seed, "train": train.tolist(), "heldout": held.tolist()}))
+    elif json.loads(split_file.read_text())["heldout"] != held.tolist():
+        raise SystemExit(f"--reuse: {split_file} holds another split than these settings: drop --reuse")
+    as_rgb = torch.from_numpy(pixels).float().div(255)[:, None].expand(-1, 3, -1, -1)
+    log.info("%d training and %d held-out digits, 8x8 -> %dx%d bilinear", len(train), len(held), SIZE, SIZE)
+    return {"train_x": as_rgb[train], "train_y": torch.from_numpy(labels[train]), "held_x": as_rgb[held],
+            "held_y": torch.from_numpy(labels[held]), "held_index": held}
+
+
+# ------------------------------------------------------------------------------------------------- classifier
+
+
+class DigitNet(nn.Module):
+    """A small CNN on 32x32 gray digits: images [N,3,32,32] in [0,1] -> logits [N,10]; ``features`` -> [N,32]."""
+
+    def __init__(self, features: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(), nn.Linear(256, features), nn.ReLU(),
+        )
+        self.head = nn.Linear(features, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.float().mean(dim=1, keepdim=True) * 2 - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _shift(x: torch.Tensor, generator: torch.Generator, pixels: int = 2) -> torch.Tensor:
+    """Each image moved by a random whole number of pixels in [-pixels, pixels] per axis (zeros come in)."""
+    out = torch.zeros_like(x)
+    size = x.shape[-1]
+    for i, (dy, dx) in enumerate(torch.randint(-pixels, pixels + 1, (x.shape[0], 2), generator=generator).tolist()):
+        ys, yd = slice(max(0, -dy), size - max(0, dy)), slice(max(0, dy), size - max(0, -dy))
+        xs, xd = slice(max(0, -dx), size - max(0, dx)), slice(max(0, dx), size - max(0, -dx))
+        out[i, :, yd, xd] = x[i, :, ys, xs]
+    return out
+
+
+def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, batch: int = 64) -> DigitNet:
+    """AdamW (lr 3e-3, cosine to 0) with random shifts; deterministic for a seed."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = DigitNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    total = epochs * -(-x.shape[0] // batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + np.cos(np.pi * min(k, total) / total)))
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=g)
+        for k in range(0, x.shape[0], batch):
+            idx = order[k:k + batch]
+            loss = nn.functional.cross_entropy(net(_shift(x[idx], g)), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return net.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def classify(net: DigitNet, x: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted labels [N], features [N,32]) of images [N,3,32,32] in [0,1]."""
+    feats = torch.cat([net.features(x[k:k + batch]) for k in range(0, x.shape[0], batch)])
+    return net.head(feats).argmax(dim=1), feats
+
+
+# ------------------------------------------------------------------------------------------------------ models
+
+
+def train_args(out: Path, s: Settings, args: argparse.Namespace, run: str) -> list[str]:
+    """rad-train's arguments for one of the three runs: "base", "rad" or "cfg2"."""
+    common = ["--data", str(out / "data" / "train"), "--out", str(out / "runs" / run), "--resize", "--no-flip",
+              "--holdout", "0", "--preview-every", "0", "--save-every", "0", "--batch-size", str(s.batch_size),
+              "--seed", str(args.seed), "--device", args.device, "--threads", str(args.threads),
+              "--workers", "0", "--log-every", "25", "--force",
+              "--export", str(out / "models" / f"{run}.safetensors")]
+    if args.quiet:
+        common.append("-q")
+    if run == "base":
+        return common + ["--preset", "digits32", "--mask-sampling", "full", "--steps", str(s.base_steps),
+                         "--lr", str(s.base_lr), "--ema", str(s.ema_base)]
+    rad = ["--base", str(out / "models" / "base.safetensors"), "--steps", str(s.rad_steps), "--lr", str(s.rad_lr),
+           "--ema", str(s.ema_rad), "--lora-rank", str(s.lora_rank), "--lora-alpha", str(s.lora_rank)]
+    return common + rad + (["--embedding", "scalar"] if run == "cfg2" else [])
+
+
+def train_model(out: Path, s: Settings, args: argparse.Namespace, run: str) -> Path:
+    path = out / "models" / f"{run}.safetensors"
+    if args.reuse and path.is_file():
+        log.info("reusing %s", path)
+        return path
+    if rad_train(train_args(out, s, args, run)) != 0:
+        raise SystemExit(f"rad-train failed for the {run} model (its error is above)")
+    return path
+
+
+def _final_loss(out: Path, run: str) -> float | None:
+    path = out / "runs" / run / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows[-1]["loss"] if rows else None
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+
+
+def methods(out: Path, s: Settings, device) -> dict[str, tuple[torch.nn.Module, str, int, dict]]:
+    """name -> (model to sample, sampler, steps, sampler options)."""
+    models = out / "models"
+    base = load_adm(models / "base.safetensors", device=device)
+    rad = load_adm(models / "base.safetensors", adapter=models / "rad.safetensors", device=device)
+    cfg2 = load_adm(models / "base.safetensors", adapter=models / "cfg2.safetensors", device=device)
+    repaint = {"jump_length": s.jump_length, "jump_n_sample": s.jump_n_sample}
+    return {"RAD": (rad, "ddpm", s.steps, {}), "Cfg. 2": (sampling_model(cfg2), "ddpm", s.steps, {}),
+            "Cfg. 1": (base, "ddpm", s.steps, {}), "RePaint": (base, "repaint", s.repaint_steps, repaint),
+            "replace": (base, "replace", s.steps, {})}
+
+
+def score(net: DigitNet, results: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+          truth_features: torch.Tensor) -> dict[str, float]:
+    """Means of the image measures plus classifier accuracy and Fréchet distance to the originals' features."""
+    m = measure(results, truth, mask)
+    predicted, feats = classify(net, results)
+
+    def mean(v):
+        v = v[torch.isfinite(v)]
+        return float(v.mean()) if v.numel() else None
+
+    return {"hole_psnr": mean(m["hole_psnr"]), "hole_mse": mean(m["hole_mse"]), "ssim": mean(m["ssim"]),
+            "ssim_hole": mean(m["ssim_hole"]), "seam": mean(m["seam"]),
+            "accuracy": float((predicted == labels).float().mean()),
+            "frechet": frechet_distance(feats, truth_features)}
+
+
+def evaluate_all(out: Path, s: Settings, data: dict, net: DigitNet, args, clock: Clock) -> tuple[dict, dict]:
+    """Every method under every mask kind: (numbers, pictures for the grid)."""
+    device = resolve_device(args.device)
+    truth, labels = data["held_x"][:s.eval_images], data["held_y"][:s.eval_images]
+    _, truth_features = classify(net, truth)
+    runs = methods(out, s, device)
+    numbers, pictures = {}, {}
+    for kind in MASK_KINDS:
+        mask = eval_masks(kind, truth.shape[0], SIZE, args.seed)
+        masked = masked_input(truth, mask)
+        numbers[kind] = {"original": score(net, truth, truth, labels, mask, truth_features),
+                         "masked input": score(net, masked, truth, labels, mask, truth_features)}
+        pictures[kind] = {"masked": masked}
+        for name, (model, sampler, steps, options) in runs.items():
+            with clock(f"eval {kind} {name}"):
+                results, seconds = inpaint_set(model, truth, mask, sampler=sampler, steps=steps, seed=args.seed,
+                                               batch_size=s.eval_batch, options=options)
+            numbers[kind][name] = {**score(net, results, truth, labels, mask, truth_features),
+                                   "seconds_per_image": seconds / truth.shape[0],
+                                   "calls_per_image": network_calls(sampler, steps, options),
+                                   "sampler": sampler, "steps": steps, **options}
+            pictures[kind][name] = results
+        pictures[kind]["original"] = truth
+    return numbers, pictures
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def _cell(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def markdown(numbers: dict, phases: dict, s: Settings, extra: dict) -> str:
+    """The report: one table per mask kind, then the training and phase summary."""
+    lines = ["# RAD on scikit-learn digits (32x32)", "",
+             f"{s.eval_images} held-out digits per mask kind, the same masks for every method; DDPM {s.steps} "
+             f"steps for RAD, Cfg. 2, Cfg. 1 and replace; RePaint {s.repaint_steps} steps, jump length "
+             f"{s.jump_length}, {s.jump_n_sample} samples per jump. Classifier accuracy on clean held-out digits: "
+             f"{extra['classifier_accuracy']:.3f}. Fréchet distance: of the 32-d classifier features, to the "
+             "originals' (0 for the originals themselves; biased upwards by the small sample).", ""]
+    head = ("| method | calls/img | hole PSNR ↑ | SSIM hole box ↑ | SSIM ↑ | seam ↓ | accuracy ↑ | Fréchet ↓ | "
+            "s/img |")
+    for kind, rows in numbers.items():
+        lines += [f"## {kind} masks", "", head, "|" + "---|" * 9]
+        for name, r in rows.items():
+            lines.append(f"| {name} | {r.get('calls_per_image', '-')} | {_cell(r['hole_psnr'], '.2f')} | "
+                         f"{_cell(r['ssim_hole'], '.3f')} | {_cell(r['ssim'], '.3f')} | {_cell(r['seam'], '.4f')} | "
+                         f"{r['accuracy']:.3f} | {_cell(r['frechet'], '.2f')} | "
+                         f"{_cell(r.get('seconds_per_image'), '.3f')} |")
+        lines.append("")
+    lines += ["## Training", "", "| model | steps | final loss |", "|---|---|---|"]
+    for run, info in extra["training"].items():
+        lines.append(f"| {run} | {info['steps']} | {_cell(info['final_loss'], '.4f')} |")
+    lines += ["", "## Phases", "", "| phase | wall s | CPU s |", "|---|---|---|"]
+    lines += [f"| {name} | {t['wall_s']:.1f} | {t['cpu_s']:.1f} |" for name, t in phases.items()]
+    total = sum(t["wall_s"] for name, t in phases.items() if not name.startswith("eval "))
+    lines += ["", f"Total {total:.0f} s wall.", "", "![samples](samples.png)", ""]
+    return "\n".join(lines)
+
+
+def samples_picture(pictures: dict, rows: int) -> torch.Tensor:
+    """Per mask kind, ``rows`` digits: masked | the methods | original; kinds stacked with a gray band."""
+    blocks = []
+    for kind, cols in pictures.items():
+        order = ["masked", *METHODS, "original"]
+        blocks.append(sample_grid([cols[k][:rows] for k in order]))
+        blocks.append(torch.full((3, 6, blocks[-1].shape[-1]), 0.5))
+    return torch.cat(blocks[:-1], dim=1)
+
+
+# -------------------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="experiment folder (data, runs, models, report)")
+    p.add_argument("--quick", action="store_true", help="a smoke test of every phase (about a minute)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, training, masks and noise (0)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument("--reuse", action="store_true", help="keep data and models already in --out (re-evaluate)")
+    p.add_argument("--force", action="store_true", help="overwrite the report in --out")
+    p.add_argument("--quiet", "-q", action="store_true", help="warnings and the summary only")
+    d = Settings()
+    for f in dataclasses.fields(Settings):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=None,
+                       help=f"default {getattr(d, f.name)} ({getattr(QUICK, f.name)} with --quick)")
+    return p
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    base = QUICK if args.quick else Settings()
+    return dataclasses.replace(base, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+                                        if getattr(args, f.name) is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    s, out = settings(args), args.out
+    report = [out / "results.json", out / "results.md", out / "samples.png"]
+    if any(p.exists() for p in report) and not args.force:
+        print(f"{out} already holds a report: pass --force to replace it (with --reuse to keep the models)",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    clock = Clock()
+    with clock("data"):
+        data = prepare_data(out, s, args.seed, args.reuse)
+    with clock("classifier"):
+        net = train_classifier(data["train_x"], data["train_y"], s.classifier_epochs, args.seed)
+        clean = float((classify(net, data["held_x"])[0] == data["held_y"]).float().mean())
+        log.info("classifier accuracy on the %d clean held-out digits: %.3f", len(data["held_y"]), clean)
+    for run in ("base", "rad", "cfg2"):
+        with clock(f"train {run}"):
+            train_model(out, s, args, run)
+    with clock("evaluation"):
+        numbers, pictures = evaluate_all(out, s, data, net, args, clock)
+    extra = {"classifier_accuracy": clean, "training": {
+        run: {"steps": s.base_steps if run == "base" else s.rad_steps, "final_loss": _final_loss(out, run)}
+        for run in ("base", "rad", "cfg2")}}
+    phases = clock.phases
+    write_json({"settings": dataclasses.asdict(s), "seed": args.seed, "threads": args.threads,
+                "device": args.device, **extra, "results": numbers, "phases": phases}, out / "results.json",
+               force=True)
+    (out / "results.md").write_text(markdown(numbers, phases, s, extra))
+    imaging.save_image(samples_picture(pictures, s.grid_rows), out / "samples.png", force=True)
+    print(markdown(numbers, phases, s, extra))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

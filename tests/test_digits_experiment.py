@@ -1,0 +1,102 @@
+"""scripts/digits_experiment.py in pieces (the whole --quick run takes minutes with three trainings): the upscale,
+the split, the classifier, rad-train's arguments for the three models, the report; and the digits32 preset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from comfyui_rad.train import build_fresh, preset_config
+from comfyui_rad.train.cli import build_parser as train_parser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import digits_experiment as de  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_digits32_preset_builds_and_runs():
+    cfg = preset_config("digits32")
+    model = build_fresh(cfg, seed=0).eval()
+    assert cfg.image_size == 32 and sum(p.numel() for p in model.parameters()) == 1_371_974
+    tau = torch.full((2, 1, 32, 32), -1.0)
+    tau[:, :, 8:24, 8:24] = 500.0
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32), tau)
+    assert out.shape == (2, 6, 32, 32) and torch.isfinite(out).all()
+
+
+def test_upscale_is_bilinear_from_8x8_and_keeps_the_range():
+    digit = np.zeros((1, 8, 8))
+    digit[0, 2:6, 3:5] = 16
+    big = de.upscale(digit)
+    assert big.shape == (1, 32, 32) and big.dtype == np.uint8
+    assert big.max() == 255 and big.min() == 0
+    values = np.unique(big)
+    assert len(values) > 4  # smooth ramps, not nearest-neighbour blocks
+    assert big[0, 16, 16] == 255 and big[0, 0, 0] == 0
+    np.testing.assert_array_equal(de.upscale(np.full((1, 8, 8), 8.0)), np.full((1, 32, 32), 128))
+
+
+def test_split_is_seeded_and_disjoint():
+    train, held = de.split(100, 20, seed=1)
+    assert len(held) == 20 and len(train) == 80 and not set(train) & set(held)
+    assert sorted([*train, *held]) == list(range(100))
+    assert np.array_equal(de.split(100, 20, seed=1)[1], held) and not np.array_equal(de.split(100, 20, 2)[1], held)
+    with pytest.raises(ValueError, match="--heldout must be between 1 and 99"):
+        de.split(100, 100, 0)
+
+
+def test_classifier_learns_separable_shapes_and_shift_keeps_content():
+    """Two synthetic classes (a bar on the left, a bar on the right): a few epochs separate them."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 32, 32, generator=g) * 0.2
+    y = torch.arange(64) % 2
+    x[y == 0, :, 8:24, 4:10] = 1
+    x[y == 1, :, 8:24, 22:28] = 1
+    net = de.train_classifier(x, y, epochs=4, seed=0, batch=16)
+    predicted, feats = de.classify(net, x)
+    assert (predicted == y).float().mean() > 0.9 and feats.shape == (64, 32)
+    shifted = de._shift(x[:4], torch.Generator().manual_seed(1))
+    assert shifted.shape == x[:4].shape and torch.allclose(shifted.sum(dim=(1, 2, 3)), x[:4].sum(dim=(1, 2, 3)),
+                                                           rtol=0.35)
+
+
+def test_train_arguments_parse_and_name_the_recipes(tmp_path):
+    args = argparse.Namespace(seed=3, device="cpu", threads=2, quiet=True, reuse=False)
+    s = de.Settings()
+    parsed = {run: train_parser().parse_args(de.train_args(tmp_path, s, args, run)) for run in ("base", "rad", "cfg2")}
+    base, rad, cfg2 = parsed["base"], parsed["rad"], parsed["cfg2"]
+    assert base.preset == "digits32" and base.mask_sampling == "full" and base.base is None
+    assert base.steps == s.base_steps and not base.flip and base.resize
+    assert rad.base == tmp_path / "models" / "base.safetensors" and rad.preset is None
+    assert rad.mask_sampling == "perlin" and rad.embedding == "spatial" and rad.lora_rank == s.lora_rank
+    assert cfg2.embedding == "scalar" and cfg2.export.name == "cfg2.safetensors"
+    assert {p.seed for p in parsed.values()} == {3}
+
+
+def test_settings_quick_and_overrides():
+    parser = de.build_parser()
+    assert de.settings(parser.parse_args(["--out", "x"])) == de.Settings()
+    quick = de.settings(parser.parse_args(["--out", "x", "--quick", "--steps", "7"]))
+    assert quick.base_steps == de.QUICK.base_steps and quick.steps == 7
+
+
+def test_report_table_and_picture():
+    row = {"hole_psnr": 20.0, "hole_mse": 0.01, "ssim": 0.9, "ssim_hole": 0.8, "seam": 0.05, "accuracy": 0.75,
+           "frechet": 1.5}
+    numbers = {"box": {"original": row, **{m: {**row, "calls_per_image": 100, "seconds_per_image": 0.1}
+                                           for m in de.METHODS}}}
+    extra = {"classifier_accuracy": 0.98, "training": {"base": {"steps": 10, "final_loss": 0.1}}}
+    text = de.markdown(numbers, {"data": {"wall_s": 1.0, "cpu_s": 0.5}}, de.Settings(), extra)
+    assert "## box masks" in text and "| RAD | 100 | 20.00 | 0.800 | 0.900 | 0.0500 | 0.750 | 1.50 | 0.100 |" in text
+    assert "| original | - |" in text and "![samples](samples.png)" in text
+    pictures = {k: {name: torch.rand(3, 3, 32, 32) for name in ["masked", *de.METHODS, "original"]}
+                for k in ("box", "wide")}
+    grid = de.samples_picture(pictures, rows=2)
+    assert grid.shape == (3, 2 * (2 * 32 + 2) + 6, 7 * 32 + 6 * 2)
