@@ -15,7 +15,6 @@ the table is there to show where the model stands, not to flatter it.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from comfyui_rad import imaging, load_adm, masks  # noqa: E402
+from comfyui_rad import imaging, load_adm, masks, metrics  # noqa: E402
 from comfyui_rad.checkpoints import DEFAULT_MODEL  # noqa: E402
 from comfyui_rad.pipeline import inpaint  # noqa: E402
 
@@ -54,13 +53,6 @@ def harmonic_fill(image: torch.Tensor, mask: torch.Tensor, iterations: int = 200
     for _ in range(iterations):
         x = image * keep + F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3) * (1 - keep)
     return x
-
-
-def hole_psnr(result: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:
-    """PSNR in dB over the pixels with mask 1, images in [0, 1]."""
-    hole = mask[:, None].expand_as(truth) > 0
-    mse = float(((result - truth)[hole] ** 2).mean())
-    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
 
 def centre_square(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -99,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - tick
             smooth = harmonic_fill(truth, mask)
             mean = harmonic_fill(truth, mask, iterations=0)
-            rows.append((path.stem, kind, float(mask.mean()), hole_psnr(mean, truth, mask),
-                         hole_psnr(smooth, truth, mask), hole_psnr(result, truth, mask), seconds))
+            psnr = [float(metrics.hole_psnr(fill, truth, mask)) for fill in (mean, smooth, result)]
+            rows.append((path.stem, kind, float(mask.mean()), *psnr, seconds))
             shown = truth * (1 - mask[:, None]) + 0.5 * mask[:, None]
             tiles.append(torch.cat([shown, smooth, result, truth], dim=3))
     print(f"model {args.model.name}, {size}x{size}, DDPM {args.steps} steps, seed {args.seed}, CPU "
