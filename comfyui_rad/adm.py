@@ -130,8 +130,9 @@ class SpatialEmbedding:
     makes each output pixel a convex combination of source pixels, so the Linear (bias included) commutes with it,
     and a map with K distinct values needs the K embedding rows only. Three exact evaluations of the same thing:
 
-    - ``onehot`` (few values, e.g. a binary mask: two per step): ``rows`` [B' in {1, B}, K, D]; the K-channel one-hot
-      map of ``index`` is resized per resolution (cached) and the projection is one small batched matmul.
+    - ``onehot`` (few values, e.g. a binary mask: two per step): ``rows`` [B' in {1, B}, K, D] (B' = B when each
+      image has its own K values: a training batch); the K-channel one-hot map of ``index`` is resized per resolution
+      (cached) and the projection is one small batched matmul.
     - ``taps`` (many values, e.g. a soft mask): each output pixel mixes its 4 bilinear source taps; per block either
       the distinct rows the taps touch are projected first and then mixed, or, when they outnumber the block's
       pixels, the rows are mixed first (cached per resolution) and then projected. Cost O(min(K, h*w)) projections.
@@ -205,6 +206,22 @@ class SpatialEmbedding:
                 mixed = self._cached(("mixed", h, w, b), lambda: self._mix(rows.t().contiguous(), taps))
                 outs.append(torch.addmm(bias[:, None], weight, mixed))
         return torch.stack(outs).view(len(outs), -1, h, w)
+
+
+def _per_image_values(index: torch.Tensor, count: int, limit: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Renumber ``index`` [B,H,W] (into ``count`` values shared by the batch) per image, when every image uses at
+    most ``limit`` of them: (order [B, K'] the shared value behind each image's slot, local index [B,H,W] into
+    those slots), K' the most any image uses; slots past an image's own count point at values it never reads.
+    None when some image uses more."""
+    b = index.shape[0]
+    present = torch.zeros(b, count, dtype=torch.bool, device=index.device)
+    present.scatter_(1, index.reshape(b, -1), True)
+    used = int(present.sum(1).max())
+    if used > limit:
+        return None
+    order = torch.argsort((~present).to(torch.uint8), dim=1, stable=True)[:, :used]  # present values first, in order
+    slot = present.cumsum(1) - 1
+    return order, slot.gather(1, index.reshape(b, -1)).view_as(index)
 
 
 def _emb_out(emb: torch.Tensor | SpatialEmbedding, linear: nn.Linear, h: torch.Tensor,
@@ -355,7 +372,8 @@ class ADM(nn.Module):
         )
         self.output_blocks, ch = _decoder(cfg, chans, ch, ds)
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
-        # Per-pixel maps with at most this many distinct values take the one-hot path, more take the 4-tap path.
+        # Per-pixel maps with at most this many distinct values (in the batch, or else in every image: a training
+        # batch of binary masks, each image at its own t) take the one-hot path, more take the 4-tap path.
         self.max_onehot_values = 8
 
     @property
@@ -410,8 +428,15 @@ class ADM(nn.Module):
         if dense:
             maps = rows[:, index[:, 0]] if rows.shape[0] == 1 else rows[torch.arange(b)[:, None, None], index[:, 0]]
             return SpatialEmbedding(maps.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous(), None, (h, w), "dense")
-        mode = "onehot" if values.numel() <= self.max_onehot_values else "taps"
-        return SpatialEmbedding(rows, index[:, 0], (h, w), mode)
+        index = index[:, 0]
+        if values.numel() <= self.max_onehot_values:
+            return SpatialEmbedding(rows, index, (h, w), "onehot")
+        local = _per_image_values(index, values.numel(), self.max_onehot_values)
+        if local is None:
+            return SpatialEmbedding(rows, index, (h, w), "taps")
+        order, index = local  # each image's own few values: a training batch (a different t per image)
+        rows = rows.expand(b, -1, -1).gather(1, order[..., None].expand(-1, -1, rows.shape[-1]))
+        return SpatialEmbedding(rows, index, (h, w), "onehot")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
                 dense_embedding: bool = False) -> torch.Tensor:

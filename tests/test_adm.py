@@ -49,6 +49,29 @@ def test_fast_paths_equal_dense_path(tiny_adm, tau, mode):
     torch.testing.assert_close(fast, dense, rtol=0, atol=1e-5)
 
 
+def per_image_binary_tau(b=6, used=2):
+    """A training batch: per image a binary-ish map at its own timesteps (``used`` values each, 6 * used in all)."""
+    g = torch.Generator().manual_seed(4)
+    levels = torch.randperm(990, generator=g)[: b * used].float().view(b, used)
+    region = torch.randint(0, used, (b, 1, 16, 16), generator=g)
+    return levels.gather(1, region.view(b, -1)).view(b, 1, 16, 16) - 1
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("used,mode", [(1, "onehot"), (2, "onehot"), (8, "onehot"), (9, "taps")])
+def test_per_image_values_take_the_onehot_path(tiny_adm, used, mode):
+    """More than 8 values in the batch, at most 8 in each image: one-hot over each image's own values, exact."""
+    tau = per_image_binary_tau(used=used)
+    emb = tiny_adm.embed(tau, None, x16(6))
+    shared = 6 * used <= 8 or mode == "taps"  # few enough in the whole batch: one set of rows for all images
+    assert emb.mode == mode and emb.rows.shape[:2] == ((1, 6 * used) if shared else (6, used))
+    torch.testing.assert_close(tiny_adm(x16(6), tau), tiny_adm(x16(6), tau, dense_embedding=True), rtol=0, atol=1e-5)
+    ys = torch.arange(6) % 4
+    model = make_adm(ADMConfig(**{**TINY.__dict__, "num_classes": 4}), seed=5)
+    torch.testing.assert_close(model(x16(6), tau, y=ys), model(x16(6), tau, y=ys, dense_embedding=True),
+                               rtol=0, atol=1e-5)
+
+
 @torch.no_grad()
 def test_taps_projection_both_orders_equal_resize(tiny_adm):
     """The 4-tap path projects first (few distinct rows) or mixes first (more rows than pixels): both are exact."""
