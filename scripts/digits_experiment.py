@@ -23,15 +23,22 @@ model trained here from nothing in about half an hour on two CPU cores at the de
 7. report: ``results.json``, ``results.md`` (tables, phase times) and ``samples.png`` (per mask kind, rows of
    masked | RAD | Cfg. 2 | Cfg. 1 | RePaint | replace | original).
 
-Cost at the defaults, from CPU time measured per piece on one thread (digits32: 0.61 GFLOP per image and forward):
-a training step of 16 images 0.79 s (base) and 0.91 s (LoRA, per-pixel timesteps), a sampler step on 32 images
-0.48 s; so base 800 steps ~10.5 min, RAD and Cfg. 2 300 steps ~4.5 min each, evaluation ~14 min (3 masks x 32
-images x 590 network calls), data + classifier ~1 min: ~35 min on one free core, ~20-25 min with ``--threads 2``
-on two free cores (not measured: the machine it was written on was busy). ``--quick`` shrinks everything to a smoke test of the whole
-chain: ~21 s of CPU. Phase times, wall and CPU, are printed and written to the report.
+Cost at the defaults, measured on two free vCPUs (AMD EPYC, Zen 3) with ``--threads 2``, torch 2.13 CPU: data and
+classifier 18 s, base 800 steps 358 s (2.2 it/s), RAD 700 steps 349 s (2.0 it/s), Cfg. 2 700 steps 329 s,
+evaluation 493 s (3 masks x 32 digits x 590 network calls); 25 min 52 s of wall time in all, under the 30 min
+target. On a busy machine it takes longer: the first run, with other jobs on the cores, took 39 min at smaller
+settings. ``--quick`` shrinks everything to a smoke test of the whole chain: ~21 s of CPU. Phase times, wall and
+CPU, are printed and written to the report.
+
+The adapters train at lr 1e-3, ten times the paper's 1e-4, because they get 700 steps instead of 300K: in a pilot on
+the same base, lr 1e-3 reached at 600 steps what 5e-4 reached at about 1,000 (docs/EXPERIMENTS.md).
+
+``--reuse`` keeps the data and models in ``--out`` and only evaluates again: with ``--eval-seed`` on other masks and
+noise, with ``--methods`` for some methods only (e.g. RePaint at its paper defaults on a few digits).
 
     pip install scikit-learn
     python scripts/digits_experiment.py --out runs/digits --threads 2
+    python scripts/digits_experiment.py --out runs/digits-s1 --reuse --eval-seed 1   # a copy of runs/digits
     python scripts/digits_experiment.py --out /tmp/digits-smoke --quick
 """
 
@@ -84,8 +91,8 @@ class Settings:
     classifier_epochs: int = 20
     base_steps: int = 800
     base_lr: float = 5e-4
-    rad_steps: int = 300
-    rad_lr: float = 5e-4
+    rad_steps: int = 700
+    rad_lr: float = 1e-3
     lora_rank: int = 8
     batch_size: int = 16
     ema_base: float = 0.99
@@ -282,16 +289,33 @@ def _final_loss(out: Path, run: str) -> float | None:
 # -------------------------------------------------------------------------------------------------- evaluation
 
 
-def methods(out: Path, s: Settings, device) -> dict[str, tuple[torch.nn.Module, str, int, dict]]:
-    """name -> (model to sample, sampler, steps, sampler options)."""
+def methods(out: Path, s: Settings, device, names: tuple[str, ...] = METHODS
+            ) -> dict[str, tuple[torch.nn.Module, str, int, dict]]:
+    """name -> (model to sample, sampler, steps, sampler options), for the methods ``names`` (each model loaded
+    only when a method needs it)."""
     models = out / "models"
     base = load_adm(models / "base.safetensors", device=device)
-    rad = load_adm(models / "base.safetensors", adapter=models / "rad.safetensors", device=device)
-    cfg2 = load_adm(models / "base.safetensors", adapter=models / "cfg2.safetensors", device=device)
     repaint = {"jump_length": s.jump_length, "jump_n_sample": s.jump_n_sample}
-    return {"RAD": (rad, "ddpm", s.steps, {}), "Cfg. 2": (sampling_model(cfg2), "ddpm", s.steps, {}),
-            "Cfg. 1": (base, "ddpm", s.steps, {}), "RePaint": (base, "repaint", s.repaint_steps, repaint),
-            "replace": (base, "replace", s.steps, {})}
+    make = {
+        "RAD": lambda: (load_adm(models / "base.safetensors", adapter=models / "rad.safetensors", device=device),
+                        "ddpm", s.steps, {}),
+        "Cfg. 2": lambda: (sampling_model(load_adm(models / "base.safetensors", adapter=models / "cfg2.safetensors",
+                                                   device=device)), "ddpm", s.steps, {}),
+        "Cfg. 1": lambda: (base, "ddpm", s.steps, {}),
+        "RePaint": lambda: (base, "repaint", s.repaint_steps, repaint),
+        "replace": lambda: (base, "replace", s.steps, {}),
+    }
+    return {name: make[name]() for name in METHODS if name in names}
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``--methods``: a comma-separated subset of ``METHODS``, e.g. "RePaint" or "RAD,Cfg. 1"."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(map(repr, unknown)) or '(none given)'}: "
+                                         f"choose from {', '.join(METHODS)}, comma-separated")
+    return names
 
 
 def score(net: DigitNet, results: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
@@ -315,18 +339,18 @@ def evaluate_all(out: Path, s: Settings, data: dict, net: DigitNet, args, clock:
     device = resolve_device(args.device)
     truth, labels = data["held_x"][:s.eval_images], data["held_y"][:s.eval_images]
     _, truth_features = classify(net, truth)
-    runs = methods(out, s, device)
+    runs = methods(out, s, device, args.methods)
     numbers, pictures = {}, {}
     for kind in MASK_KINDS:
-        mask = eval_masks(kind, truth.shape[0], SIZE, args.seed)
+        mask = eval_masks(kind, truth.shape[0], SIZE, args.eval_seed)
         masked = masked_input(truth, mask)
         numbers[kind] = {"original": score(net, truth, truth, labels, mask, truth_features),
                          "masked input": score(net, masked, truth, labels, mask, truth_features)}
         pictures[kind] = {"masked": masked}
         for name, (model, sampler, steps, options) in runs.items():
             with clock(f"eval {kind} {name}"):
-                results, seconds = inpaint_set(model, truth, mask, sampler=sampler, steps=steps, seed=args.seed,
-                                               batch_size=s.eval_batch, options=options)
+                results, seconds = inpaint_set(model, truth, mask, sampler=sampler, steps=steps,
+                                               seed=args.eval_seed, batch_size=s.eval_batch, options=options)
             numbers[kind][name] = {**score(net, results, truth, labels, mask, truth_features),
                                    "seconds_per_image": seconds / truth.shape[0],
                                    "calls_per_image": network_calls(sampler, steps, options),
@@ -350,7 +374,10 @@ def markdown(numbers: dict, phases: dict, s: Settings, extra: dict) -> str:
              f"steps for RAD, Cfg. 2, Cfg. 1 and replace; RePaint {s.repaint_steps} steps, jump length "
              f"{s.jump_length}, {s.jump_n_sample} samples per jump. Classifier accuracy on clean held-out digits: "
              f"{extra['classifier_accuracy']:.3f}. Fréchet distance: of the 32-d classifier features, to the "
-             "originals' (0 for the originals themselves; biased upwards by the small sample).", ""]
+             "originals' (0 for the originals themselves; biased upwards by the small sample)."
+             + (f" Masks and sampling noise: seed {extra['eval_seed']}."
+                if "eval_seed" in extra else ""),
+             ""]
     head = ("| method | calls/img | hole PSNR ↑ | SSIM hole box ↑ | SSIM ↑ | seam ↓ | accuracy ↑ | Fréchet ↓ | "
             "s/img |")
     for kind, rows in numbers.items():
@@ -375,7 +402,7 @@ def samples_picture(pictures: dict, rows: int) -> torch.Tensor:
     """Per mask kind, ``rows`` digits: masked | the methods | original; kinds stacked with a gray band."""
     blocks = []
     for kind, cols in pictures.items():
-        order = ["masked", *METHODS, "original"]
+        order = ["masked", *[m for m in METHODS if m in cols], "original"]
         blocks.append(sample_grid([cols[k][:rows] for k in order]))
         blocks.append(torch.full((3, 6, blocks[-1].shape[-1]), 0.5))
     return torch.cat(blocks[:-1], dim=1)
@@ -390,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="experiment folder (data, runs, models, report)")
     p.add_argument("--quick", action="store_true", help="a smoke test of every phase (about a minute)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, training, masks and noise (0)")
+    p.add_argument("--eval-seed", type=int, default=None,
+                   help="seed of the evaluation's masks and sampling noise only (default: --seed); with --reuse, "
+                        "rescores the same models on other masks and noise")
+    p.add_argument("--methods", type=parse_methods, default=METHODS,
+                   help=f"comma-separated methods to evaluate (default all: {','.join(METHODS)}); e.g. with "
+                        "--reuse --methods RePaint --repaint-steps 250 --jump-n-sample 10 --eval-images 8")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--reuse", action="store_true", help="keep data and models already in --out (re-evaluate)")
@@ -410,6 +443,7 @@ def settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.eval_seed = args.seed if args.eval_seed is None else args.eval_seed
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     s, out = settings(args), args.out
     report = [out / "results.json", out / "results.md", out / "samples.png"]
@@ -430,11 +464,12 @@ def main(argv: list[str] | None = None) -> int:
             train_model(out, s, args, run)
     with clock("evaluation"):
         numbers, pictures = evaluate_all(out, s, data, net, args, clock)
-    extra = {"classifier_accuracy": clean, "training": {
+    extra = {"classifier_accuracy": clean, "eval_seed": args.eval_seed, "training": {
         run: {"steps": s.base_steps if run == "base" else s.rad_steps, "final_loss": _final_loss(out, run)}
         for run in ("base", "rad", "cfg2")}}
     phases = clock.phases
-    write_json({"settings": dataclasses.asdict(s), "seed": args.seed, "threads": args.threads,
+    write_json({"settings": dataclasses.asdict(s), "seed": args.seed, "eval_seed": args.eval_seed,
+                "methods": list(args.methods), "threads": args.threads,
                 "device": args.device, **extra, "results": numbers, "phases": phases}, out / "results.json",
                force=True)
     (out / "results.md").write_text(markdown(numbers, phases, s, extra))

@@ -100,3 +100,20 @@ def test_report_table_and_picture():
                 for k in ("box", "wide")}
     grid = de.samples_picture(pictures, rows=2)
     assert grid.shape == (3, 2 * (2 * 32 + 2) + 6, 7 * 32 + 6 * 2)
+
+
+def test_methods_and_eval_seed_options():
+    parser = de.build_parser()
+    args = parser.parse_args(["--out", "x"])
+    assert args.methods == de.METHODS and args.eval_seed is None
+    args = parser.parse_args(["--out", "x", "--methods", "RePaint, Cfg. 1", "--eval-seed", "4"])
+    assert args.methods == ("RePaint", "Cfg. 1") and args.eval_seed == 4
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "x", "--methods", "RAD,LaMa"])
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown method.*'LaMa'.*choose from RAD, Cfg. 2"):
+        de.parse_methods("RAD,LaMa")
+
+
+def test_picture_of_a_subset_of_methods():
+    pictures = {"box": {name: torch.rand(3, 3, 32, 32) for name in ["masked", "RePaint", "original"]}}
+    assert de.samples_picture(pictures, rows=2).shape == (3, 2 * 32 + 2, 3 * 32 + 2 * 2)
