@@ -2,8 +2,11 @@
 
 The default RAD model (comfyui_rad/weights/rad_default.safetensors) is trained on ``train/`` and shown on
 ``heldout/``, which it never sees. Needs ``pip install scikit-image`` (a development dependency, not the pack's).
+``--crops N`` also writes ``heldout-crops/``: N seeded square crops of each held-out photo (side 40-100 % of its
+short side, at a uniform random position, resized to 128x128), the photo set of the baseline comparison in
+docs/EXPERIMENTS.md.
 
-    python scripts/make_default_data.py /tmp/rad-data
+    python scripts/make_default_data.py /tmp/rad-data --crops 4
 """
 
 import argparse
@@ -45,11 +48,32 @@ def export(images: dict, folder: Path) -> list[str]:
     return lines
 
 
+def crops(folder: Path, out: Path, count: int, seed: int = 0, size: int = 128) -> list[str]:
+    """``count`` square crops per image of ``folder`` (sorted), seeded; returns their descriptions."""
+    rng = np.random.RandomState(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for path in sorted(folder.glob("*.png")):
+        with Image.open(path) as picture:
+            picture = picture.convert("RGB")
+        width, height = picture.size
+        for k in range(count):
+            side = int(round(min(width, height) * rng.uniform(0.4, 1.0)))
+            left, top = int(rng.randint(0, width - side + 1)), int(rng.randint(0, height - side + 1))
+            box = (left, top, left + side, top + side)
+            picture.resize((size, size), Image.Resampling.BICUBIC, box=box).save(out / f"{path.stem}-{k}.png")
+            lines.append(f"- {out.name}/{path.stem}-{k}.png: {folder.name}/{path.name} box {box}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
+    parser.add_argument("--crops", type=int, default=0, help="also write N crops per held-out photo (heldout-crops/)")
     args = parser.parse_args()
     lines = export(TRAIN, args.out / "train") + export(HELDOUT, args.out / "heldout")
+    if args.crops > 0:
+        lines += crops(args.out / "heldout", args.out / "heldout-crops", args.crops)
     (args.out / "SOURCES.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
