@@ -7,7 +7,10 @@ Cases, all on the same random-weight model and the same input x (``SpatialEmbedd
 2. ``binary``        t [B,1,H,W], 2 values: a box hole + Perlin-like blob at 500.3, the rest at -1 ("onehot");
 3. ``binary-dense``  the same map with ``dense_embedding=True`` ("dense", the paper's literal definition);
 4. ``soft``          a Gaussian-blurred box mapped by t = -1 + 501.3*m, thousands of distinct values ("taps");
-5. ``soft-dense``    the same map with ``dense_embedding=True`` ("dense").
+5. ``soft-dense``    the same map with ``dense_embedding=True`` ("dense");
+6. ``train-batch``   a training batch: the binary map with each image's hole at its own t (100.3 .. 900.3), 2 values
+                     per image, 2B in the batch ("onehot" over each image's own values);
+7. ``train-batch-dense`` the same map with ``dense_embedding=True`` ("dense").
 
 Targets (issue): binary <= 1.05x scalar and equal to binary-dense within 1e-5; soft <= 1.3x scalar.
 
@@ -53,7 +56,7 @@ LAYOUTS = {
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 T_HOLE, T_KEEP = 500.3, -1.0
 TARGETS = {"binary": 1.05, "soft": 1.30}
-EXACT = (("binary", "binary-dense"), ("soft", "soft-dense"))  # fast path vs its dense reference
+EXACT = (("binary", "binary-dense"), ("soft", "soft-dense"), ("train-batch", "train-batch-dense"))
 
 
 # ------------------------------------------------------------------------------------------------ model and inputs
@@ -170,12 +173,16 @@ def main(argv=None) -> dict:
     x = torch.randn(args.batch, 3, args.size, args.size, generator=g).to(device)
     t_bin = to_t(binary_map(args.batch, args.size, args.seed)).to(device)
     t_soft = to_t(soft_map(args.batch, args.size)).to(device)
+    levels = torch.linspace(100.3, 900.3, args.batch)[:, None, None, None]  # a training batch: its own t per image
+    t_per = (T_KEEP + (levels - T_KEEP) * binary_map(args.batch, args.size, args.seed)).to(device)
     cases = {  # name: (t, dense_embedding, the SpatialEmbedding mode it must take)
         "scalar": (torch.full((args.batch,), T_HOLE, device=device), False, "per-image"),
         "binary": (t_bin, False, "onehot"),
         "binary-dense": (t_bin, True, "dense"),
         "soft": (t_soft, False, "taps"),
         "soft-dense": (t_soft, True, "dense"),
+        "train-batch": (t_per, False, "onehot"),
+        "train-batch-dense": (t_per, True, "dense"),
     }
 
     def run(name):
