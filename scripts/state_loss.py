@@ -40,6 +40,11 @@ def state_errors(models: dict[str, torch.nn.Module], x0: torch.Tensor, draws: in
     """Per model, the eps MSE over noised pixels of each (draw, image) [draws * N] (NaN for a state without
     noise), the steps t, and T1."""
     curves = model_curves(next(iter(models.values())))
+    for name, model in models.items():
+        if model_curves(model).to_dict() != curves.to_dict():
+            raise ValueError(f"{name} was trained with other noise curves than {next(iter(models))}: "
+                             "compare models of one schedule")
+    conventions = {name: getattr(model, "rad_config", {}).get("tau_convention", "gd") for name, model in models.items()}
     g = torch.Generator().manual_seed(seed)
     errors, steps = {name: [] for name in models}, []
     b, _, h, w = x0.shape
@@ -47,10 +52,10 @@ def state_errors(models: dict[str, torch.nn.Module], x0: torch.Tensor, draws: in
         mask, t = perlin_states(b, h, w, curves, g)
         eps = torch.randn(x0.shape, generator=g)
         terms, abar = step_terms(curves, mask, t)
-        x_t, tau = q_sample(x0, eps, terms), curves.timestep(abar, "gd").float()
+        x_t = q_sample(x0, eps, terms)
         noised = terms.noised.expand_as(eps)
         for name, model in models.items():
-            pred = model(x_t, tau)[:, :3]
+            pred = model(x_t, curves.timestep(abar, conventions[name]).float())[:, :3]
             err = torch.where(noised, (pred - eps).square(), 0.0).sum((1, 2, 3))
             count = noised.sum((1, 2, 3))
             errors[name].append(torch.where(count > 0, err / count.clamp_min(1), torch.nan))  # NaN: no noise
