@@ -371,7 +371,7 @@ def _cpu_name() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "cpu"
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, also when loaded by path
+from bench_embedding import _cpu_name  # noqa: E402
 from comfyui_rad import load_adm  # noqa: E402
 from comfyui_rad.adm import SpatialEmbedding  # noqa: E402
 from comfyui_rad.checkpoints import DTYPES, resolve_device  # noqa: E402
@@ -446,16 +448,6 @@ def print_tables(rows: list[dict], ratio_rows: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- environment
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _loadavg() -> float | None:
