@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .adm import ADM, ADMConfig, AttentionBlock, ResBlock
+from .devices import resolve_dtype
 
 __all__ = [
     "ADAPTER_FORMAT", "MODEL_FORMAT", "DEFAULT_SCHEDULE", "Adapter", "CheckpointError",
@@ -779,38 +780,10 @@ def save_model(path: str | os.PathLike, model: nn.Module, *, schedule: Mapping[s
     return _atomic_save(tensors, _merge_extra(meta, metadata), Path(path), force)
 
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-"""The precisions a user names on the command line and in the nodes."""
-
-
-def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch dtype (torch.float16, 'bfloat16', ...), got {dtype!r}")
-    return resolved
-
-
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
 """The pack's own model folder (listed by the ComfyUI loader too)."""
 DEFAULT_MODEL = BUILTIN_WEIGHTS / "rad_default.safetensors"
 """The small RAD model ``rad-inpaint`` and the nodes use when no model is chosen (once it ships)."""
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """"auto" (CUDA when there is one, else CPU) or a torch device name; a clear error for unknown or absent ones."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for CUDA, but this torch has no CUDA device: use --device cpu")
-    return device
 
 
 def _trained_rad(metadata: Mapping[str, Any]) -> bool:
@@ -852,7 +825,7 @@ def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | Non
     with torch.device("meta"):
         model = ADM(cfg)
     model.load_state_dict(sd, strict=True, assign=True)  # the model takes the (memory-mapped) tensors: no copy
-    model = model.to(device=device, dtype=_dtype(dtype)).eval().requires_grad_(False)
+    model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval().requires_grad_(False)
     model.rad_config = info
     log.info("loaded %s%s: %s, %s", path.name, f" + {info['adapter']} x{strength:g}" if info["adapter"] else "",
              _summary(cfg), "RAD" if info["is_rad"] else "plain ADM")

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from . import imaging, masks
-from .checkpoints import DEFAULT_MODEL, DTYPES
+from .checkpoints import DEFAULT_MODEL
+from .devices import DTYPES, resolve_device, resolve_dtype
 from .pipeline import MASK_MODES, inpaint, read_mask
 from .sampling import SAMPLERS
 
@@ -74,14 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return DTYPES[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def _mask(args, height: int, width: int) -> torch.Tensor:
     """[1, H, W] in [0, 1], 1 = inpaint, from a file or generated at the image's size."""
     if args.mask in GENERATED_MASKS:
@@ -117,7 +110,7 @@ class Progress:
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Inpaint as the arguments say; returns the written paths."""
-    from .checkpoints import load_adm, resolve_device
+    from .checkpoints import load_adm
 
     if args.samples < 1:
         raise CLIError(f"--samples must be at least 1, got {args.samples}")
@@ -143,7 +136,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     overrides = {k: v for k, v in (("num_head_channels", args.num_head_channels), ("num_heads", args.num_heads))
                  if v is not None}
     model = load_adm(args.model, adapter=args.adapter, strength=args.strength, device=device,
-                     dtype=_dtype(args.dtype, device), **overrides)
+                     dtype=resolve_dtype(args.dtype, device), **overrides)
     out, _ = inpaint(model, image, mask, steps=steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
                      fit=args.fit, callback=Progress(not args.quiet), y=args.class_label)
     written = imaging.save_image(out, args.output, force=args.force)

@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from . import imaging, masks, metrics
+from .devices import DTYPES
 from .cli import DEFAULT_STEPS
 from .pipeline import inpaint, sampling_model
 from .sampling import SAMPLERS, repaint_calls
@@ -288,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-weights", type=Path,
                    help="local pytorch-fid InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                    help="model weights' precision (auto: bf16/fp16 on GPU, fp32 on CPU)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--num-head-channels", type=int, help="attention head width (guided-diffusion's; default 64)")
@@ -337,16 +338,15 @@ def _table(runs: dict[str, MaskRun]) -> str:
 def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
     """Evaluate as the arguments say; returns (the results JSON written, the runs)."""
     from . import __version__
-    from .checkpoints import DTYPES, load_adm, resolve_device
+    from .checkpoints import load_adm
+    from .devices import resolve_device, resolve_dtype
     from .perceptual import load_inception, load_lpips
 
     kinds = _check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (
-        (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.type == "cuda"
-        else torch.float32)
+    dtype = resolve_dtype(args.dtype, device)
     overrides = {k: v for k, v in (("num_head_channels", args.num_head_channels), ("num_heads", args.num_heads))
                  if v is not None}
     model = load_adm(args.model, adapter=args.adapter, strength=args.strength, device=device, dtype=dtype,

@@ -12,7 +12,8 @@ import torch
 from comfy_api.latest import io
 
 from comfyui_rad.checkpoints import DEFAULT_MODEL as DEFAULT_MODEL_PATH
-from comfyui_rad.checkpoints import DTYPES, load_adm
+from comfyui_rad.checkpoints import load_adm
+from comfyui_rad.devices import DTYPES
 
 from .common import CATEGORY, RADModel
 
@@ -45,7 +46,10 @@ def _missing(what: str, name: str) -> str:
 
 
 def _auto_dtype(device: torch.device) -> torch.dtype:
-    """bf16 or fp16 where ComfyUI would run a model so on this device, float32 on the CPU."""
+    """bf16 or fp16 where ComfyUI would run a model so on this device, float32 on the CPU.
+
+    The node's "auto" asks ComfyUI (which knows the user's --force-fp16/--bf16-unet choices) instead of
+    ``comfyui_rad.devices.resolve_dtype``; named precisions come from the same ``DTYPES`` table."""
     if device.type == "cpu":
         return torch.float32
     mm = comfy.model_management

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from comfyui_rad.adm import ADM, ADMConfig, SpatialEmbedding  # noqa: E402
+from comfyui_rad.devices import DTYPES  # noqa: E402
 
 LAYOUTS = {
     # guided-diffusion 256x256_diffusion_uncond (ImageNet 256, unconditional)
@@ -53,7 +54,6 @@ LAYOUTS = {
     # a small model for quick runs
     "small": dict(model_channels=64, num_res_blocks=2, channel_mult=(1, 2, 2, 2), attention_ds=(4, 8)),
 }
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 T_HOLE, T_KEEP = 500.3, -1.0
 TARGETS = {"binary": 1.05, "soft": 1.30}
 EXACT = (("binary", "binary-dense"), ("soft", "soft-dense"), ("train-batch", "train-batch-dense"))

@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, also wh
 from bench_embedding import _cpu_name  # noqa: E402
 from comfyui_rad import load_adm  # noqa: E402
 from comfyui_rad.adm import SpatialEmbedding  # noqa: E402
-from comfyui_rad.checkpoints import DTYPES, resolve_device  # noqa: E402
+from comfyui_rad.devices import DTYPES, resolve_device  # noqa: E402
 from comfyui_rad.pipeline import model_curves  # noqa: E402
 from comfyui_rad.sampling import repaint_calls, sample_ddim, sample_ddpm, sample_repaint  # noqa: E402
 from comfyui_rad.schedule import SpatialSchedule  # noqa: E402

@@ -61,7 +61,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from comfyui_rad import imaging  # noqa: E402
-from comfyui_rad.checkpoints import load_adm, resolve_device  # noqa: E402
+from comfyui_rad.checkpoints import load_adm  # noqa: E402
+from comfyui_rad.devices import resolve_device  # noqa: E402
 from comfyui_rad.evaluate import (  # noqa: E402
     eval_masks,
     inpaint_set,

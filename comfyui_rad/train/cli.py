@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import CheckpointError
-from .export import EXPORT_DTYPES, export_checkpoint
+from ..devices import DTYPES
+from .export import export_checkpoint
 from .loop import EMBEDDINGS, PRECISIONS, Trainer, TrainOptions
 from .noising import MASK_SAMPLINGS
 from .presets import PRESETS
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--export", type=Path, help="write the adapter (--base) or model (--preset) here at the end")
     g.add_argument("--export-from", metavar="CHECKPOINT",
                    help="only export: a checkpoint file or run folder (its newest checkpoint) to --export")
-    g.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default=d.export_dtype,
+    g.add_argument("--export-dtype", choices=sorted(DTYPES), default=d.export_dtype,
                    help="dtype of exported tensors (default fp32)")
     g.add_argument("--no-ema", dest="use_ema", action="store_false", help="export the raw weights, not the EMA")
     return p

@@ -16,14 +16,14 @@ from typing import Any
 import torch
 
 from ..adm import ADM, ADMConfig
-from ..checkpoints import DTYPES, CheckpointError, file_sha256, save_adapter, save_model
+from ..checkpoints import CheckpointError, file_sha256, save_adapter, save_model
+from ..devices import DTYPES
 from .state import load_checkpoint
 
-__all__ = ["EXPORT_DTYPES", "config_to_dict", "config_from_dict", "export_weights", "export_checkpoint"]
+__all__ = ["config_to_dict", "config_from_dict", "export_weights", "export_checkpoint"]
 
 log = logging.getLogger(__name__)
 
-EXPORT_DTYPES = DTYPES
 _LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 # The options written into an export's metadata: the recipe, not the machine's paths or devices.
 _RECIPE = ("preset", "resolution", "lora_rank", "lora_alpha", "lr", "weight_decay", "grad_clip", "ema", "batch_size",
@@ -58,9 +58,9 @@ def export_weights(path: str | os.PathLike, run: dict[str, Any], tensors: dict[s
     ``base``: where the base checkpoint is now (default: where it was when training); it must be the same file
     (sha256). ``dtype``: fp32 (default), fp16 or bf16 for the written tensors.
     """
-    if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"unknown export dtype {dtype!r}: use one of {', '.join(EXPORT_DTYPES)}")
-    cast = {k: v.detach().to("cpu", EXPORT_DTYPES[dtype]) for k, v in tensors.items()}
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown export dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    cast = {k: v.detach().to("cpu", DTYPES[dtype]) for k, v in tensors.items()}
     cfg = config_from_dict(run["model_config"])
     if run["embedding"] != "spatial":
         log.warning("this run used --embedding %s (the paper's Cfg. 2 ablation): the samplers feed per-pixel "

@@ -24,12 +24,13 @@ from typing import Any, Callable
 import torch
 
 from .. import masks
-from ..checkpoints import DTYPES, file_sha256, load_adm, resolve_device
+from ..checkpoints import file_sha256, load_adm
+from ..devices import DTYPES, resolve_device
 from ..imaging import save_image
 from ..sampling import sample_ddim
 from ..schedule import NoiseCurves, SpatialSchedule
 from .data import ImageStream, load_crop, scan_images, split_holdout
-from .export import EXPORT_DTYPES, config_to_dict, export_weights
+from .export import config_to_dict, export_weights
 from .lora import add_lora, trainable_parameters
 from .losses import q_sample, rad_loss, step_terms
 from .noising import MASK_SAMPLINGS, ScalarEmbedding, sample_states, scalar_timestep
@@ -114,7 +115,7 @@ class TrainOptions:
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         choices = {"--embedding": (self.embedding, EMBEDDINGS), "--mask-sampling": (self.mask_sampling, MASK_SAMPLINGS),
-                   "--precision": (self.precision, PRECISIONS), "--export-dtype": (self.export_dtype, EXPORT_DTYPES)}
+                   "--precision": (self.precision, PRECISIONS), "--export-dtype": (self.export_dtype, DTYPES)}
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
@@ -124,6 +125,8 @@ class TrainOptions:
 
 
 def _precision(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of ``--precision``. Its "auto" is the trainer's own, not ``devices.resolve_dtype``'s:
+    fp16 autocast needs a grad scaler and loses range, so without bf16 training stays in fp32."""
     if name == "auto":
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if cuda_bf16 else torch.float32
