@@ -20,8 +20,6 @@ import logging
 import math
 import os
 import re
-import secrets
-import zipfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,16 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .adm import ADM, ADMConfig, AttentionBlock, ResBlock
 from .devices import resolve_dtype
+from .fileio import CheckpointError, atomic_write, read_state_dict
 
 __all__ = [
     "ADAPTER_FORMAT", "MODEL_FORMAT", "DEFAULT_SCHEDULE", "Adapter", "CheckpointError",
-    "read_state_dict", "config_from_state_dict", "lora_target_modules", "time_layer_keys",
+    "config_from_state_dict", "lora_target_modules", "time_layer_keys",
     "file_sha256", "weights_sha256", "save_adapter", "read_adapter", "merge_adapter", "save_model", "load_adm",
 ]
 
@@ -52,77 +50,10 @@ DEFAULT_SCHEDULE = {"T1": 1000, "T2": 1000, "beta_start": 0.0001, "beta_end": 0.
 TAU_CONVENTIONS = ("gd", "authors")
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ADMConfig) if f.name != "extra")
 HEAD_FIELDS = ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_attention_order")
-TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-_WRAPPERS = ("ema", "state_dict", "model")
 _JSON_FIELDS = ("base_architecture", "architecture", "schedule", "target_modules", "full_keys")
 _ADAPTER_REQUIRED = ("base_architecture", "base_sha256", "base_weights_sha256", "base_name", "schedule",
                      "tau_convention", "lora_rank", "lora_alpha", "target_modules", "full_keys")
 _TIME_KEY = re.compile(r"(^|\.)(time_embed\.\d+|emb_layers\.1)\.(weight|bias)$")
-
-
-class CheckpointError(ValueError):
-    """A file or state dict that is not what it should be; the message says what it is and what to do."""
-
-
-# --------------------------------------------------------------------------------------------------- reading files
-
-
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and str metadata of a ``.safetensors`` or ``.pt/.pth/.ckpt/.bin`` file (CPU, memory-mapped).
-
-    Unwraps ``{"ema"|"state_dict"|"model": {...}}`` and ``module.`` prefixes. Torch files have no metadata ({}).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix != ".safetensors" and suffix not in TORCH_SUFFIXES:
-        raise CheckpointError(f"{path}: unsupported extension {suffix!r}: use .safetensors, "
-                              + ", ".join(TORCH_SUFFIXES))
-    try:
-        if suffix == ".safetensors":
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-        # mmap needs the zip format of torch >= 1.6; older (legacy) files are read whole.
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as err:  # noqa: BLE001 - any reader error means the same thing to the user
-        raise CheckpointError(_unreadable(path, err)) from None
-    return _unwrap(obj, path), {}
-
-
-def _unreadable(path: Path, err: Exception) -> str:
-    """One line saying why a reader failed (torch's messages are paragraphs)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
-    if "Weights only load failed" in lines[0]:
-        hit = next((line for line in lines if "Unsupported global" in line), lines[-1])
-        hit = hit.split(" was not an allowed global")[0]
-        return (f"{path} holds Python objects besides tensors, which comfyui-rad does not unpickle for safety "
-                f"({hit}): if you trust the file, load it with torch.load(weights_only=False) and save its "
-                "state_dict with safetensors")
-    reason = lines[0] if len(lines[0]) <= 160 else lines[0].split(". ")[0]
-    return (f"could not read {path} as a checkpoint (truncated download or not a checkpoint): "
-            f"{type(err).__name__}: {reason}")
-
-
-def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
-    for _ in range(4):  # {"ema": {...}}, {"model": {"state_dict": {...}}}, ...
-        if not isinstance(obj, Mapping) or any(isinstance(v, Tensor) for v in obj.values()):
-            break
-        inner = [k for k in _WRAPPERS if isinstance(obj.get(k), Mapping)]
-        if not inner:
-            break
-        key = next((k for k in inner if any(isinstance(v, Tensor) for v in obj[k].values())), inner[0])
-        log.info("%s: using its %r entry (entries: %s)", path.name, key, ", ".join(map(str, obj)))
-        obj = obj[key]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors: "
-                              "save model.state_dict() instead of the model object")
-    sd = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
-    if len(sd) < len(obj):
-        log.debug("%s: ignored %d non-tensor entries", path.name, len(obj) - len(sd))
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
 
 
 # ------------------------------------------------------------------------------------------ architecture inference
@@ -615,37 +546,14 @@ def _created_by() -> str:
     return f"comfyui-rad {__version__}"
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux allows (changing it races other threads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_save(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path, force: bool,
-                 protect: tuple[str | os.PathLike, ...] = ()) -> Path:
-    """Write a safetensors file through a temp file in the same folder and os.replace (never half a file)."""
+def _save_safetensors(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path, force: bool,
+                      protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Write a safetensors file with ``fileio.atomic_write`` (never half a file; refused without ``force``)."""
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"{path}: comfyui-rad writes .safetensors files: use a name ending in .safetensors")
     if any(p is not None and Path(p).exists() and path.exists() and path.samefile(p) for p in protect):
         raise FileExistsError(f"{path} is the base checkpoint itself: choose another output name")
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists: pass force=True to overwrite it, or choose another name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors makes its files 0600: give the mode any new file gets
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), force=force, flag="force=True")
     log.info("wrote %s (%d tensors)", path, len(tensors))
     return path
 
@@ -688,7 +596,7 @@ def save_adapter(path: str | os.PathLike, *, lora: Mapping[str, tuple[Tensor, Te
         "target_modules": json.dumps(list(lora)), "full_keys": json.dumps(sorted(full)),
         "created_by": _created_by(),
     }
-    return _atomic_save(tensors, _merge_extra(metadata, extra_metadata), path, force, protect=(base_path,))
+    return _save_safetensors(tensors, _merge_extra(metadata, extra_metadata), path, force, protect=(base_path,))
 
 
 def merge_adapter(state_dict: Mapping[str, Tensor], adapter: Adapter | str | os.PathLike,
@@ -777,7 +685,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, *, schedule: Mapping[s
         "created_by": _created_by(),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-    return _atomic_save(tensors, _merge_extra(meta, metadata), Path(path), force)
+    return _save_safetensors(tensors, _merge_extra(meta, metadata), Path(path), force)
 
 
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import torch
 
 from . import imaging, masks, metrics
 from .devices import DTYPES
+from .fileio import atomic_write
 from .cli import DEFAULT_STEPS
 from .pipeline import inpaint, sampling_model
 from .sampling import SAMPLERS, repaint_calls
@@ -236,22 +236,14 @@ def results_dict(runs: dict[str, MaskRun], config: dict, names: list[str] | None
 
 
 def write_json(data: dict, path: str | os.PathLike, force: bool = False) -> Path:
-    """Write ``data`` as JSON to ``path`` through a temporary file and os.replace; an existing file is refused
+    """Write ``data`` as JSON to ``path`` atomically (``fileio.atomic_write``); an existing file is refused
     (FileExistsError) unless ``force``."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists: choose another name or pass --force")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x") as f:  # a new file: the umask's mode, as any other output
+    def write(tmp: Path) -> None:
+        with open(tmp, "x") as f:
             json.dump(data, f, indent=1, allow_nan=False)
             f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write, force=force)
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .fileio import atomic_write
 
 __all__ = [
     "load_image", "save_image", "load_mask", "to_model_range", "from_model_range", "binarize", "normalize_mask",
@@ -97,25 +98,13 @@ def check_writable(path: str | os.PathLike, batch: int = 1, *, force: bool = Fal
     return targets
 
 
-def _write_atomic(picture: Image.Image, target: Path, fmt: str, options: dict) -> None:
-    """Write to a hidden temporary file beside ``target``, then rename it over ``target`` in one step."""
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            picture.save(file, format=fmt, **options)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def save_image(image: torch.Tensor, path: str | os.PathLike, *, force: bool = False) -> list[Path]:
     """Write ``image`` [B,C,H,W] or [C,H,W] (C = 3, or 1 for grayscale) in [0,1] as 8-bit PNG, JPEG or WEBP
     (chosen by the extension). Returns the paths written.
 
     A batch of one goes to ``path``; a batch of B > 1 to numbered files ``stem_00000.ext`` ... ``stem_{B-1:05d}.ext``
     beside it. Existing files are refused (FileExistsError, before anything is written) unless ``force``. Each file
-    is written atomically: a temporary file in the same folder, then ``os.replace``.
+    is written atomically (``fileio.atomic_write``).
     """
     path = Path(path)
     image = image[None] if image.dim() == 3 else image
@@ -126,7 +115,8 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, force: bool = Fa
     pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     fmt, options = _FORMATS[path.suffix.lower()]
     for target, array in zip(targets, pixels.permute(0, 2, 3, 1).numpy()):
-        _write_atomic(Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array), target, fmt, options)
+        picture = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+        atomic_write(target, lambda tmp, p=picture: p.save(tmp, format=fmt, **options), force=True)
         log.info("wrote %s", target)
     return targets
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fileio import CheckpointError, read_state_dict
+
 __all__ = ["WeightsError", "read_weights", "LPIPS", "load_lpips", "InceptionFeatures", "load_inception"]
 
 log = logging.getLogger(__name__)
@@ -38,24 +40,17 @@ class WeightsError(ValueError):
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A local state dict: safetensors, or a torch file read with weights_only=True (a {"state_dict": ...} wrapper
-    is unwrapped)."""
+    """A local state dict: safetensors, or a torch file read with weights_only=True, by ``fileio.read_state_dict``
+    (wrappers such as {"state_dict": ...} are unwrapped)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path} (weights are never downloaded: give a local file)")
     try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(path)
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reader error means the same thing here
-        raise WeightsError(f"cannot read weights {path} ({type(err).__name__}: {str(err).splitlines()[0][:160]}): "
-                           "give a state dict saved with torch.save or safetensors") from None
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        sd, _ = read_state_dict(path)
+    except CheckpointError as err:
+        raise WeightsError(f"cannot read weights {path}: {err}: give a state dict saved with torch.save or "
+                           "safetensors") from None
+    if not sd:
         raise WeightsError(f"{path} does not hold a state dict (name -> tensor)")
     return sd
 

@@ -40,7 +40,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from bench_embedding import _cpu_name  # noqa: E402
 from comfyui_rad import load_adm  # noqa: E402
 from comfyui_rad.adm import SpatialEmbedding  # noqa: E402
 from comfyui_rad.devices import DTYPES, resolve_device  # noqa: E402
+from comfyui_rad.fileio import atomic_write  # noqa: E402
 from comfyui_rad.pipeline import model_curves  # noqa: E402
 from comfyui_rad.sampling import repaint_calls, sample_ddim, sample_ddpm, sample_repaint  # noqa: E402
 from comfyui_rad.schedule import SpatialSchedule  # noqa: E402
@@ -499,16 +499,12 @@ def print_header(env: dict) -> None:
 
 
 def write_json(path: Path, result: dict) -> None:
-    """Writes ``result`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+    """Writes ``result`` to ``path`` atomically (over an earlier result)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
             json.dump(result, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    atomic_write(path, write, force=True)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,8 +22,9 @@ from comfyui_rad import checkpoints as ck  # noqa: E402
 from comfyui_rad.adm import ADM, ADMConfig  # noqa: E402
 from comfyui_rad.checkpoints import (  # noqa: E402
     Adapter, CheckpointError, config_from_state_dict, file_sha256, load_adm, lora_target_modules, merge_adapter,
-    read_adapter, read_state_dict, save_adapter, save_model, time_layer_keys, weights_sha256,
+    read_adapter, save_adapter, save_model, time_layer_keys, weights_sha256,
 )
+from comfyui_rad.fileio import read_state_dict  # noqa: E402
 
 TINY = ADMConfig(model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_ds=(2,), num_head_channels=16)
 CONFIGS = {

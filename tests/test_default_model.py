@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from comfyui_rad import cli, load_adm
-from comfyui_rad.checkpoints import DEFAULT_MODEL, read_state_dict
+from comfyui_rad.checkpoints import DEFAULT_MODEL
+from comfyui_rad.fileio import read_state_dict
 from comfyui_rad.imaging import load_image, save_image
 from comfyui_rad.masks import box_mask
 from comfyui_rad.pipeline import inpaint

@@ -15,7 +15,8 @@ import torch
 from conftest import TINY, make_adm
 from PIL import Image
 
-from comfyui_rad.checkpoints import CheckpointError, load_adm, read_adapter, read_state_dict
+from comfyui_rad.checkpoints import CheckpointError, load_adm, read_adapter
+from comfyui_rad.fileio import read_state_dict
 from comfyui_rad.schedule import NoiseCurves
 from comfyui_rad.train import Trainer, TrainOptions, build_fresh, export_checkpoint, preset_config
 from comfyui_rad.train.cli import main

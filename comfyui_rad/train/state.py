@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..fileio import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "list_checkpoints", "save_checkpoint", "load_checkpoint"]
 
@@ -40,18 +41,10 @@ def list_checkpoints(out: Path) -> list[Path]:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 0) -> Path:
-    """Write ``state`` to ``path`` through a temporary file and os.replace; then keep only the newest ``keep``
-    checkpoints beside it (0 = keep all)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``state`` to ``path`` atomically (``fileio.atomic_write``, over an older file of that step); then
+    keep only the newest ``keep`` checkpoints beside it (0 = keep all)."""
+    path = atomic_write(path, lambda tmp: torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                                                      **state}, tmp), force=True)
     log.info("saved checkpoint %s", path)
     if keep > 0:
         for old in list_checkpoints(path.parent.parent)[:-keep]:
