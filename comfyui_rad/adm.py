@@ -9,7 +9,7 @@ timestep per image, ``t`` [B], or one per pixel, ``t`` [B,1,H,W] (the spatial no
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,14 @@ class ADMConfig:
     conv_resample: bool = True
     use_new_attention_order: bool = False
     image_size: int = 256
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        for name in ("channel_mult", "attention_ds"):  # JSON and argument lists give lists: one hashable form
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def to_dict(self) -> dict:
+        """The fields as plain values (what files and training checkpoints record; ``ADMConfig(**d)`` reads it)."""
+        return asdict(self)
 
     @property
     def learn_sigma(self) -> bool:

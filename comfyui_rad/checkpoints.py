@@ -8,7 +8,10 @@
   delta = (alpha / r) * (B.flatten(1) @ A.flatten(1)).reshape(W.shape) (peft's convention), fully trained tensors under
   their plain keys (the time layers), and metadata naming the base checkpoint (file and weights sha256), its
   architecture, the schedule and the timestep convention. ``merge_adapter`` is plain tensor math: no peft.
-- ``load_adm``: read, infer and verify, strict load, optional adapter merge, ``model.rad_config``.
+- ``load_adm``: read, infer and verify, strict load, optional adapter merge, ``model.rad_info`` (a
+  ``schedule.RADInfo``, read from the files' metadata by ``RADInfo.from_metadata``).
+
+Reading files and writing them atomically is ``fileio``'s; devices and dtypes are ``devices``'.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ from torch import Tensor, nn
 from .adm import ADM, ADMConfig, AttentionBlock, ResBlock
 from .devices import resolve_dtype
 from .fileio import CheckpointError, atomic_write, read_state_dict
+from .schedule import TAU_CONVENTIONS, NoiseCurves, RADInfo, rad_info
 
 __all__ = [
-    "ADAPTER_FORMAT", "MODEL_FORMAT", "DEFAULT_SCHEDULE", "Adapter", "CheckpointError",
+    "ADAPTER_FORMAT", "MODEL_FORMAT", "Adapter", "CheckpointError",
     "config_from_state_dict", "lora_target_modules", "time_layer_keys",
     "file_sha256", "weights_sha256", "save_adapter", "read_adapter", "merge_adapter", "save_model", "load_adm",
 ]
@@ -46,9 +50,7 @@ log = logging.getLogger(__name__)
 ADAPTER_FORMAT = "comfyui-rad.adapter"
 MODEL_FORMAT = "comfyui-rad.model"
 FORMAT_VERSION = "1"
-DEFAULT_SCHEDULE = {"T1": 1000, "T2": 1000, "beta_start": 0.0001, "beta_end": 0.02}
-TAU_CONVENTIONS = ("gd", "authors")
-CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ADMConfig) if f.name != "extra")
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ADMConfig))
 HEAD_FIELDS = ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_attention_order")
 _JSON_FIELDS = ("base_architecture", "architecture", "schedule", "target_modules", "full_keys")
 _ADAPTER_REQUIRED = ("base_architecture", "base_sha256", "base_weights_sha256", "base_name", "schedule",
@@ -162,9 +164,6 @@ def _with_overrides(cfg: ADMConfig, overrides: Mapping[str, Any]) -> ADMConfig:
     over = dict(overrides)
     if "num_heads" in over and "num_head_channels" not in over:
         over["num_head_channels"] = -1  # a head count is only used when the width per head is unset
-    for name in ("channel_mult", "attention_ds"):
-        if name in over:
-            over[name] = tuple(over[name])
     return dataclasses.replace(cfg, **over)
 
 
@@ -314,7 +313,7 @@ def _scale_shift(shapes: Mapping[str, tuple[int, ...]]) -> bool:
 
 
 def _config_json(cfg: ADMConfig) -> str:
-    return json.dumps({name: getattr(cfg, name) for name in CONFIG_FIELDS}, sort_keys=True)
+    return json.dumps(cfg.to_dict(), sort_keys=True)
 
 
 def _config_from_json(text: str | Mapping[str, Any], source: str) -> ADMConfig:
@@ -326,9 +325,6 @@ def _config_from_json(text: str | Mapping[str, Any], source: str) -> ADMConfig:
     if unknown:
         log.warning("%s: ignoring unknown architecture fields %s (made by a newer comfyui-rad?)", source, unknown)
     known = {k: v for k, v in data.items() if k in CONFIG_FIELDS}
-    for name in ("channel_mult", "attention_ds"):
-        if name in known:
-            known[name] = tuple(known[name])
     try:
         return ADMConfig(**known)
     except TypeError as err:
@@ -567,15 +563,17 @@ def _merge_extra(metadata: dict[str, str], extra: Mapping[str, Any] | None) -> d
 
 def save_adapter(path: str | os.PathLike, *, lora: Mapping[str, tuple[Tensor, Tensor]], full: Mapping[str, Tensor],
                  base_path: str | os.PathLike, base_config: ADMConfig, rank: int, alpha: float,
-                 schedule: Mapping[str, Any] | None = None, tau_convention: str = "gd",
+                 schedule: Mapping[str, Any] | None = None, tau_convention: str = "gd", embedding: str = "spatial",
                  extra_metadata: Mapping[str, Any] | None = None, force: bool = False) -> Path:
     """Write one adapter file: LoRA pairs ``{module: (A, B)}``, fully trained tensors, and the base's identity.
 
     A is [r, in, kh, kw] / [r, in, 1] / [r, in]; B is [out, r, 1, 1] / [out, r, 1] / [out, r] for Conv2d / Conv1d /
     Linear targets; delta = (alpha / r) * B.flatten(1) @ A.flatten(1). Checked against ``base_config`` and the base.
+    ``schedule`` (``NoiseCurves`` fields, default DDPM's), ``tau_convention`` and ``embedding``: the RAD facts the
+    adapter is trained for, written by ``RADInfo.to_metadata``.
     """
     path = Path(path)
-    _check_tau(tau_convention)
+    info = RADInfo(NoiseCurves.from_dict(schedule), _check_tau(tau_convention), embedding)
     base_sd, _ = read_state_dict(base_path)
     base_shapes = {k: tuple(v.shape) for k, v in base_sd.items()}
     _verify(base_config, base_shapes, f"base {Path(base_path).name}")
@@ -590,8 +588,7 @@ def save_adapter(path: str | os.PathLike, *, lora: Mapping[str, tuple[Tensor, Te
         "base_sha256": file_sha256(base_path),
         "base_weights_sha256": _file_weights_sha256(base_path, base_sd),
         "base_name": Path(base_path).name,
-        "schedule": json.dumps(dict(schedule or DEFAULT_SCHEDULE), sort_keys=True),
-        "tau_convention": tau_convention,
+        **info.to_metadata(),
         "lora_rank": str(int(rank)), "lora_alpha": repr(float(alpha)),
         "target_modules": json.dumps(list(lora)), "full_keys": json.dumps(sorted(full)),
         "created_by": _created_by(),
@@ -669,19 +666,23 @@ def save_model(path: str | os.PathLike, model: nn.Module, *, schedule: Mapping[s
                force: bool = False) -> Path:
     """Write a whole ADM (e.g. a trained RAD model) as a comfyui-rad.model safetensors file with its architecture.
 
-    ``schedule`` and ``tau_convention`` default to ``model.rad_config``'s, else the DDPM schedule and "gd".
+    Its RAD facts are ``rad_info(model)``'s (``RADInfo.to_metadata``); ``schedule`` (``NoiseCurves`` fields) and
+    ``tau_convention`` replace theirs.
     """
     if not isinstance(model, ADM):
         raise TypeError(f"save_model takes an ADM, got {type(model).__name__}: merge and unwrap peft layers first "
                         "(model.merge_and_unload())")
-    rad = getattr(model, "rad_config", None) or {}
+    info = rad_info(model)
+    if schedule:
+        info = dataclasses.replace(info, curves=NoiseCurves.from_dict(schedule))
+    if tau_convention:
+        info = dataclasses.replace(info, tau_convention=_check_tau(tau_convention))
     sd = model.state_dict()
     _verify(model.config, {k: tuple(v.shape) for k, v in sd.items()}, "model")
     meta = {
         "format": MODEL_FORMAT, "format_version": FORMAT_VERSION,
         "architecture": _config_json(model.config),
-        "schedule": json.dumps(dict(schedule or rad.get("schedule") or DEFAULT_SCHEDULE), sort_keys=True),
-        "tau_convention": _check_tau(tau_convention or rad.get("tau_convention") or "gd"),
+        **info.to_metadata(),
         "created_by": _created_by(),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
@@ -694,20 +695,15 @@ DEFAULT_MODEL = BUILTIN_WEIGHTS / "rad_default.safetensors"
 """The small RAD model ``rad-inpaint`` and the nodes use when no model is chosen (once it ships)."""
 
 
-def _trained_rad(metadata: Mapping[str, Any]) -> bool:
-    """False for weights rad-train trained as a plain DDPM (``--mask-sampling full``), True otherwise."""
-    return metadata.get("train_mask_sampling") != "full"
-
-
 def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | None = None, strength: float = 1.0, *,
              device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None, **overrides: Any) -> ADM:
     """A guided-diffusion ADM (or comfyui-rad.model) from a file, optionally with a RAD adapter merged in.
 
     ``overrides``: ``ADMConfig`` fields, e.g. ``num_head_channels=64`` or ``num_heads=4`` (see
     ``config_from_state_dict``). ``dtype`` None means float32. The model is in eval mode without gradients and
-    carries ``model.rad_config``: schedule, tau_convention ("gd" | "authors"), is_rad, embedding ("spatial", or
-    "scalar" for rad-train's Cfg. 2 ablation: sample it through ``train.ScalarEmbedding``), base, adapter, strength.
-    Weights rad-train trained with ``--mask-sampling full`` (a plain DDPM) are not RAD (is_rad False).
+    carries ``model.rad_info``, a ``RADInfo``: curves, tau_convention ("gd" | "authors"), embedding ("spatial", or
+    "scalar" for rad-train's Cfg. 2 ablation: the samplers' ``RADDenoiser`` drives it so), is_rad, base, adapter,
+    strength. Weights rad-train trained with ``--mask-sampling full`` (a plain DDPM) are not RAD (is_rad False).
     """
     path = Path(path)
     _check_override_names(overrides)
@@ -718,23 +714,26 @@ def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | Non
     cfg = config_from_state_dict(sd, metadata=raw, source=path.name, **overrides)
     is_model_file = raw.get("format") == MODEL_FORMAT
     meta = _parse_metadata(raw, path.name) if is_model_file else {}
-    info = {"schedule": dict(meta.get("schedule") or DEFAULT_SCHEDULE),
-            "tau_convention": meta.get("tau_convention", "gd"), "is_rad": is_model_file and _trained_rad(meta),
-            "embedding": meta.get("train_embedding", "spatial"),
-            "base": path.name, "adapter": None, "strength": 1.0 if is_model_file else 0.0}
+    info = RADInfo.from_metadata(meta, is_rad=is_model_file, base=path.name, strength=1.0 if is_model_file else 0.0)
     if adapter is not None:
         _check_adapter_base(adapter, cfg, path, sd)
         sd = merge_adapter(sd, adapter, strength)
-        info.update(is_rad=_trained_rad(adapter.metadata), adapter=adapter.name, strength=float(strength),
-                    embedding=adapter.metadata.get("train_embedding", "spatial"))
-        if "schedule" in adapter.metadata:
-            info["schedule"] = dict(adapter.metadata["schedule"])
-        info["tau_convention"] = adapter.metadata.get("tau_convention", info["tau_convention"])
+        info = _with_adapter_facts(info, adapter, strength)
     with torch.device("meta"):
         model = ADM(cfg)
     model.load_state_dict(sd, strict=True, assign=True)  # the model takes the (memory-mapped) tensors: no copy
     model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval().requires_grad_(False)
-    model.rad_config = info
-    log.info("loaded %s%s: %s, %s", path.name, f" + {info['adapter']} x{strength:g}" if info["adapter"] else "",
-             _summary(cfg), "RAD" if info["is_rad"] else "plain ADM")
+    model.rad_info = info
+    log.info("loaded %s%s: %s, %s", path.name, f" + {info.adapter} x{strength:g}" if info.adapter else "",
+             _summary(cfg), "RAD" if info.is_rad else "plain ADM")
     return model
+
+
+def _with_adapter_facts(info: RADInfo, adapter: Adapter, strength: float) -> RADInfo:
+    """The RAD facts of a base with ``adapter`` merged in: the adapter's curves and tau convention where it records
+    them (else the base's), its embedding and whether it is RAD-trained."""
+    meta = adapter.metadata
+    merged = {"schedule": meta.get("schedule", info.curves.to_metadata()),
+              "tau_convention": meta.get("tau_convention", info.tau_convention),
+              **{k: meta[k] for k in ("train_embedding", "train_mask_sampling") if k in meta}}
+    return RADInfo.from_metadata(merged, base=info.base, adapter=adapter.name, strength=float(strength))

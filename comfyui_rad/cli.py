@@ -13,22 +13,11 @@ import torch
 from . import imaging, masks
 from .checkpoints import DEFAULT_MODEL
 from .devices import DTYPES, resolve_device, resolve_dtype
-from .pipeline import MASK_MODES, inpaint, read_mask
-from .sampling import SAMPLERS
+from .masks import GENERATED_MASKS, MASK_MODES
+from .pipeline import inpaint
+from .sampling import DEFAULT_STEPS, SAMPLERS
 
 log = logging.getLogger("comfyui_rad")
-
-GENERATED_MASKS = {
-    "box": lambda b, h, w, g: masks.box_mask(b, h, w, generator=g, center=True),
-    "extreme": lambda b, h, w, g: masks.extreme_mask(b, h, w, generator=g),
-    "wide": lambda b, h, w, g: masks.wide_mask(b, h, w, generator=g),
-    "perlin": lambda b, h, w, g: masks.perlin_mask(b, h, w, generator=g, coverage=(0.2, 0.5)),
-}
-
-
-DEFAULT_STEPS = {"ddpm": 100, "ddim": 50, "repaint": 250, "replace": 100}
-"""Reverse steps per sampler when --steps is not given (rad-inpaint, rad-eval)."""
-
 
 class CLIError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
@@ -50,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert-mask", action="store_true", help="the mask file uses black = inpaint")
     p.add_argument("--mask-mode", choices=MASK_MODES, default="binary",
                    help="binary: threshold the mask (default); soft: a mask value is how much a pixel is regenerated")
-    p.add_argument("--threshold", type=float, default=0.5, help="binary threshold (default 0.5)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="binary mode: mask values above this are inpainted, in [0, 1) (0 = any nonzero pixel; "
+                        "default 0.5)")
     p.add_argument("--output", "-o", required=True, type=Path, help="where to write the result (png/jpg/webp)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--save-mask", type=Path, help="also write the mask that was used")
@@ -58,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ddpm (default, the paper's), ddim, or the baselines for any ADM: repaint (2,410 network "
                         "calls at 250) and replace (plain DDPM, the known region replaced after each step)")
     p.add_argument("--steps", type=int, default=None,
-                   help="reverse steps (default 100 for ddpm and replace, 50 for ddim, 250 for repaint)")
+                   help="reverse steps (default " + ", ".join(f"{n} {k}" for k, n in DEFAULT_STEPS.items()) + ")")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same result anywhere")
     p.add_argument("--samples", type=int, default=1, help="number of results (written as name_00000.png, ...)")
@@ -78,15 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _mask(args, height: int, width: int) -> torch.Tensor:
     """[1, H, W] in [0, 1], 1 = inpaint, from a file or generated at the image's size."""
     if args.mask in GENERATED_MASKS:
-        mask = GENERATED_MASKS[args.mask](1, height, width, torch.Generator().manual_seed(args.seed))
+        mask = masks.generated_mask(args.mask, 1, height, width, args.seed, centred_box=True)
     else:
         path = Path(args.mask)
         if not path.exists():
             raise CLIError(f"mask file {path} does not exist (or use one of: {', '.join(GENERATED_MASKS)})")
         mask = imaging.normalize_mask(imaging.load_mask(path, invert=args.invert_mask), 1, height, width)
-    if args.mask_mode == "binary" and not 0.0 < args.threshold < 1.0:
-        raise CLIError(f"--threshold must be between 0 and 1, got {args.threshold}")
-    return read_mask(mask, args.mask_mode, args.threshold)
+    if args.mask_mode == "binary":
+        masks.check_threshold(args.threshold, "--threshold")
+    return masks.prepare(mask, args.mask_mode, args.threshold)
 
 
 class Progress:

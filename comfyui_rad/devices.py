@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
-__all__ = ["DTYPES", "resolve_dtype", "resolve_device"]
+__all__ = ["DTYPES", "resolve_dtype", "resolve_device", "device_name"]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 """The precisions a user names on the command line and in the nodes (torch's names are accepted too)."""
@@ -46,3 +49,18 @@ def resolve_device(name: str | torch.device, flag: str = "--device") -> torch.de
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{flag} {name} asked for CUDA, but this torch has no CUDA device: use {flag} cpu")
     return device
+
+
+def device_name(device: torch.device | str) -> str:
+    """What a benchmark report calls ``device``: the CUDA device's name, or the CPU's model name ("unknown CPU" where
+    neither /proc/cpuinfo nor the platform says)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

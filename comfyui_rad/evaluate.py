@@ -10,8 +10,8 @@ first image``: a seed and a batch size give the same results anywhere. Measured 
 image, and the FID against the held-out originals when ``--fid-weights`` is given (``perceptual`` lists the weight
 files it takes; nothing is downloaded).
 
-Models trained with ``--embedding scalar`` (the paper's Cfg. 2) are sampled through ``train.ScalarEmbedding``, as
-trained; a plain ADM with ``--sampler ddpm`` is the paper's Cfg. 1 (RAD steps without RAD training).
+Models trained with ``--embedding scalar`` (the paper's Cfg. 2) get one timestep per image (``sampling.RADDenoiser``),
+as trained; a plain ADM with ``--sampler ddpm`` is the paper's Cfg. 1 (RAD steps without RAD training).
 """
 
 from __future__ import annotations
@@ -32,23 +32,15 @@ import torch
 from . import imaging, masks, metrics
 from .devices import DTYPES
 from .fileio import atomic_write
-from .cli import DEFAULT_STEPS
-from .pipeline import inpaint, sampling_model
-from .sampling import SAMPLERS, repaint_calls
+from .pipeline import inpaint
+from .sampling import DEFAULT_STEPS, SAMPLERS, RADDenoiser, repaint_calls
+from .schedule import rad_info
 
-__all__ = ["EVAL_MASKS", "METRICS", "eval_masks", "load_images", "sampling_model", "MaskRun", "inpaint_set",
+__all__ = ["METRICS", "eval_masks", "finite_mean", "load_images", "MaskRun", "inpaint_set",
            "measure", "evaluate", "sample_grid", "masked_input", "network_calls", "results_dict", "write_json",
            "main"]
 
 log = logging.getLogger(__name__)
-
-EVAL_MASKS: dict[str, Callable[[int, int, int, torch.Generator], torch.Tensor]] = {
-    "box": lambda n, h, w, g: masks.box_mask(n, h, w, generator=g),  # a half-size square at a random position
-    "extreme": lambda n, h, w, g: masks.extreme_mask(n, h, w, generator=g),  # only the centred half-size square kept
-    "wide": lambda n, h, w, g: masks.wide_mask(n, h, w, generator=g),  # LaMa's thick strokes
-    "perlin": lambda n, h, w, g: masks.perlin_mask(n, h, w, generator=g, coverage=(0.2, 0.5)),
-}
-"""Evaluation masks by name: (count, height, width, CPU generator) -> float32 [N,H,W], 1 = inpaint."""
 
 METRICS = ("hole_mse", "hole_psnr", "ssim", "ssim_hole", "seam", "lpips")
 """Per-image measures in the order results list them (lpips only with LPIPS weights)."""
@@ -56,18 +48,14 @@ METRICS = ("hole_mse", "hole_psnr", "ssim", "ssim_hole", "seam", "lpips")
 
 def eval_masks(kind: str, count: int, size: int, seed: int) -> torch.Tensor:
     """``count`` masks of ``kind`` at ``size`` x ``size``, float32 [N,H,W] (1 = inpaint), the same for a seed."""
-    if kind not in EVAL_MASKS:
-        raise ValueError(f"unknown mask kind {kind!r}: use one of {', '.join(EVAL_MASKS)}")
-    return EVAL_MASKS[kind](count, size, size, torch.Generator().manual_seed(seed))
+    return masks.generated_mask(kind, count, size, size, seed)
 
 
 def load_images(folder: str | os.PathLike, size: int, limit: int | None = None) -> tuple[list[Path], torch.Tensor]:
     """The images under ``folder`` (sorted, recursive; the first ``limit``), each its centre square resized to
     ``size``: (paths, float32 [N,3,S,S] in [0,1])."""
-    from .train.data import load_crop, scan_images
-
-    paths = scan_images(folder, size)[:limit]
-    return paths, torch.stack([load_crop(p, size) for p in paths]).float() / 255
+    paths = imaging.scan_images(folder, size, flag="--images")[:limit]
+    return paths, torch.stack([imaging.load_crop(p, size) for p in paths]).float() / 255
 
 
 def network_calls(sampler: str, steps: int, options: dict | None = None) -> int:
@@ -80,10 +68,11 @@ def network_calls(sampler: str, steps: int, options: dict | None = None) -> int:
 
 def inpaint_set(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, *, sampler: str = "ddpm",
                 steps: int = 100, seed: int = 0, batch_size: int = 16, eta: float = 0.0,
-                options: dict | None = None, progress: Callable[[int, int], None] | None = None
-                ) -> tuple[torch.Tensor, float]:
+                options: dict | None = None, embedding: str = "auto",
+                progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, float]:
     """Inpaint images [N,3,S,S] in [0,1] (S = the model's size) under masks [N,S,S] in batches: (results [N,3,S,S]
-    in [0,1], seconds spent sampling). Batch k starts at image i and uses noise seed ``seed + i``."""
+    in [0,1], seconds spent sampling). Batch k starts at image i and uses noise seed ``seed + i``. ``embedding`` as
+    ``sampling.RADDenoiser``."""
     if images.shape[0] != mask.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {mask.shape[0]} masks: give one mask per image")
     if batch_size < 1:
@@ -93,8 +82,7 @@ def inpaint_set(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor
         stop = min(start + batch_size, images.shape[0])
         tick = time.perf_counter()
         result, _ = inpaint(model, images[start:stop], mask[start:stop], steps=steps, sampler=sampler, eta=eta,
-                            seed=seed + start, fit="resize", options=options,
-                            embedding="spatial")  # as given: the caller applied sampling_model
+                            seed=seed + start, fit="resize", options=options, embedding=embedding)
         seconds += time.perf_counter() - tick
         out.append(result)
         if progress is not None:
@@ -128,7 +116,8 @@ def _features(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 32) 
                           for i in range(0, images.shape[0], batch_size)])
 
 
-def _finite_mean(values: torch.Tensor) -> float | None:
+def finite_mean(values: torch.Tensor) -> float | None:
+    """The mean of the finite values (a perfect hole's infinite PSNR is left out), None when there are none."""
     finite = values[torch.isfinite(values)]
     return float(finite.mean()) if finite.numel() else None
 
@@ -152,7 +141,7 @@ class MaskRun:
 
     def means(self) -> dict[str, float | None]:
         """Mean of each measure over the images where it is finite (a perfect hole's infinite PSNR is left out)."""
-        return {k: _finite_mean(v) for k, v in self.per_image.items()}
+        return {k: finite_mean(v) for k, v in self.per_image.items()}
 
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, kinds: list[str] | tuple[str, ...], *,
@@ -163,7 +152,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, kinds: list[str] | tu
     """Inpaint ``images`` [N,3,S,S] in [0,1] (S = the model's size) under each mask kind and measure the results.
 
     ``steps`` defaults to rad-inpaint's per sampler; ``options`` are the sampler's keywords (repaint:
-    jump_length, jump_n_sample); ``embedding`` as ``sampling_model``. ``inception``: a feature network
+    jump_length, jump_n_sample); ``embedding`` as ``sampling.RADDenoiser``. ``inception``: a feature network
     (``perceptual.InceptionFeatures``) for the FID of results against ``images``.
     """
     if sampler not in SAMPLERS:
@@ -173,14 +162,15 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, kinds: list[str] | tu
         raise ValueError(f"images are {tuple(images.shape)}, the model needs [N, 3, {size}, {size}]: load them with "
                          "load_images(folder, model.config.image_size)")
     steps = DEFAULT_STEPS[sampler] if steps is None else steps
-    net = sampling_model(model, embedding)
+    RADDenoiser(model, embedding=embedding)  # a bad embedding fails here, before any work
     truth_features = _features(inception, images) if inception is not None else None
     runs = {}
     for kind in kinds:
         mask = eval_masks(kind, images.shape[0], size, seed)
         tick = (lambda done, total, k=kind: progress(k, done, total)) if progress else None
-        results, seconds = inpaint_set(net, images, mask, sampler=sampler, steps=steps, seed=seed,
-                                       batch_size=batch_size, eta=eta, options=options, progress=tick)
+        results, seconds = inpaint_set(model, images, mask, sampler=sampler, steps=steps, seed=seed,
+                                       batch_size=batch_size, eta=eta, options=options, embedding=embedding,
+                                       progress=tick)
         run = MaskRun(kind, mask, results, measure(results, images, mask, lpips), seconds,
                       network_calls(sampler, steps, options))
         if inception is not None:
@@ -261,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, type=Path, help="folder of held-out images (recursive)")
     p.add_argument("--out", "-o", required=True, type=Path, help="results JSON to write")
     p.add_argument("--masks", default="box,extreme,wide",
-                   help=f"comma-separated mask kinds of {', '.join(EVAL_MASKS)} (default box,extreme,wide)")
+                   help=f"comma-separated mask kinds of {', '.join(masks.GENERATED_MASKS)} (default box,extreme,wide)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm",
                    help="ddpm (RAD, default), ddim, repaint or replace (baselines on any ADM)")
     p.add_argument("--steps", type=int, help="reverse steps (default 100 for ddpm and replace, 50 ddim, 250 repaint)")
@@ -293,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> list[str]:
     kinds = [k.strip() for k in args.masks.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in EVAL_MASKS]
+    unknown = [k for k in kinds if k not in masks.GENERATED_MASKS]
     if not kinds or unknown:
-        raise ValueError(f"--masks {args.masks!r}: use comma-separated kinds of {', '.join(EVAL_MASKS)}")
+        raise ValueError(f"--masks {args.masks!r}: use comma-separated kinds of {', '.join(masks.GENERATED_MASKS)}")
     for name, value in (("--batch-size", args.batch_size), ("--grid-rows", args.grid_rows),
                         ("--limit", 1 if args.limit is None else args.limit)):
         if value < 1:
@@ -357,10 +347,9 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
     runs = evaluate(model, images, kinds, sampler=args.sampler, steps=steps, seed=args.seed,
                     batch_size=args.batch_size, eta=args.eta, options=options, embedding=args.embedding,
                     lpips=lpips, inception=inception, progress=progress)
-    scalar = sampling_model(model, args.embedding) is not model
     config = {"model": str(args.model), "adapter": str(args.adapter) if args.adapter else None,
-              "strength": args.strength, "embedding": "scalar" if scalar else "spatial",
-              "is_rad": bool(model.rad_config.get("is_rad")), "images": str(args.images),
+              "strength": args.strength, "embedding": RADDenoiser(model, embedding=args.embedding).embedding,
+              "is_rad": rad_info(model).is_rad, "images": str(args.images),
               "count": len(paths), "image_size": model.config.image_size, "sampler": args.sampler, "steps": steps,
               "eta": args.eta if args.sampler == "ddim" else None, "options": options, "seed": args.seed,
               "batch_size": args.batch_size, "device": str(device), "dtype": str(dtype).replace("torch.", ""),

@@ -2,7 +2,9 @@
 
 Images are float32 [B,3,H,W] in [0,1] (``to_model_range`` gives the model's [-1,1]). Masks are float32 [B,H,W] in
 [0,1] with 1 = inpaint, 0 = keep; file conventions (white = inpaint, or transparent = inpaint for images with alpha)
-are converted once, in ``load_mask``. Shared by the CLI and the ComfyUI nodes; no ComfyUI import.
+are converted once, in ``load_mask``. Folders of images are scanned by ``scan_images`` and cut to squares by
+``load_crop`` (rad-train's data, rad-eval's held-out images). Shared by the CLIs and the ComfyUI nodes; no ComfyUI
+import.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +22,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .fileio import atomic_write
+from .masks import as_bhw, is_binary
 
 __all__ = [
-    "load_image", "save_image", "load_mask", "to_model_range", "from_model_range", "binarize", "normalize_mask",
+    "load_image", "save_image", "load_mask", "IMAGE_SUFFIXES", "IMAGE_READ_ERRORS", "DataError", "scan_images",
+    "load_crop", "to_model_range", "from_model_range", "normalize_mask",
     "Window", "Fit", "fit_crop", "fit_resize", "fit_pad", "FIT_MODES", "stitch",
 ]
 
@@ -121,6 +126,91 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, *, force: bool = Fa
     return targets
 
 
+# ------------------------------------------------------------------------------------------------ image folders
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+IMAGE_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+class DataError(ValueError):
+    """A folder or file of images that cannot be used (training or evaluation data); the message names the folder
+    and what to do."""
+
+
+def _header(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header; raises for files PIL cannot identify."""
+    with Image.open(path) as picture:
+        width, height = picture.size
+    if width < 1 or height < 1:
+        raise ValueError(f"empty image {width}x{height}")
+    return width, height
+
+
+def scan_images(root: str | os.PathLike, size: int = 0, workers: int = 0, flag: str = "--data") -> list[Path]:
+    """Image files (png/jpg/jpeg/webp) under ``root``, recursively, sorted by relative path; files whose header PIL
+    cannot read are skipped with one warning that counts them. Raises ``DataError`` naming ``flag`` (the caller's
+    option: rad-train's ``--data``, rad-eval's ``--images``) when none is readable."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{flag} {root} is not a folder: point it at a folder of images ({', '.join(IMAGE_SUFFIXES)})")
+    found = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                   key=lambda p: p.relative_to(root).as_posix())
+
+    def probe(path: Path):
+        try:
+            return _header(path)
+        except IMAGE_READ_ERRORS as err:
+            return err
+
+    if workers > 0 and len(found) > 64:
+        with ThreadPoolExecutor(workers) as pool:
+            headers = list(pool.map(probe, found))
+    else:
+        headers = [probe(p) for p in found]
+    readable = [p for p, h in zip(found, headers) if isinstance(h, tuple)]
+    bad = [(p, h) for p, h in zip(found, headers) if not isinstance(h, tuple)]
+    if bad:
+        first, err = bad[0]
+        log.warning("skipped %d unreadable file(s) of %d in %s (first: %s: %s)", len(bad), len(found), root,
+                    first.relative_to(root), str(err).splitlines()[0][:120])
+    if not readable:
+        raise DataError(f"no readable images ({', '.join(IMAGE_SUFFIXES)}) in {root}"
+                        + (f" ({len(bad)} unreadable file(s) skipped)" if bad else "")
+                        + f": point {flag} at a folder of images")
+    small = sum(1 for h in headers if isinstance(h, tuple) and min(h) < size)
+    if small:
+        log.warning("%d image(s) in %s are smaller than %d px on their short side: they will be upscaled",
+                    small, root, size)
+    return readable
+
+
+def load_crop(path: Path, size: int, crop: tuple[float, float, float, bool] | None = None) -> torch.Tensor:
+    """A square ``size`` x ``size`` RGB crop of an image file, uint8 [3,S,S].
+
+    ``crop`` = (scale, fx, fy, flip): a square whose side is ``scale`` times the image's short side (raised so that it
+    spans at least ``size`` source pixels: never upsampled unless the image itself is smaller), at relative position
+    (fx, fy) in [0,1] of the free range, resized (antialiased bicubic) to ``size``, mirrored if ``flip``.
+    None: the centred square of the full short side (``--resize``), no flip.
+    """
+    scale, fx, fy, flip = crop if crop is not None else (1.0, 0.5, 0.5, False)
+    with Image.open(path) as picture:
+        width, height = picture.size
+        frac = min(1.0, max(scale, size / min(width, height)))  # crop side / short side
+        factor = size / (frac * min(width, height))  # how much the crop shrinks
+        if picture.format == "JPEG" and factor < 0.5:  # decode at a reduced scale: still >= the pixels needed
+            picture.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
+        picture = ImageOps.exif_transpose(picture).convert("RGB")
+    width, height = picture.size
+    side = frac * min(width, height)
+    left, top = fx * (width - side), fy * (height - side)
+    out = picture.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    if flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1)
+
+
+
 # ---------------------------------------------------------------------------------------------- values and masks
 
 
@@ -134,34 +224,20 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def binarize(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """A float mask of 1 where ``mask`` > threshold, else 0 (same shape; threshold=0 keeps every nonzero pixel)."""
-    return (mask > threshold).to(torch.float32)
-
-
-def _is_binary(mask: torch.Tensor) -> bool:
-    return bool(((mask == 0) | (mask == 1)).all())
-
-
 def normalize_mask(mask: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
     """Any mask layout as float32 [B,H,W] in [0,1] (1 = inpaint) for a batch of B images of H x W.
 
-    Accepts [H,W], [1,H,W], [B,H,W] or [B,1,H,W]; one mask is broadcast over the batch. A mask of another size is
+    Accepts the layouts of ``masks.as_bhw``; one mask is broadcast over the batch. A mask of another size is
     resized: nearest-exact when it is binary (stays binary), bilinear with antialiasing when it is soft.
     """
-    mask = torch.as_tensor(mask).to(torch.float32)
-    if mask.dim() == 4 and mask.shape[1] == 1:
-        mask = mask[:, 0]
-    mask = mask[None] if mask.dim() == 2 else mask
-    if mask.dim() != 3:
-        raise ValueError(f"mask must be [H,W], [B,H,W] or [B,1,H,W], got shape {tuple(mask.shape)}")
+    mask = as_bhw(mask)
     if mask.shape[0] not in (1, batch):
         raise ValueError(
             f"mask batch {mask.shape[0]} does not match image batch {batch}: give one mask or one per image"
         )
     if mask.shape[1:] != (height, width):
         log.info("resizing mask from %dx%d to %dx%d", mask.shape[2], mask.shape[1], width, height)
-        binary = _is_binary(mask)
+        binary = is_binary(mask)
         mask = F.interpolate(mask[:, None], size=(height, width), mode="nearest-exact" if binary else "bilinear",
                              antialias=not binary, align_corners=None if binary else False)[:, 0]
     return mask.expand(batch, height, width).clamp(0, 1)

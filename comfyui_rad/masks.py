@@ -1,23 +1,86 @@
-"""Inpainting masks: Perlin training masks (RAD paper §3.2) and the evaluation masks of §4.2 (LaMa's protocol).
+"""Inpainting masks: how RAD reads a mask, Perlin training masks (RAD paper §3.2) and the evaluation masks of §4.2.
 
 Every mask is a float32 CPU tensor [B,H,W] with values in [0,1]: 1 = inpaint, 0 = keep. Random masks draw only
 from the CPU ``torch.Generator`` passed in (never the global RNG), so a seed gives the same masks on any machine;
 move them to the device afterwards.
+
+Reading a mask happens here, once: ``as_bhw`` takes every layout to [B,H,W]; ``prepare`` applies the mask mode. The
+threshold rule, everywhere (rad-inpaint ``--threshold``, the Spatial Noise Schedule node's ``threshold``): in binary
+mode a pixel is inpainted where its mask value is above the threshold, a number in [0, 1) (0 = any nonzero pixel).
+``GENERATED_MASKS`` is the one table of generated masks (rad-inpaint ``--mask box`` ..., rad-eval ``--masks``).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-__all__ = ["perlin_noise", "perlin_mask", "blur_mask", "box_mask", "extreme_mask", "wide_mask"]
+__all__ = ["MASK_MODES", "SOFT_SNAP", "as_bhw", "is_binary", "check_threshold", "binarize", "prepare",
+           "perlin_noise", "perlin_mask", "blur_mask", "box_mask", "extreme_mask", "wide_mask", "GENERATED_MASKS",
+           "generated_mask"]
 
 Range = float | tuple[float, float]
+
+MASK_MODES = ("binary", "soft")
+SOFT_SNAP = 0.02
+"""Soft mask values within this of 0 or 1 (about 5/255: JPEG noise, antialiased painting) count as exactly 0 or 1."""
+
+
+# ---------------------------------------------------------------------------------------------- reading a mask
+
+
+def as_bhw(mask: torch.Tensor) -> torch.Tensor:
+    """Any mask layout as float32 [B,H,W] (same device): [H,W], [B,H,W], [B,1,H,W] or ComfyUI's [B,H,W,1]."""
+    mask = torch.as_tensor(mask).to(torch.float32)
+    if mask.dim() == 4 and mask.shape[-1] == 1 and mask.shape[1] != 1:
+        mask = mask[..., 0]
+    if mask.dim() == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    mask = mask[None] if mask.dim() == 2 else mask
+    if mask.dim() != 3:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}: mask must be [H,W], [B,H,W] or [B,1,H,W] "
+                         "(1 = inpaint)")
+    return mask
+
+
+def is_binary(mask: torch.Tensor) -> bool:
+    """True when every value is exactly 0 or 1."""
+    return bool(((mask == 0) | (mask == 1)).all())
+
+
+def check_threshold(threshold: float, name: str = "threshold") -> float:
+    """``threshold`` when it follows the rule (module doc), else a ValueError naming ``name`` (the caller's input)."""
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, got {threshold}: mask values above it are inpainted, "
+                         "in [0, 1) (0 = any nonzero pixel)")
+    return threshold
+
+
+def binarize(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """A float mask of 1 where ``mask`` > threshold, else 0 (same shape; threshold=0 keeps every nonzero pixel)."""
+    return (mask > threshold).to(torch.float32)
+
+
+def prepare(mask: torch.Tensor, mode: str = "binary", threshold: float = 0.5) -> torch.Tensor:
+    """A mask as RAD takes it, float32, same shape, values in [0,1] (1 = inpaint).
+
+    ``binary``: 1 where mask > ``threshold`` (the rule of the module doc), else 0 ("almost 1" and "almost 0" pixels of
+    a JPEG land on the right side). ``soft``: the value is how much of the pixel is regenerated; values within
+    ``SOFT_SNAP`` of 0 or 1 are snapped, so JPEG noise neither leaves a trace of the original in a hole nor repaints
+    kept pixels a little.
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {', '.join(MASK_MODES)}, got {mode!r}")
+    mask = torch.as_tensor(mask).float().clamp(0, 1)
+    if mode == "binary":
+        return binarize(mask, check_threshold(threshold))
+    return torch.where(mask <= SOFT_SNAP, 0.0, torch.where(mask >= 1 - SOFT_SNAP, 1.0, mask))
 
 
 # ---------------------------------------------------------------------------------------------- argument checks
@@ -286,3 +349,29 @@ def wide_mask(batch: int, height: int, width: int, *, generator: torch.Generator
             _draw_boxes(canvas, height, width, scale, generator)
         masks.append(torch.from_numpy(np.asarray(picture) > 127))
     return torch.stack(masks).float()
+
+
+# ----------------------------------------------------------------------------------------------- the one table
+
+GENERATED_MASKS: dict[str, Callable[..., torch.Tensor]] = {
+    "box": lambda n, h, w, g, center: box_mask(n, h, w, generator=g, center=center),  # a half-size square
+    "extreme": lambda n, h, w, g, center: extreme_mask(n, h, w, generator=g),  # only the centred square kept
+    "wide": lambda n, h, w, g, center: wide_mask(n, h, w, generator=g),  # LaMa's thick strokes
+    "perlin": lambda n, h, w, g, center: perlin_mask(n, h, w, generator=g, coverage=(0.2, 0.5)),
+}
+"""Generated masks by name: (count, height, width, CPU generator, center) -> float32 [N,H,W], 1 = inpaint. The
+paper's box / extreme / wide evaluation masks and a Perlin one. ``center`` only moves the box (see
+``generated_mask``)."""
+
+
+def generated_mask(kind: str, count: int, height: int, width: int, seed: int, *,
+                   centred_box: bool = False) -> torch.Tensor:
+    """``count`` masks of ``kind`` (``GENERATED_MASKS``) at ``height`` x ``width``, the same for a seed.
+
+    ``box`` is a half-size square at a random position, as LaMa's and the paper's evaluation protocol draws it
+    (rad-eval); ``centred_box`` puts it in the centre instead, which is what rad-inpaint's ``--mask box`` gives
+    (one picture a person looks at: the hole where the eye goes). Every other kind ignores it.
+    """
+    if kind not in GENERATED_MASKS:
+        raise ValueError(f"unknown mask kind {kind!r}: use one of {', '.join(GENERATED_MASKS)}")
+    return GENERATED_MASKS[kind](count, height, width, torch.Generator().manual_seed(seed), centred_box)

@@ -1,7 +1,8 @@
-"""Inpainting in one call: reading a mask, batch rules, fitting the model's resolution, sampling and stitching back.
+"""Inpainting in one call: batch rules, fitting the model's resolution, sampling and stitching back.
 
-The wiring shared by ``rad-inpaint`` and the ComfyUI nodes. Images are float32 [B,3,H,W] in [0,1], masks float32
-[B,H,W] in [0,1] with 1 = inpaint. No ComfyUI import.
+The wiring shared by ``rad-inpaint``, ``rad-eval`` and the ComfyUI nodes. Images are float32 [B,3,H,W] in [0,1],
+masks float32 [B,H,W] in [0,1] with 1 = inpaint, as ``masks.prepare`` made them (mask modes and the threshold rule
+live there). No ComfyUI import.
 """
 
 from __future__ import annotations
@@ -13,34 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from . import imaging
-from .sampling import BASELINE_SAMPLERS, SAMPLERS
-from .schedule import NoiseCurves, SpatialSchedule
+from .masks import as_bhw
+from .sampling import BASELINE_SAMPLERS, DEFAULT_STEPS, SAMPLERS, RADDenoiser
+from .schedule import NoiseCurves, SpatialSchedule, rad_info
 
-__all__ = ["MASK_MODES", "SOFT_SNAP", "read_mask", "match_batches", "model_curves", "sampling_model", "inpaint",
-           "schedule_preview"]
+__all__ = ["match_batches", "inpaint", "schedule_preview"]
 
 log = logging.getLogger(__name__)
-
-MASK_MODES = ("binary", "soft")
-SOFT_SNAP = 0.02
-"""Soft mask values within this of 0 or 1 (about 5/255: JPEG noise, antialiased painting) count as exactly 0 or 1."""
-
-
-def read_mask(mask: torch.Tensor, mode: str = "binary", threshold: float = 0.5) -> torch.Tensor:
-    """A mask as RAD reads it, float32, same shape, values in [0,1] (1 = inpaint).
-
-    ``binary``: 1 where mask > ``threshold``, else 0 ("almost 1" and "almost 0" pixels of a JPEG land on the right
-    side). ``soft``: the value is how much of the pixel is regenerated; values within ``SOFT_SNAP`` of 0 or 1 are
-    snapped, so JPEG noise neither leaves a trace of the original in a hole nor repaints kept pixels a little.
-    """
-    if mode not in MASK_MODES:
-        raise ValueError(f"mask mode must be one of {', '.join(MASK_MODES)}, got {mode!r}")
-    mask = torch.as_tensor(mask).float().clamp(0, 1)
-    if mode == "binary":
-        if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {threshold}")
-        return imaging.binarize(mask, threshold)
-    return torch.where(mask <= SOFT_SNAP, 0.0, torch.where(mask >= 1 - SOFT_SNAP, 1.0, mask))
 
 
 def match_batches(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,11 +31,7 @@ def match_batches(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     """
     if image.dim() != 4:
         raise ValueError(f"image must be [B,C,H,W], got shape {tuple(image.shape)}")
-    mask = torch.as_tensor(mask)
-    mask = mask[:, 0] if mask.dim() == 4 and mask.shape[1] == 1 else mask
-    mask = mask[None] if mask.dim() == 2 else mask
-    if mask.dim() != 3:
-        raise ValueError(f"mask must be [H,W], [B,H,W] or [B,1,H,W], got shape {tuple(mask.shape)}")
+    mask = as_bhw(mask)
     (ib, _, height, width), mb = image.shape, mask.shape[0]
     batch = max(ib, mb)
     if ib not in (1, batch) or mb not in (1, batch):
@@ -67,62 +43,41 @@ def match_batches(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return image.expand(batch, -1, -1, -1), imaging.normalize_mask(mask, batch, height, width)
 
 
-def model_curves(model: torch.nn.Module) -> NoiseCurves:
-    """The noise curves ``model`` was trained with (its ``rad_config``; DDPM's for a plain ADM)."""
-    return NoiseCurves.from_dict(getattr(model, "rad_config", {}).get("schedule"))
-
-
-def sampling_model(model: torch.nn.Module, embedding: str = "auto",
-                   curves: NoiseCurves | None = None) -> torch.nn.Module:
-    """The model as the samplers must drive it: wrapped in ``train.noising.ScalarEmbedding`` (per-pixel timesteps
-    in, the mean noise level's one timestep per image to the network) when ``embedding`` is "scalar", or "auto" and
-    its ``rad_config`` says its weights were trained that way (``rad-train --embedding scalar``, the paper's
-    Cfg. 2); "spatial" or an already wrapped model: the model itself."""
-    if embedding not in ("auto", "spatial", "scalar"):
-        raise ValueError(f"embedding must be auto, spatial or scalar, got {embedding!r}")
-    from .train.noising import ScalarEmbedding
-
-    rad = getattr(model, "rad_config", {})
-    if embedding == "auto":
-        embedding = rad.get("embedding", "spatial")
-    if embedding != "scalar" or isinstance(model, ScalarEmbedding):
-        return model
-    return ScalarEmbedding(model, curves or model_curves(model), rad.get("tau_convention", "gd"))
-
-
-def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, steps: int = 100,
+def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
             sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, fit: str = "crop",
             callback: Callable[[dict], None] | None = None, y: int | torch.Tensor | None = None,
             curves: NoiseCurves | None = None, options: dict | None = None,
             embedding: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint ``image`` [B,3,H,W] in [0,1] (CPU) where ``mask`` (1 = inpaint, read as given) is above 0.
 
-    The batches follow ``match_batches``; the model's resolution is met by ``fit`` (crop / resize / pad, see
-    ``imaging.FIT_MODES``), and the result is stitched back: pixels with mask 0 are bit-identical to the input.
-    Noise comes from a CPU generator seeded with ``seed``, so a seed gives the same result on any device.
-    ``curves``: Phase 1's noise curves, default the model's. ``callback`` gets the sampler's dict every step.
-    ``options``: further keywords for the sampler (repaint: ``jump_length``, ``jump_n_sample``).
-    ``embedding``: how the model takes its timesteps, as ``sampling_model`` (auto: as it was trained).
+    ``steps``: default ``sampling.DEFAULT_STEPS[sampler]``. The batches follow ``match_batches``; the model's
+    resolution is met by ``fit`` (crop / resize / pad, see ``imaging.FIT_MODES``), and the result is stitched back:
+    pixels with mask 0 are bit-identical to the input. Noise comes from a CPU generator seeded with ``seed``, so a
+    seed gives the same result on any device. ``curves``: Phase 1's noise curves, default the model's
+    (``rad_info(model).curves``). ``callback`` gets the sampler's dict every step. ``options``: further keywords for
+    the sampler (repaint: ``jump_length``, ``jump_n_sample``). ``embedding``: how the network takes its timesteps,
+    as ``sampling.RADDenoiser`` (auto: as it was trained; the one denoiser is built here).
     Returns (result [B,3,H,W] in [0,1] on the CPU, the mask used [B,H,W]).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(sorted(SAMPLERS))}")
     if fit not in imaging.FIT_MODES:
         raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(sorted(imaging.FIT_MODES))}")
+    steps = DEFAULT_STEPS[sampler] if steps is None else steps
     image, mask = match_batches(image.float(), mask)
-    if sampler not in BASELINE_SAMPLERS and not getattr(model, "rad_config", {}).get("is_rad"):
+    if sampler not in BASELINE_SAMPLERS and not rad_info(model).is_rad:
         log.warning("the model has no RAD adapter: RAD steps on a plain ADM inpaint poorly (paper Table 3, Cfg. 1); "
                     "load a RAD adapter or a RAD model")
     size = model.config.image_size
-    model = sampling_model(model, embedding, curves)
+    denoiser = RADDenoiser(model, curves, embedding)
     model_image, model_mask, fitted = imaging.FIT_MODES[fit](image, mask, size)
     if fitted.empty:
         return image.clone(), mask
-    schedule = SpatialSchedule(model_mask[:, None], curves or model_curves(model))
+    schedule = SpatialSchedule(model_mask[:, None], denoiser.curves)
     kwargs = ({"eta": eta} if sampler == "ddim" else {}) | (options or {})
     log.info("inpainting %d image(s) of %dx%d at %dx%d (%s), %d %s steps on %s", image.shape[0], image.shape[3],
-             image.shape[2], size, size, fit, steps, sampler, next(model.parameters()).device)
-    result = SAMPLERS[sampler](model, imaging.to_model_range(model_image), schedule, steps,
+             image.shape[2], size, size, fit, steps, sampler, denoiser.device)
+    result = SAMPLERS[sampler](denoiser, imaging.to_model_range(model_image), schedule, steps,
                                torch.Generator().manual_seed(seed), callback, y=y, **kwargs)
     return imaging.stitch(imaging.from_model_range(result.float().cpu()), image, mask, fitted), mask
 
@@ -135,8 +90,7 @@ def schedule_preview(mask: torch.Tensor, steps: int, curves: NoiseCurves | None 
     noise standard deviation sqrt(1 - abar) along the ``steps`` reverse steps (first step on the left, the last on
     the right), side by side with 4-pixel gray gaps. White = pure noise, black = the input pixel, untouched.
     """
-    mask = torch.as_tensor(mask).float()
-    mask = mask[None] if mask.dim() == 2 else mask
+    mask = as_bhw(mask)
     height, width = mask.shape[-2:]
     scale = min(1.0, size / max(height, width))
     shape = (max(1, round(height * scale)), max(1, round(width * scale)))

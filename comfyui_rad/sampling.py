@@ -1,7 +1,8 @@
 """Element-wise samplers for RAD (paper eq. (5), §4.2; RAD_NOTES §3).
 
-Every sampler has one shape, ``sample_x(model, image, schedule, steps, generator, callback)``: ``image`` [B,3,H,W]
-in [-1, 1], ``schedule`` a ``SpatialSchedule`` whose mask is 1 where to inpaint. Only Phase 1 is sampled. The
+Every sampler has one shape, ``sample_x(model, image, schedule, steps, generator, callback)``: ``model`` a
+``RADDenoiser`` (or a bare ADM, wrapped in one), ``image`` [B,3,H,W] in [-1, 1], ``schedule`` a ``SpatialSchedule``
+whose mask is 1 where to inpaint; ``DEFAULT_STEPS`` holds each sampler's default steps. Only Phase 1 is sampled. The
 schedule alone keeps the known region: a pixel that has received no noise has mean x_t and no noise, so it comes
 out bit-identical to the input. Pixels under a full (m = 1) mask are never read: the start state is drawn without
 them, so the sampler cannot see what it must invent.
@@ -21,39 +22,63 @@ from typing import Callable
 
 import torch
 
-from .schedule import SpatialSchedule
+from .schedule import EMBEDDINGS, NoiseCurves, SpatialSchedule, rad_info
 
-__all__ = ["RADDenoiser", "sample_ddpm", "sample_ddim", "sample_repaint", "sample_replace", "repaint_times",
-           "repaint_calls", "SAMPLERS", "BASELINE_SAMPLERS"]
+__all__ = ["DEFAULT_STEPS", "RADDenoiser", "sample_ddpm", "sample_ddim", "sample_repaint", "sample_replace",
+           "repaint_times", "repaint_calls", "SAMPLERS", "BASELINE_SAMPLERS"]
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[dict], None]
 
+DEFAULT_STEPS = {"ddpm": 100, "ddim": 50, "repaint": 250, "replace": 100}
+"""Reverse steps per sampler when none are given (the signatures below, ``pipeline.inpaint``, rad-inpaint, rad-eval):
+the paper's 100 DDPM steps, DDIM's usual 50, RePaint's 250."""
+
 
 class RADDenoiser:
-    """Wraps an ADM for the samplers: per-pixel abar -> per-pixel model timestep -> (eps, v or None), float32.
+    """The network as the samplers drive it: noise levels abar per pixel [B or 1, 1, H, W] in, (eps, v or None) out
+    (float32; v is the learned-range variance output, when the model has one).
 
-    The tau convention and the curves come from the model's ``rad_config`` when it has one (a RAD adapter records
-    them); a plain guided-diffusion model uses guided-diffusion's timestep convention.
+    Built once by the caller, as k-diffusion's model wrappers are (``pipeline.inpaint`` builds one per call; a
+    sampler given a bare model builds its own). The model's RAD facts (``schedule.rad_info``) say how its network takes
+    timesteps: ``embedding`` "spatial" gives it the per-pixel map ``NoiseCurves.timestep``; "scalar" (the paper's
+    Cfg. 2 ablation, ``rad-train --embedding scalar``) one timestep per image, ``NoiseCurves.scalar_timestep`` of the
+    image's mean noise level; "auto" (default) follows ``rad_info``. The tau convention is always the model's.
+    ``curves``: the noise curves the levels come from (default the model's).
     """
 
-    def __init__(self, model: torch.nn.Module, schedule: SpatialSchedule, y: torch.Tensor | None = None):
+    def __init__(self, model: torch.nn.Module, curves: NoiseCurves | None = None, embedding: str = "auto"):
+        if embedding not in ("auto", *EMBEDDINGS):
+            raise ValueError(f"embedding must be auto, spatial or scalar, got {embedding!r}")
+        info = rad_info(model)
         self.model = model
-        self.curves = schedule.curves
-        self.convention = getattr(model, "rad_config", {}).get("tau_convention", "gd")
-        self.y = y
-        param = next(model.parameters())
+        self.curves = curves or info.curves
+        self.convention = info.tau_convention
+        self.embedding = info.embedding if embedding == "auto" else embedding
+        param = next(model.parameters(), torch.empty(0))  # a network without parameters: float32 on the CPU
         self.device, self.dtype = param.device, param.dtype
 
-    def __call__(self, x: torch.Tensor, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        tau = self.curves.timestep(abar, self.convention).expand(x.shape[0], 1, *x.shape[-2:])
-        out = self.model(x.to(self.dtype), tau, y=self.y).float()
+    def timesteps(self, abar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The network's timesteps for images x [B,C,H,W] at levels ``abar`` (broadcast to x): [B,1,H,W] (spatial)
+        or [B] (scalar)."""
+        if self.embedding == "scalar":
+            return self.curves.scalar_timestep(abar, self.convention).expand(x.shape[0])
+        return self.curves.timestep(abar, self.convention).expand(x.shape[0], 1, *x.shape[-2:])
+
+    def __call__(self, x: torch.Tensor, abar: torch.Tensor,
+                 y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.model(x.to(self.dtype), self.timesteps(abar, x), y=y).float()
         c = x.shape[1]
         return out[:, :c], (out[:, c:2 * c] if out.shape[1] == 2 * c else None)
 
 
-def _prepare(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int, generator, y):
+def _denoiser(model, curves: NoiseCurves) -> RADDenoiser:
+    """``model`` itself when the caller built a ``RADDenoiser``, else one over ``curves`` (the schedule's)."""
+    return model if isinstance(model, RADDenoiser) else RADDenoiser(model, curves)
+
+
+def _prepare(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int, generator):
     """Checks inputs; returns (denoiser, schedule on the model's device, the first x_t, the step pairs)."""
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image has shape {tuple(image.shape)}, expected [B, 3, H, W] in [-1, 1]")
@@ -63,7 +88,7 @@ def _prepare(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int, 
         raise ValueError(f"mask is {mh}x{mw} but image is {h}x{w}: resize the mask to the image")
     if mb not in (1, b):
         raise ValueError(f"mask batch {mb} does not match image batch {b}: give one mask or one per image")
-    denoiser = RADDenoiser(model, schedule, y)
+    denoiser = _denoiser(model, schedule.curves)
     schedule = schedule.to(denoiser.device)
     pairs = schedule.steps(steps)
     image = image.to(denoiser.device, torch.float32)
@@ -87,10 +112,10 @@ def _predict_x0(x: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch
 
 def _loop(model, image, schedule, steps, generator, callback, update, y=None) -> torch.Tensor:
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    denoiser, schedule, x, pairs = _prepare(model, image, schedule, steps, generator, y)
+    denoiser, schedule, x, pairs = _prepare(model, image, schedule, steps, generator)
     for i, (t, prev) in enumerate(pairs):
         abar_t, abar_prev = schedule.abar(t), schedule.abar(prev)
-        eps, v = denoiser(x, abar_t)
+        eps, v = denoiser(x, abar_t, y)
         noisy = abar_t < 1  # pixels that have received noise; the others pass through untouched
         x0 = _predict_x0(x, eps, abar_t)
         z = _randn(generator, x.shape, x.device) if prev >= 0 else None
@@ -131,7 +156,7 @@ def _ddim_update(eta: float):
 
 
 @torch.no_grad()
-def sample_ddpm(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = 100,
+def sample_ddpm(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = DEFAULT_STEPS["ddpm"],
                 generator: torch.Generator | None = None, callback: Callback | None = None,
                 y: torch.Tensor | None = None) -> torch.Tensor:
     """RAD inpainting by the element-wise DDPM reverse process (paper eq. (5), §4.2) -> [B,3,H,W] in [-1, 1]."""
@@ -139,7 +164,7 @@ def sample_ddpm(model, image: torch.Tensor, schedule: SpatialSchedule, steps: in
 
 
 @torch.no_grad()
-def sample_ddim(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = 50,
+def sample_ddim(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = DEFAULT_STEPS["ddim"],
                 generator: torch.Generator | None = None, callback: Callback | None = None,
                 y: torch.Tensor | None = None, eta: float = 0.0) -> torch.Tensor:
     """RAD inpainting by element-wise DDIM (paper §3.4; eta = 0 deterministic, 1 DDPM-like) -> [B,3,H,W]."""
@@ -180,7 +205,7 @@ def repaint_calls(steps: int, jump_length: int = 10, jump_n_sample: int = 10) ->
 
 
 @torch.no_grad()
-def sample_repaint(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = 250,
+def sample_repaint(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = DEFAULT_STEPS["repaint"],
                    generator: torch.Generator | None = None, callback: Callback | None = None,
                    y: torch.Tensor | None = None, jump_length: int = 10, jump_n_sample: int = 10) -> torch.Tensor:
     """RePaint (Lugmayr et al. 2022, Alg. 1 with the jump schedule) on any ADM -> [B,3,H,W] in [-1, 1].
@@ -195,10 +220,10 @@ def sample_repaint(model, image: torch.Tensor, schedule: SpatialSchedule, steps:
     """
     if not schedule.is_binary:
         raise ValueError("RePaint needs a binary mask (0 = keep, 1 = inpaint), got values between 0 and 1: "
-                         "threshold it (Spatial Noise Schedule mask_mode binary, or pipeline.read_mask)")
+                         "threshold it (Spatial Noise Schedule mask_mode binary, or masks.prepare)")
     times = repaint_times(steps, jump_length, jump_n_sample)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    denoiser, schedule, x, pairs = _prepare(model, image, schedule, steps, generator, y)
+    denoiser, schedule, x, pairs = _prepare(model, image, schedule, steps, generator)
     hole = (schedule.mask >= 1).expand_as(x)
     known = torch.where(hole, 0.0, image.to(x.device, torch.float32))  # never read what must be invented
     ts = [t for t, _ in reversed(pairs)]  # the respaced DDPM steps, ascending
@@ -220,7 +245,7 @@ def sample_repaint(model, image: torch.Tensor, schedule: SpatialSchedule, steps:
             noisy_known = abar_t.sqrt() * known + (1 - abar_t).sqrt() * _randn(generator, x.shape, x.device)
             x = torch.where(hole, x, noisy_known.float())
         # 3. the unknown region by one DDPM step (RePaint eq. (7)), on the whole image as the network sees it
-        eps, v = denoiser(x, abar_t)
+        eps, v = denoiser(x, abar_t, y)
         x0 = _predict_x0(x, eps, abar_t)
         z = _randn(generator, x.shape, x.device) if nxt >= 0 else None
         x = _ddpm_update(x, x0, eps, v, abar_t, abar_next, z).float()
@@ -232,7 +257,7 @@ def sample_repaint(model, image: torch.Tensor, schedule: SpatialSchedule, steps:
 
 
 @torch.no_grad()
-def sample_replace(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = 100,
+def sample_replace(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = DEFAULT_STEPS["replace"],
                    generator: torch.Generator | None = None, callback: Callback | None = None,
                    y: torch.Tensor | None = None) -> torch.Tensor:
     """The "replace" baseline on any ADM: RePaint's conditioning (Lugmayr et al. 2022, eq. (8)) without resampling.

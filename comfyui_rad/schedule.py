@@ -10,20 +10,37 @@ with nu = 1 - abar1[T1-1] and each phase's exponent normalised by its own last v
 so every pixel ends at 1 - nu. A binary hole pixel follows plain DDPM in Phase 1; a kept pixel stays clean. Fractional
 m interpolates in log space: the mask value is how much of the pixel is regenerated.
 
-Tables are float64 1-D curves; a schedule is curves plus a mask, evaluated per step (memory O(T + H*W)).
+Tables are float64 1-D curves; a schedule is curves plus a mask, evaluated per step (memory O(T + H*W)). The maps
+between noise levels and the network's timesteps (paper §3.4) are ``NoiseCurves`` methods: ``timestep`` (abar -> tau,
+per pixel), ``scalar_timestep`` (one tau per image: the paper's Cfg. 2 embedding) and their inverse
+``abar_from_timestep``.
+
+``RADInfo`` is what a model's weights expect of them: its curves, tau convention (``TAU_OFFSETS``, the one table) and
+timestep embedding, and whether it is RAD-trained. ``load_adm`` puts it on the model as ``model.rad_info``; read it
+with ``rad_info(model)`` (a plain guided-diffusion ADM gets the defaults).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
-__all__ = ["NoiseCurves", "SpatialSchedule", "step_pairs"]
+from .masks import as_bhw, is_binary
+
+__all__ = ["TAU_OFFSETS", "TAU_CONVENTIONS", "EMBEDDINGS", "NoiseCurves", "RADInfo", "rad_info", "SpatialSchedule",
+           "step_pairs"]
 
 TAU_OFFSETS = {"gd": -1.0, "authors": 0.0}
 """Model timestep = (index into [clean, after 1 step, ..., after T1 steps]) + offset, per tau convention."""
+TAU_CONVENTIONS = tuple(TAU_OFFSETS)
+"""guided-diffusion's ("gd": a clean pixel is -1) and the RAD authors' code's ("authors": one more)."""
+EMBEDDINGS = ("spatial", "scalar")
+"""How a network takes its timesteps: a per-pixel map (RAD), or one per image (the paper's Cfg. 2 ablation)."""
 
 
 def _linear_abar(steps: int, start: float, end: float) -> torch.Tensor:
@@ -99,6 +116,15 @@ class NoiseCurves:
         """Accumulated signal fraction abar_t per pixel, float64, same shape as ``mask`` (broadcast with t)."""
         return torch.exp(self.log_abar(mask, t))
 
+    def bbar_after(self, k: torch.Tensor) -> torch.Tensor:
+        """bbar = 1 - abar after ``k`` (fractional, clamped to [0, T1]) DDPM steps of Phase 1, float64, linear
+        between whole steps in ``bbar_table``: the table lookup behind ``abar_from_timestep`` and the trainer's
+        level maps."""
+        k = k.double().clamp(0, self.T1)
+        table = self.bbar_table.to(k.device)
+        lo = k.floor().long().clamp(max=self.T1 - 1)
+        return torch.lerp(table[lo], table[lo + 1], k - lo)
+
     def timestep(self, abar: torch.Tensor, convention: str = "gd") -> torch.Tensor:
         """Inverse map abar -> fractional model timestep on Phase 1's DDPM curve (paper §3.4), float32.
 
@@ -106,14 +132,83 @@ class NoiseCurves:
         Convention "gd": guided-diffusion's timestep, a hole pixel at step t gets t and a clean pixel -1;
         "authors": the authors' code, one more (t + 1 and 0).
         """
-        if convention not in TAU_OFFSETS:
-            raise ValueError(f"unknown tau convention {convention!r}: use one of {sorted(TAU_OFFSETS)}")
+        _check_convention(convention)
         table = self.bbar_table.to(abar.device)
         bbar = (1.0 - abar.double()).clamp(0.0, float(table[-1]))
         hi = torch.searchsorted(table, bbar.reshape(-1)).reshape(bbar.shape).clamp(1, self.T1)
         lo_val, hi_val = table[hi - 1], table[hi]
         k = (hi - 1) + (bbar - lo_val) / (hi_val - lo_val)
         return (k + TAU_OFFSETS[convention]).float()
+
+    def scalar_timestep(self, abar: torch.Tensor, convention: str = "gd") -> torch.Tensor:
+        """One timestep per image for the paper's Cfg. 2 ablation (no spatial embedding): ``timestep`` of the image's
+        mean noise level, abar [B,1,H,W] -> [B] float32."""
+        return self.timestep(abar.double().mean(dim=(1, 2, 3)), convention)
+
+    def abar_from_timestep(self, tau: torch.Tensor, convention: str = "gd") -> torch.Tensor:
+        """The inverse of ``timestep``: model timesteps -> abar (float64), linear in the bbar table."""
+        _check_convention(convention)
+        return 1 - self.bbar_after(tau.double() - TAU_OFFSETS[convention])
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The fields as a file records them (JSON-able; Phase 2's betas only when they differ from Phase 1's)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _check_convention(convention: str) -> str:
+    if convention not in TAU_OFFSETS:
+        raise ValueError(f"unknown tau convention {convention!r}: use one of {sorted(TAU_OFFSETS)}")
+    return convention
+
+
+@dataclass(frozen=True)
+class RADInfo:
+    """A model's RAD facts: what its weights expect of the noise, and where they came from.
+
+    ``curves``: the noise curves it was trained with; ``tau_convention``: "gd" | "authors" (``TAU_OFFSETS``);
+    ``embedding``: "spatial" (per-pixel timesteps) | "scalar" (one per image, Cfg. 2); ``is_rad``: RAD-trained (a
+    plain guided-diffusion ADM, or weights trained as a plain DDPM, are not). ``base``, ``adapter``, ``strength``:
+    the files ``load_adm`` read (strength 1 for a whole RAD model, 0 for a plain one).
+    """
+
+    curves: NoiseCurves = field(default_factory=NoiseCurves)
+    tau_convention: str = "gd"
+    embedding: str = "spatial"
+    is_rad: bool = False
+    base: str | None = None
+    adapter: str | None = None
+    strength: float = 0.0
+
+    def __post_init__(self):
+        _check_convention(self.tau_convention)
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {self.embedding!r}")
+
+    def to_metadata(self) -> dict[str, str]:
+        """The facts a weights file records, as safetensors metadata (str -> str): ``schedule`` (JSON),
+        ``tau_convention`` and ``train_embedding``. Whether weights are RAD follows from the file's kind and its
+        training record (``train_mask_sampling``), not from these."""
+        return {"schedule": json.dumps(self.curves.to_metadata(), sort_keys=True),
+                "tau_convention": self.tau_convention, "train_embedding": self.embedding}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], *, is_rad: bool = True, **provenance: Any) -> RADInfo:
+        """The facts of a file's metadata (raw strings, or with ``schedule`` already parsed), as every comfyui-rad
+        version wrote them: missing keys mean DDPM's curves, "gd" and "spatial". ``is_rad``: whether the file's kind
+        is RAD (a comfyui-rad model or adapter); weights rad-train trained with ``--mask-sampling full`` are not.
+        ``provenance``: ``base``, ``adapter``, ``strength``."""
+        schedule = metadata.get("schedule")
+        schedule = json.loads(schedule) if isinstance(schedule, str) else schedule
+        return cls(curves=NoiseCurves.from_dict(schedule), tau_convention=metadata.get("tau_convention", "gd"),
+                   embedding=metadata.get("train_embedding", "spatial"),
+                   is_rad=is_rad and metadata.get("train_mask_sampling") != "full", **provenance)
+
+
+def rad_info(model: torch.nn.Module) -> RADInfo:
+    """The RAD facts ``model`` carries (``model.rad_info``, set by ``load_adm`` and the trainer), or those of a plain
+    guided-diffusion ADM: DDPM's curves, guided-diffusion's timesteps, spatial embedding, not RAD."""
+    info = getattr(model, "rad_info", None)
+    return info if isinstance(info, RADInfo) else RADInfo()
 
 
 def step_pairs(steps: int, T1: int = 1000) -> list[tuple[int, int]]:
@@ -131,14 +226,7 @@ class SpatialSchedule:
     """
 
     def __init__(self, mask: torch.Tensor, curves: NoiseCurves | None = None):
-        mask = torch.as_tensor(mask)
-        if mask.ndim == 2:
-            mask = mask[None, None]
-        elif mask.ndim == 3:
-            mask = mask[:, None]
-        if mask.ndim != 4 or mask.shape[1] != 1:
-            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected [H, W], [B, H, W] or [B, 1, H, W]")
-        mask = mask.float()
+        mask = as_bhw(mask)[:, None]
         if not torch.isfinite(mask).all() or float(mask.min()) < 0.0 or float(mask.max()) > 1.0:
             raise ValueError(
                 f"mask values must lie in [0, 1] (1 = inpaint), got range [{float(mask.min()):g}, "
@@ -149,7 +237,7 @@ class SpatialSchedule:
 
     @property
     def is_binary(self) -> bool:
-        return bool(((self.mask == 0) | (self.mask == 1)).all())
+        return is_binary(self.mask)
 
     def to(self, device) -> SpatialSchedule:
         return SpatialSchedule(self.mask.to(device), self.curves)

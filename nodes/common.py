@@ -17,13 +17,14 @@ from comfy_api.latest import io
 from PIL import Image
 
 from comfyui_rad.imaging import FIT_MODES
+from comfyui_rad.masks import as_bhw
 from comfyui_rad.schedule import NoiseCurves
 
 log = logging.getLogger(__name__)
 
 CATEGORY = "inpaint/RAD"
 RADModel = io.Custom("RAD_MODEL")
-"""A ComfyUI ``ModelPatcher`` around a ``comfyui_rad`` ADM (``.model``, with ``.config`` and ``.rad_config``)."""
+"""A ComfyUI ``ModelPatcher`` around a ``comfyui_rad`` ADM (``.model``, with ``.config`` and ``.rad_info``)."""
 RADSchedule = io.Custom("RAD_SCHEDULE")
 """A ``MaskSchedule``."""
 
@@ -35,7 +36,6 @@ class MaskSchedule:
 
     mask: torch.Tensor
     steps: int
-    mode: str = "binary"
     curves: NoiseCurves | None = None
 
 
@@ -70,16 +70,8 @@ def image_to_bhwc(image: torch.Tensor) -> torch.Tensor:
 
 
 def mask_to_bhw(mask: torch.Tensor) -> torch.Tensor:
-    """A ComfyUI MASK ([H,W], [B,H,W], [B,1,H,W] or [B,H,W,1]) -> float32 [B,H,W] on the CPU."""
-    mask = torch.as_tensor(mask).detach().float().cpu()
-    if mask.dim() == 4 and mask.shape[-1] == 1 and mask.shape[1] != 1:
-        mask = mask[..., 0]
-    if mask.dim() == 4 and mask.shape[1] == 1:
-        mask = mask[:, 0]
-    mask = mask[None] if mask.dim() == 2 else mask
-    if mask.dim() != 3:
-        raise ValueError(f"MASK must be [H,W] or [B,H,W], got shape {tuple(mask.shape)}")
-    return mask
+    """A ComfyUI MASK ([H,W], [B,H,W], [B,1,H,W] or [B,H,W,1]) -> float32 [B,H,W] on the CPU (``masks.as_bhw``)."""
+    return as_bhw(torch.as_tensor(mask).detach().cpu())
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

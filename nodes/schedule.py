@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from comfyui_rad.pipeline import MASK_MODES, read_mask, schedule_preview
+from comfyui_rad.masks import MASK_MODES, prepare
+from comfyui_rad.pipeline import schedule_preview
 from comfyui_rad.schedule import NoiseCurves
 
 from .common import CATEGORY, MaskSchedule, RADSchedule, advanced, mask_to_bhw
@@ -67,7 +68,7 @@ class RADSpatialSchedule(io.ComfyNode):
                 raise ValueError(EMPTY_LOADIMAGE)
             raise ValueError(f"the mask is empty ({mask.shape[-1]}x{mask.shape[-2]}, all zero): nothing to inpaint. "
                              "White (1) marks what to regenerate; invert the mask if yours is the other way round.")
-        mask = read_mask(mask, mask_mode, threshold)
+        mask = prepare(mask, mask_mode, threshold)
         if not bool((mask > 0).any()):
             raise ValueError(f"no mask value is above the threshold {threshold:g}: lower the threshold or use soft "
                              "mode")
@@ -76,5 +77,5 @@ class RADSpatialSchedule(io.ComfyNode):
             raise ValueError(f"steps ({steps}) cannot exceed T1 ({T1}) of the custom curves: lower steps or raise T1")
         preview = schedule_preview(mask[:4], min(steps, (custom or NoiseCurves()).T1), custom)
         preview = preview[..., None].expand(-1, -1, -1, 3).contiguous()
-        return io.NodeOutput(MaskSchedule(mask, steps, mask_mode, custom), preview,
+        return io.NodeOutput(MaskSchedule(mask, steps, custom), preview,
                              ui=ui.PreviewImage(preview, cls=cls))

@@ -41,10 +41,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from comfyui_rad.adm import ADM, ADMConfig, SpatialEmbedding  # noqa: E402
-from comfyui_rad.devices import DTYPES  # noqa: E402
+from comfyui_rad.adm import ADM, ADMConfig, SpatialEmbedding
+from comfyui_rad.devices import DTYPES, device_name
 
 LAYOUTS = {
     # guided-diffusion 256x256_diffusion_uncond (ImageNet 256, unconditional)
@@ -160,7 +158,7 @@ def main(argv=None) -> dict:
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    dev_name = torch.cuda.get_device_name(device) if cuda else _cpu_name()
+    dev_name = device_name(device)
     env = dict(torch=torch.__version__, python=platform.python_version(), device=str(device), device_name=dev_name,
                threads=torch.get_num_threads(), dtype=args.dtype, layout=args.layout, size=args.size,
                batch=args.batch, repeats=args.repeats, warmup=args.warmup, cmd=" ".join(sys.argv),
@@ -362,16 +360,6 @@ def _loadavg():
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -48,20 +48,17 @@ from typing import Callable
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, also when loaded by path
-from bench_embedding import _cpu_name  # noqa: E402
-from comfyui_rad import load_adm  # noqa: E402
-from comfyui_rad.adm import SpatialEmbedding  # noqa: E402
-from comfyui_rad.devices import DTYPES, resolve_device  # noqa: E402
-from comfyui_rad.fileio import atomic_write  # noqa: E402
-from comfyui_rad.pipeline import model_curves  # noqa: E402
-from comfyui_rad.sampling import repaint_calls, sample_ddim, sample_ddpm, sample_repaint  # noqa: E402
-from comfyui_rad.schedule import SpatialSchedule  # noqa: E402
-from comfyui_rad.train.presets import PRESETS, build_fresh, preset_config  # noqa: E402
+from comfyui_rad import load_adm
+from comfyui_rad.adm import SpatialEmbedding
+from comfyui_rad.devices import DTYPES, device_name, resolve_device
+from comfyui_rad.fileio import atomic_write
+from comfyui_rad.sampling import repaint_calls, sample_ddim, sample_ddpm, sample_repaint
+from comfyui_rad.schedule import SpatialSchedule, rad_info
+from comfyui_rad.train.presets import PRESETS, build_fresh, preset_config
 
 log = logging.getLogger("bench_speed")
+
+REPO = Path(__file__).resolve().parents[1]
 
 CASES = ("rad-ddpm", "rad-ddim", "repaint", "plain-ddpm")
 REPAINT_DEFAULT = (250, 10, 10)
@@ -124,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace, model: torch.nn.Module) -> None:
     """Raises ValueError naming the value when the step counts or the resolution cannot run on ``model``."""
-    t1 = model_curves(model).T1
+    t1 = rad_info(model).curves.T1
     for name, steps in [("--ddpm-steps", args.ddpm_steps), ("--repaint-steps", args.repaint_steps),
                         *(("--ddim-steps", n) for n in args.ddim_steps)]:
         if steps > t1:
@@ -178,7 +175,7 @@ def make_cases(args: argparse.Namespace, model: torch.nn.Module, image: torch.Te
     h, w = image.shape[-2:]
     box = torch.zeros(1, 1, h, w)
     box[..., h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1.0
-    curves = model_curves(model)
+    curves = rad_info(model).curves
     hole, full = SpatialSchedule(box, curves), SpatialSchedule(torch.ones(1, 1, h, w), curves)
     y = torch.zeros(image.shape[0], dtype=torch.long) if model.config.num_classes is not None else None
 
@@ -479,7 +476,7 @@ def _autogroup_nice() -> int | None:
 def environment(args: argparse.Namespace, device: torch.device, model_desc: str, argv: list[str]) -> dict:
     cuda = device.type == "cuda"
     return dict(cmd="python scripts/bench_speed.py " + " ".join(argv), model=model_desc, device=str(device),
-                gpu=torch.cuda.get_device_name(device) if cuda else None, cpu=_cpu_name(), logical_cpus=os.cpu_count(),
+                gpu=device_name(device) if cuda else None, cpu=device_name("cpu"), logical_cpus=os.cpu_count(),
                 threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
                 cuda=torch.version.cuda if cuda else None, dtype=args.dtype, repeats=args.repeats,
                 warmup_calls=WARMUP_CALLS, basis="wall" if cuda else "cpu", nice=os.nice(0),

@@ -36,7 +36,8 @@ Setup (a venv of its own: the reference packages are not dependencies of comfyui
     python -m venv /tmp/pcheck
     /tmp/pcheck/bin/pip install torch==2.13.0          # the local CPU wheel; never let pip pull a CUDA torch
     /tmp/pcheck/bin/pip install --no-deps torchvision==0.28.0 lpips pytorch-fid
-    /tmp/pcheck/bin/pip install numpy scipy pillow safetensors einops tqdm
+    /tmp/pcheck/bin/pip install numpy scipy pillow safetensors tqdm
+    /tmp/pcheck/bin/pip install --no-deps -e .        # comfyui_rad itself (or run with PYTHONPATH=.)
     /tmp/pcheck/bin/python scripts/check_perceptual.py --threads 1
 
 (torchvision must match torch: 0.28 for torch 2.13. A CUDA build of torchvision next to a CPU torch cannot load its
@@ -61,9 +62,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 log = logging.getLogger("check_perceptual")
 
 PACKAGES = {  # import name -> how to install it without pulling another torch
@@ -75,7 +73,6 @@ PACKAGES = {  # import name -> how to install it without pulling another torch
     "tqdm": "pip install tqdm  (lpips imports it)",
     "PIL": "pip install pillow  (pytorch_fid.fid_score imports it)",
     "safetensors": "pip install safetensors  (comfyui_rad imports it)",
-    "einops": "pip install einops  (comfyui_rad imports it)",
 }
 
 # Tolerances, float32 forward passes (see --help epilog for the reasoning).

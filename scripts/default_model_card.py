@@ -22,12 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from comfyui_rad import imaging, load_adm, masks, metrics  # noqa: E402
-from comfyui_rad.checkpoints import DEFAULT_MODEL  # noqa: E402
-from comfyui_rad.pipeline import inpaint  # noqa: E402
+from comfyui_rad import imaging, load_adm, masks, metrics
+from comfyui_rad.checkpoints import DEFAULT_MODEL
+from comfyui_rad.pipeline import inpaint
 
 MASKS = ("box", "wide", "perlin")
 

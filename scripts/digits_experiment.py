@@ -10,8 +10,9 @@ model trained here from nothing in about half an hour on two CPU cores at the de
    <digit>/``.
 2. classifier: a small CNN (pure torch) trained on the train split with +-2 px shifts; it scores inpainted digits
    (accuracy: does the digit keep its class?) and gives the 32-d features of the Fréchet distance.
-3. base: ``rad-train --preset digits32 --mask-sampling full``: a plain DDPM, this experiment's "pretrained ADM".
-4. RAD: ``rad-train --base base.safetensors``: RAD's recipe (two-phase noise, Perlin masks, spatial embedding) as
+3. base: the trainer (``train.TrainOptions``) as ``rad-train --preset digits32 --mask-sampling full``: a plain DDPM,
+   this experiment's "pretrained ADM".
+4. RAD: as ``rad-train --base base.safetensors``: RAD's recipe (two-phase noise, Perlin masks, spatial embedding) as
    a LoRA adapter (+ the time layers in full) on the base, as the paper fine-tunes ADM.
 5. Cfg. 2: the same with ``--embedding scalar`` (one timestep per image: RAD without the spatial embedding).
 6. evaluation, on the first ``--eval-images`` held-out digits under box / extreme / wide masks (the same masks for
@@ -36,7 +37,7 @@ the same base, lr 1e-3 reached at 600 steps what 5e-4 reached at about 1,000 (do
 ``--reuse`` keeps the data and models in ``--out`` and only evaluates again: with ``--eval-seed`` on other masks and
 noise, with ``--methods`` for some methods only (e.g. RePaint at its paper defaults on a few digits).
 
-    pip install scikit-learn
+    pip install -e ".[experiments]"    # the package and scikit-learn (or PYTHONPATH=. from a checkout)
     python scripts/digits_experiment.py --out runs/digits --threads 2
     python scripts/digits_experiment.py --out runs/digits-s1 --reuse --eval-seed 1   # a copy of runs/digits
     python scripts/digits_experiment.py --out /tmp/digits-smoke --quick
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -58,23 +60,21 @@ import torch
 from PIL import Image
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from comfyui_rad import imaging  # noqa: E402
-from comfyui_rad.checkpoints import load_adm  # noqa: E402
-from comfyui_rad.devices import resolve_device  # noqa: E402
-from comfyui_rad.evaluate import (  # noqa: E402
+from comfyui_rad import imaging
+from comfyui_rad.checkpoints import load_adm
+from comfyui_rad.devices import resolve_device
+from comfyui_rad.evaluate import (
     eval_masks,
+    finite_mean,
     inpaint_set,
     masked_input,
     measure,
     network_calls,
     sample_grid,
-    sampling_model,
     write_json,
 )
-from comfyui_rad.metrics import frechet_distance  # noqa: E402
-from comfyui_rad.train.cli import main as rad_train  # noqa: E402
+from comfyui_rad.metrics import frechet_distance
+from comfyui_rad.train import Trainer, TrainOptions
 
 log = logging.getLogger("digits")
 
@@ -252,31 +252,32 @@ def classify(net: DigitNet, x: torch.Tensor, batch: int = 256) -> tuple[torch.Te
 # ------------------------------------------------------------------------------------------------------ models
 
 
-def train_args(out: Path, s: Settings, args: argparse.Namespace, run: str) -> list[str]:
-    """rad-train's arguments for one of the three runs: "base", "rad" or "cfg2"."""
-    common = ["--data", str(out / "data" / "train"), "--out", str(out / "runs" / run), "--resize", "--no-flip",
-              "--holdout", "0", "--preview-every", "0", "--save-every", "0", "--batch-size", str(s.batch_size),
-              "--seed", str(args.seed), "--device", args.device, "--threads", str(args.threads),
-              "--workers", "0", "--log-every", "25", "--force",
-              "--export", str(out / "models" / f"{run}.safetensors")]
-    if args.quiet:
-        common.append("-q")
+def train_options(out: Path, s: Settings, args: argparse.Namespace, run: str) -> TrainOptions:
+    """The trainer's options for one of the three runs: "base", "rad" or "cfg2"."""
+    common = dict(data=out / "data" / "train", out=out / "runs" / run, resize=True, flip=False, holdout=0,
+                  preview_every=0, save_every=0, batch_size=s.batch_size, seed=args.seed, device=args.device,
+                  workers=0, log_every=25, force=True, export=out / "models" / f"{run}.safetensors")
     if run == "base":
-        return common + ["--preset", "digits32", "--mask-sampling", "full", "--steps", str(s.base_steps),
-                         "--lr", str(s.base_lr), "--ema", str(s.ema_base)]
-    rad = ["--base", str(out / "models" / "base.safetensors"), "--steps", str(s.rad_steps), "--lr", str(s.rad_lr),
-           "--ema", str(s.ema_rad), "--lora-rank", str(s.lora_rank), "--lora-alpha", str(s.lora_rank)]
-    return common + rad + (["--embedding", "scalar"] if run == "cfg2" else [])
+        return TrainOptions(**common, preset="digits32", mask_sampling="full", steps=s.base_steps, lr=s.base_lr,
+                            ema=s.ema_base)
+    return TrainOptions(**common, base=out / "models" / "base.safetensors", steps=s.rad_steps, lr=s.rad_lr,
+                        ema=s.ema_rad, lora_rank=s.lora_rank, lora_alpha=float(s.lora_rank),
+                        embedding="scalar" if run == "cfg2" else "spatial")
 
 
 def train_model(out: Path, s: Settings, args: argparse.Namespace, run: str) -> Path:
+    """Train (or, with ``--reuse``, keep) one run's model and export it; returns the exported file."""
     path = out / "models" / f"{run}.safetensors"
     if args.reuse and path.is_file():
         log.info("reusing %s", path)
         return path
-    if rad_train(train_args(out, s, args, run)) != 0:
-        raise SystemExit(f"rad-train failed for the {run} model (its error is above)")
-    return path
+    options = train_options(out, s, args, run)
+    trainer = Trainer(options)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    return trainer.export(options.export)
 
 
 def _final_loss(out: Path, run: str) -> float | None:
@@ -293,18 +294,18 @@ def _final_loss(out: Path, run: str) -> float | None:
 def methods(out: Path, s: Settings, device, names: tuple[str, ...] = METHODS
             ) -> dict[str, tuple[torch.nn.Module, str, int, dict]]:
     """name -> (model to sample, sampler, steps, sampler options), for the methods ``names`` (each model loaded
-    only when a method needs it)."""
+    only when a method needs it, the base once)."""
     models = out / "models"
-    base = load_adm(models / "base.safetensors", device=device)
+    base = functools.cache(lambda: load_adm(models / "base.safetensors", device=device))
     repaint = {"jump_length": s.jump_length, "jump_n_sample": s.jump_n_sample}
     make = {
         "RAD": lambda: (load_adm(models / "base.safetensors", adapter=models / "rad.safetensors", device=device),
                         "ddpm", s.steps, {}),
-        "Cfg. 2": lambda: (sampling_model(load_adm(models / "base.safetensors", adapter=models / "cfg2.safetensors",
-                                                   device=device)), "ddpm", s.steps, {}),
-        "Cfg. 1": lambda: (base, "ddpm", s.steps, {}),
-        "RePaint": lambda: (base, "repaint", s.repaint_steps, repaint),
-        "replace": lambda: (base, "replace", s.steps, {}),
+        "Cfg. 2": lambda: (load_adm(models / "base.safetensors", adapter=models / "cfg2.safetensors", device=device),
+                           "ddpm", s.steps, {}),  # one timestep per image, as trained (its rad_info says so)
+        "Cfg. 1": lambda: (base(), "ddpm", s.steps, {}),
+        "RePaint": lambda: (base(), "repaint", s.repaint_steps, repaint),
+        "replace": lambda: (base(), "replace", s.steps, {}),
     }
     return {name: make[name]() for name in METHODS if name in names}
 
@@ -325,10 +326,7 @@ def score(net: DigitNet, results: torch.Tensor, truth: torch.Tensor, labels: tor
     m = measure(results, truth, mask)
     predicted, feats = classify(net, results)
 
-    def mean(v):
-        v = v[torch.isfinite(v)]
-        return float(v.mean()) if v.numel() else None
-
+    mean = finite_mean
     return {"hole_psnr": mean(m["hole_psnr"]), "hole_mse": mean(m["hole_mse"]), "ssim": mean(m["ssim"]),
             "ssim_hole": mean(m["ssim_hole"]), "seam": mean(m["seam"]),
             "accuracy": float((predicted == labels).float().mean()),

@@ -20,31 +20,30 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from comfyui_rad.checkpoints import load_adm  # noqa: E402
-from comfyui_rad.evaluate import load_images  # noqa: E402
-from comfyui_rad.pipeline import model_curves, sampling_model  # noqa: E402
-from comfyui_rad.train.losses import q_sample, step_terms  # noqa: E402
-from comfyui_rad.train.noising import perlin_states  # noqa: E402
+from comfyui_rad.checkpoints import load_adm
+from comfyui_rad.evaluate import load_images
+from comfyui_rad.sampling import RADDenoiser
+from comfyui_rad.train.losses import q_sample, step_terms
+from comfyui_rad.train.noising import perlin_states
 
 
 def load(spec: str) -> torch.nn.Module:
     base, _, adapter = spec.partition("+")
-    return sampling_model(load_adm(base, adapter=adapter or None))
+    return load_adm(base, adapter=adapter or None)
 
 
 @torch.no_grad()
 def state_errors(models: dict[str, torch.nn.Module], x0: torch.Tensor, draws: int, seed: int
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
     """Per model, the eps MSE over noised pixels of each (draw, image) [draws * N] (NaN for a state without
-    noise), the steps t, and T1."""
-    curves = model_curves(next(iter(models.values())))
+    noise), the steps t, and T1. Each model is driven as the samplers drive it (``RADDenoiser``: its own curves,
+    tau convention and embedding)."""
+    models = {name: RADDenoiser(model) for name, model in models.items()}
+    curves = next(iter(models.values())).curves
     for name, model in models.items():
-        if model_curves(model).to_dict() != curves.to_dict():
+        if model.curves != curves:
             raise ValueError(f"{name} was trained with other noise curves than {next(iter(models))}: "
                              "compare models of one schedule")
-    conventions = {name: getattr(model, "rad_config", {}).get("tau_convention", "gd") for name, model in models.items()}
     g = torch.Generator().manual_seed(seed)
     errors, steps = {name: [] for name in models}, []
     b, _, h, w = x0.shape
@@ -55,7 +54,7 @@ def state_errors(models: dict[str, torch.nn.Module], x0: torch.Tensor, draws: in
         x_t = q_sample(x0, eps, terms)
         noised = terms.noised.expand_as(eps)
         for name, model in models.items():
-            pred = model(x_t, curves.timestep(abar, conventions[name]).float())[:, :3]
+            pred, _ = model(x_t, abar)
             err = torch.where(noised, (pred - eps).square(), 0.0).sum((1, 2, 3))
             count = noised.sum((1, 2, 3))
             errors[name].append(torch.where(count > 0, err / count.clamp_min(1), torch.nan))  # NaN: no noise

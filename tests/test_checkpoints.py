@@ -25,6 +25,7 @@ from comfyui_rad.checkpoints import (  # noqa: E402
     read_adapter, save_adapter, save_model, time_layer_keys, weights_sha256,
 )
 from comfyui_rad.fileio import read_state_dict  # noqa: E402
+from comfyui_rad.schedule import NoiseCurves, RADInfo  # noqa: E402
 
 TINY = ADMConfig(model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_ds=(2,), num_head_channels=16)
 CONFIGS = {
@@ -104,8 +105,8 @@ def test_load_adm_matches_source(tmp_path, name):
     model = load_adm(save_sd(source.state_dict(), tmp_path / "m.safetensors"), **HEADS)
     assert torch.equal(run(model), run(source))
     assert not model.training and not any(p.requires_grad for p in model.parameters())
-    assert model.rad_config == {"schedule": ck.DEFAULT_SCHEDULE, "tau_convention": "gd", "is_rad": False,
-                                "embedding": "spatial", "base": "m.safetensors", "adapter": None, "strength": 0.0}
+    assert model.rad_info == RADInfo(curves=NoiseCurves(), tau_convention="gd", is_rad=False, embedding="spatial",
+                                     base="m.safetensors", adapter=None, strength=0.0)
 
 
 def test_class_conditional_needs_labels(tmp_path):
@@ -359,10 +360,10 @@ def test_load_adm_with_adapter(base, adapter_file):
     model = load_adm(base, adapter_file, strength=0.7)
     assert same_weights(model, merge_adapter(read_state_dict(base)[0], ad, 0.7))
     assert model.config == TINY  # the adapter's head layout (16 per head) replaces the default 64
-    assert model.rad_config == {"schedule": ck.DEFAULT_SCHEDULE, "tau_convention": "authors", "is_rad": True,
-                                "embedding": "spatial", "base": "base.safetensors", "adapter": "rad.safetensors",
-                                "strength": 0.7}
-    assert load_adm(base, ad, strength=0.7).rad_config["adapter"] == "rad.safetensors"  # an Adapter object works
+    assert model.rad_info == RADInfo(curves=NoiseCurves(), tau_convention="authors", is_rad=True,
+                                     embedding="spatial", base="base.safetensors", adapter="rad.safetensors",
+                                     strength=0.7)
+    assert load_adm(base, ad, strength=0.7).rad_info.adapter == "rad.safetensors"  # an Adapter object works
 
 
 def test_adapter_on_converted_base(tmp_path, base, adapter_file):
@@ -479,14 +480,14 @@ def test_save_model_round_trip(tmp_path):
     model = load_adm(path)
     assert model.config == cfg
     assert torch.equal(run(model), run(source))
-    assert model.rad_config == {"schedule": ck.DEFAULT_SCHEDULE, "tau_convention": "authors", "is_rad": True,
-                                "embedding": "spatial", "base": "rad.safetensors", "adapter": None, "strength": 1.0}
+    assert model.rad_info == RADInfo(curves=NoiseCurves(), tau_convention="authors", is_rad=True,
+                                     embedding="spatial", base="rad.safetensors", adapter=None, strength=1.0)
     assert read_state_dict(path)[1]["steps"] == "100"
     assert load_adm(path, num_heads=4).config.num_heads == 4  # overrides still win
     with pytest.raises(FileExistsError, match="force=True"):
         save_model(path, model)
-    save_model(path, model, force=True)  # rad_config (tau "authors") travels with the model
-    assert load_adm(path).rad_config["tau_convention"] == "authors"
+    save_model(path, model, force=True)  # rad_info (tau "authors") travels with the model
+    assert load_adm(path).rad_info.tau_convention == "authors"
 
 
 def test_saved_files_get_the_umask_mode_and_leave_no_temporaries(tmp_path):

@@ -39,7 +39,7 @@ def test_ships_small_with_its_card_and_recipe():
 
 def test_is_the_micro64_rad_model(model):
     assert model.config == preset_config("micro64")
-    assert model.rad_config["is_rad"] and model.rad_config["tau_convention"] == "gd"
+    assert model.rad_info.is_rad and model.rad_info.tau_convention == "gd"
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -58,7 +58,7 @@ def test_fills_a_flat_picture_with_its_colour(model, color):
     assert torch.equal(out[0][:, mask[0] == 0], image[0][:, mask[0] == 0])  # the kept pixels, bit for bit
 
     untrained = build_fresh(preset_config("micro64"), seed=0).eval()
-    untrained.rad_config = model.rad_config
+    untrained.rad_info = model.rad_info
     for p in untrained.out[-1].parameters():  # guided-diffusion zeroes the last conv: give it random weights
         torch.nn.init.normal_(p, std=0.1)
     random_out, _ = inpaint(untrained, image, mask, steps=25, sampler="ddim", seed=0)

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from comfyui_rad.train import build_fresh, preset_config
-from comfyui_rad.train.cli import build_parser as train_parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import digits_experiment as de  # noqa: E402
@@ -70,7 +69,7 @@ def test_classifier_learns_separable_shapes_and_shift_keeps_content():
 def test_train_arguments_parse_and_name_the_recipes(tmp_path):
     args = argparse.Namespace(seed=3, device="cpu", threads=2, quiet=True, reuse=False)
     s = de.Settings()
-    parsed = {run: train_parser().parse_args(de.train_args(tmp_path, s, args, run)) for run in ("base", "rad", "cfg2")}
+    parsed = {run: de.train_options(tmp_path, s, args, run) for run in ("base", "rad", "cfg2")}
     base, rad, cfg2 = parsed["base"], parsed["rad"], parsed["cfg2"]
     assert base.preset == "digits32" and base.mask_sampling == "full" and base.base is None
     assert base.steps == s.base_steps and not base.flip and base.resize

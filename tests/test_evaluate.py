@@ -14,7 +14,8 @@ from PIL import Image
 from comfyui_rad import evaluate as ev
 from comfyui_rad.checkpoints import save_model
 from comfyui_rad.perceptual import LPIPS
-from comfyui_rad.train.noising import ScalarEmbedding
+from comfyui_rad.sampling import RADDenoiser, sample_ddpm
+from comfyui_rad.schedule import RADInfo, SpatialSchedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,12 +77,13 @@ def test_baselines_and_scalar_models():
     assert repaint.calls_per_image == 6  # 4 steps + one jump of 2 at j = 0
     replace = ev.evaluate(model, images, ["box"], sampler="replace", steps=4, batch_size=2)["box"]
     assert not torch.equal(replace.results, repaint.results)
-    assert ev.sampling_model(model) is model
-    model.rad_config = {"embedding": "scalar", "tau_convention": "gd"}
-    wrapped = ev.sampling_model(model)
-    assert isinstance(wrapped, ScalarEmbedding) and wrapped.config == model.config
-    assert ev.sampling_model(model, "spatial") is model
-    assert ev.sampling_model(wrapped) is wrapped  # never wrapped twice
+    assert RADDenoiser(model).embedding == "spatial"
+    model.rad_info = RADInfo(embedding="scalar", tau_convention="gd")
+    wrapped = RADDenoiser(model)
+    assert wrapped.embedding == "scalar" and wrapped.model is model
+    assert RADDenoiser(model, embedding="spatial").embedding == "spatial"
+    image, schedule = images[:1] * 2 - 1, SpatialSchedule(ev.eval_masks("box", 1, 32, 0))
+    assert torch.equal(sample_ddpm(wrapped, image, schedule, 2), sample_ddpm(model, image, schedule, 2))  # used as is
 
 
 def test_inpaint_drives_a_scalar_trained_model_as_trained():
@@ -92,10 +94,10 @@ def test_inpaint_drives_a_scalar_trained_model_as_trained():
     images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     mask = torch.zeros(1, 32, 32)
     mask[:, 8:24, 8:24] = 1
-    model.rad_config = {"embedding": "spatial", "tau_convention": "gd", "is_rad": True}
+    model.rad_info = RADInfo(embedding="spatial", tau_convention="gd", is_rad=True)
     spatial, _ = inpaint(model, images, mask, steps=3, fit="resize")
-    by_hand, _ = inpaint(ScalarEmbedding(model), images, mask, steps=3, fit="resize")
-    model.rad_config = {"embedding": "scalar", "tau_convention": "gd", "is_rad": True}
+    by_hand, _ = inpaint(model, images, mask, steps=3, fit="resize", embedding="scalar")
+    model.rad_info = RADInfo(embedding="scalar", tau_convention="gd", is_rad=True)
     auto, _ = inpaint(model, images, mask, steps=3, fit="resize")
     assert torch.equal(auto, by_hand) and not torch.equal(auto, spatial)
     assert torch.equal(inpaint(model, images, mask, steps=3, fit="resize", embedding="spatial")[0], spatial)

@@ -7,7 +7,6 @@ from PIL import Image
 
 from comfyui_rad.imaging import (
     FIT_MODES,
-    binarize,
     fit_crop,
     fit_pad,
     fit_resize,
@@ -19,6 +18,7 @@ from comfyui_rad.imaging import (
     stitch,
     to_model_range,
 )
+from comfyui_rad.masks import binarize
 
 
 def quantized(*shape, seed=0):

@@ -20,7 +20,8 @@ from comfyui_rad.fileio import read_state_dict
 from comfyui_rad.schedule import NoiseCurves
 from comfyui_rad.train import Trainer, TrainOptions, build_fresh, export_checkpoint, preset_config
 from comfyui_rad.train.cli import main
-from comfyui_rad.train.data import DataError, ImageStream, scan_images, split_holdout
+from comfyui_rad.imaging import DataError, scan_images
+from comfyui_rad.train.data import ImageStream, split_holdout
 from comfyui_rad.train.lora import require_peft
 from comfyui_rad.train.losses import q_sample, rad_loss, step_terms
 from comfyui_rad.train.state import list_checkpoints, load_checkpoint
@@ -182,7 +183,7 @@ def test_exported_adapter_equals_the_trained_peft_model(files):
     assert b_norm > 0  # LoRA B has left its zero init: the merge is really tested
     path = trainer.export(files / "lora.safetensors")
     merged = load_adm(files / "base.pt", adapter=path)
-    assert merged.config.num_head_channels == 16 and merged.rad_config["tau_convention"] == "gd"
+    assert merged.config.num_head_channels == 16 and merged.rad_info.tau_convention == "gd"
     x, tau = probe()
     trainer.model.eval()
     with torch.no_grad():
@@ -204,7 +205,7 @@ def test_fresh_preset_export_loads_with_load_adm(files):
     trainer = train(files, "fresh", preset="tiny", steps=2, ema=0.5, lr=1e-3)
     path = trainer.export(files / "fresh.safetensors")
     model = load_adm(path)
-    assert model.rad_config["is_rad"] and model.config == trainer.model.config
+    assert model.rad_info.is_rad and model.config == trainer.model.config
     x, tau = probe()
     with trainer.ema_weights() as ema_model, torch.no_grad():
         expected = ema_model(x, tau)
@@ -225,11 +226,11 @@ def test_plain_ddpm_base_then_rad_lora_on_it(files):
     assert seen == [(2,)]  # uniform noise: one timestep per image, the plain ADM's input
     path = base.export(files / "plain.safetensors")
     plain = load_adm(path)
-    assert not plain.rad_config["is_rad"] and read_state_dict(path)[1]["train_mask_sampling"] == "full"
+    assert not plain.rad_info.is_rad and read_state_dict(path)[1]["train_mask_sampling"] == "full"
     rad = train(files, "on-plain", base=path, steps=1, embedding="scalar")
     adapter = rad.export(files / "on-plain.safetensors")
     model = load_adm(path, adapter=adapter)
-    assert model.rad_config["is_rad"] and model.rad_config["embedding"] == "scalar"
+    assert model.rad_info.is_rad and model.rad_info.embedding == "scalar"
     assert model.config == plain.config
 
 

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from comfyui_rad.sampling import RADDenoiser
 from comfyui_rad.schedule import NoiseCurves
 from comfyui_rad.train.losses import mse_loss, q_sample, rad_loss, step_terms, vlb_bits
 from comfyui_rad.train.noising import (
-    ScalarEmbedding, abar_from_timestep, sample_states, scalar_timestep, states_for_levels,
+    sample_states, states_for_levels,
 )
 
 CURVES = NoiseCurves()
@@ -214,17 +215,17 @@ def test_async_levels_become_exact_rad_states():
 
 
 def test_scalar_timestep_and_wrapper():
-    """Cfg. 2's one timestep per image: that of the mean noise level; ScalarEmbedding feeds it from a tau map."""
+    """Cfg. 2's one timestep per image: that of the mean noise level; RADDenoiser feeds it from the noise levels."""
     full = torch.ones(1, 1, 4, 4)
-    assert scalar_timestep(CURVES.abar(full, 123), CURVES).item() == pytest.approx(123, abs=1e-3)
-    assert scalar_timestep(CURVES.abar(full * 0, 5), CURVES).item() == -1
+    assert CURVES.scalar_timestep(CURVES.abar(full, 123)).item() == pytest.approx(123, abs=1e-3)
+    assert CURVES.scalar_timestep(CURVES.abar(full * 0, 5)).item() == -1
     half = torch.zeros(1, 1, 4, 4)
     half[..., :2, :] = 1
     abar = CURVES.abar(half, 400)
     expected = CURVES.timestep(abar.mean().reshape(1))
-    assert torch.equal(scalar_timestep(abar, CURVES), expected)
+    assert torch.equal(CURVES.scalar_timestep(abar), expected)
     tau = CURVES.timestep(abar)
-    torch.testing.assert_close(abar_from_timestep(tau, CURVES), abar, rtol=0, atol=1e-6)
+    torch.testing.assert_close(CURVES.abar_from_timestep(tau), abar, rtol=0, atol=1e-6)
 
     seen = {}
 
@@ -233,5 +234,5 @@ def test_scalar_timestep_and_wrapper():
             seen["t"] = t
             return x
 
-    ScalarEmbedding(Probe(), CURVES)(torch.zeros(1, 3, 4, 4), tau)
+    RADDenoiser(Probe(), CURVES, "scalar")(torch.zeros(1, 3, 4, 4), abar)
     torch.testing.assert_close(seen["t"], expected, atol=1e-3, rtol=0)

@@ -12,8 +12,7 @@ Modules: ``data`` (images, holdout, crops), ``noising`` (noise states per image)
 
 from .export import export_checkpoint, export_weights
 from .loop import Trainer, TrainOptions
-from .noising import ScalarEmbedding
 from .presets import PRESETS, build_fresh, preset_config
 
-__all__ = ["Trainer", "TrainOptions", "export_checkpoint", "export_weights", "ScalarEmbedding", "PRESETS",
+__all__ = ["Trainer", "TrainOptions", "export_checkpoint", "export_weights", "PRESETS",
            "build_fresh", "preset_config"]

@@ -1,4 +1,5 @@
-"""Training images: a folder scanned recursively, a held-out split, and a deterministic stream of augmented crops.
+"""Training images: a held-out split and a deterministic stream of augmented crops (folders are scanned and crops
+cut by ``imaging.scan_images`` / ``imaging.load_crop``, which rad-eval uses too).
 
 Every random choice (epoch order, crop scale and position, flip) is drawn in the main thread from one CPU
 ``torch.Generator``, whose state the trainer checkpoints; worker threads only decode and resize. Images reach the
@@ -9,71 +10,16 @@ the VLB assumes.
 from __future__ import annotations
 
 import logging
-import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "DataError", "scan_images", "split_holdout", "load_crop", "ImageStream"]
+from ..imaging import IMAGE_READ_ERRORS, DataError, load_crop
+
+__all__ = ["split_holdout", "ImageStream"]
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
-
-
-class DataError(ValueError):
-    """Training data that cannot be used; the message names the folder and what to do."""
-
-
-def _header(path: Path) -> tuple[int, int]:
-    """(width, height) from the file's header; raises for files PIL cannot identify."""
-    with Image.open(path) as picture:
-        width, height = picture.size
-    if width < 1 or height < 1:
-        raise ValueError(f"empty image {width}x{height}")
-    return width, height
-
-
-def scan_images(root: str | os.PathLike, size: int = 0, workers: int = 0) -> list[Path]:
-    """Image files (png/jpg/jpeg/webp) under ``root``, recursively, sorted by relative path; files whose header PIL
-    cannot read are skipped with one warning that counts them. Raises ``DataError`` when none is readable."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"--data {root} is not a folder: point it at a folder of images ({', '.join(IMAGE_SUFFIXES)})")
-    found = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
-
-    def probe(path: Path):
-        try:
-            return _header(path)
-        except _READ_ERRORS as err:
-            return err
-
-    if workers > 0 and len(found) > 64:
-        with ThreadPoolExecutor(workers) as pool:
-            headers = list(pool.map(probe, found))
-    else:
-        headers = [probe(p) for p in found]
-    readable = [p for p, h in zip(found, headers) if isinstance(h, tuple)]
-    bad = [(p, h) for p, h in zip(found, headers) if not isinstance(h, tuple)]
-    if bad:
-        first, err = bad[0]
-        log.warning("skipped %d unreadable file(s) of %d in %s (first: %s: %s)", len(bad), len(found), root,
-                    first.relative_to(root), str(err).splitlines()[0][:120])
-    if not readable:
-        raise DataError(f"no readable images ({', '.join(IMAGE_SUFFIXES)}) in {root}"
-                        + (f" ({len(bad)} unreadable file(s) skipped)" if bad else "")
-                        + ": point --data at a folder of training images")
-    small = sum(1 for h in headers if isinstance(h, tuple) and min(h) < size)
-    if small:
-        log.warning("%d image(s) in %s are smaller than %d px on their short side: they will be upscaled",
-                    small, root, size)
-    return readable
 
 
 def split_holdout(paths: list[Path], count: int, seed: int, root: Path | None = None) -> tuple[list[Path], list[Path]]:
@@ -90,31 +36,6 @@ def split_holdout(paths: list[Path], count: int, seed: int, root: Path | None = 
         log.info("held out for previews (never trained on): %s",
                  ", ".join(str(p.relative_to(root)) if root else p.name for p in holdout))
     return [p for i, p in enumerate(paths) if i not in chosen], holdout
-
-
-def load_crop(path: Path, size: int, crop: tuple[float, float, float, bool] | None = None) -> torch.Tensor:
-    """A square ``size`` x ``size`` RGB crop of an image file, uint8 [3,S,S].
-
-    ``crop`` = (scale, fx, fy, flip): a square whose side is ``scale`` times the image's short side (raised so that it
-    spans at least ``size`` source pixels: never upsampled unless the image itself is smaller), at relative position
-    (fx, fy) in [0,1] of the free range, resized (antialiased bicubic) to ``size``, mirrored if ``flip``.
-    None: the centred square of the full short side (``--resize``), no flip.
-    """
-    scale, fx, fy, flip = crop if crop is not None else (1.0, 0.5, 0.5, False)
-    with Image.open(path) as picture:
-        width, height = picture.size
-        frac = min(1.0, max(scale, size / min(width, height)))  # crop side / short side
-        factor = size / (frac * min(width, height))  # how much the crop shrinks
-        if picture.format == "JPEG" and factor < 0.5:  # decode at a reduced scale: still >= the pixels needed
-            picture.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
-        picture = ImageOps.exif_transpose(picture).convert("RGB")
-    width, height = picture.size
-    side = frac * min(width, height)
-    left, top = fx * (width - side), fy * (height - side)
-    out = picture.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
-    if flip:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1)
 
 
 class ImageStream:
@@ -160,7 +81,7 @@ class ImageStream:
         index, crop = job
         try:
             return load_crop(self.paths[index], self.size, crop)
-        except _READ_ERRORS as err:
+        except IMAGE_READ_ERRORS as err:
             return err
 
     def next_batch(self, batch: int) -> torch.Tensor:

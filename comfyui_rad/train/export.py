@@ -1,7 +1,9 @@
 """Exports of a training run: a RAD adapter (LoRA runs) or a full comfyui-rad model (fresh presets).
 
 Both are written by ``checkpoints.save_adapter`` / ``checkpoints.save_model`` and load with ``load_adm`` as they are:
-``load_adm(base, adapter=path)`` and ``rad-inpaint --adapter`` for an adapter, ``load_adm(path)`` for a model.
+``load_adm(base, adapter=path)`` and ``rad-inpaint --adapter`` for an adapter, ``load_adm(path)`` for a model. Their
+RAD facts (curves, tau convention, embedding: ``schedule.RADInfo``) travel in the metadata, so a scalar-embedding
+(Cfg. 2) model is sampled as trained everywhere.
 Exporting works from the trained tensors alone (adapter-file names, see ``lora.py``): no peft needed.
 """
 
@@ -18,9 +20,10 @@ import torch
 from ..adm import ADM, ADMConfig
 from ..checkpoints import CheckpointError, file_sha256, save_adapter, save_model
 from ..devices import DTYPES
+from ..schedule import NoiseCurves, RADInfo
 from .state import load_checkpoint
 
-__all__ = ["config_to_dict", "config_from_dict", "export_weights", "export_checkpoint"]
+__all__ = ["export_weights", "export_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +34,10 @@ _RECIPE = ("preset", "resolution", "lora_rank", "lora_alpha", "lr", "weight_deca
            "flip", "learn_sigma")
 
 
-def config_to_dict(cfg: ADMConfig) -> dict[str, Any]:
-    return {k: v for k, v in cfg.__dict__.items() if k != "extra"}
-
-
-def config_from_dict(d: dict[str, Any]) -> ADMConfig:
-    d = dict(d)
-    for name in ("channel_mult", "attention_ds"):
-        d[name] = tuple(d[name])
-    return ADMConfig(**d)
-
-
 def _metadata(run: dict[str, Any], step: int, ema: bool) -> dict[str, Any]:
-    """Training facts written beside comfyui-rad's own metadata (all strings)."""
-    return {"trainer": "rad-train", "train_steps": str(step), "train_embedding": run["embedding"],
+    """Training facts written beside comfyui-rad's own metadata (all strings; the embedding is one of the RAD facts
+    ``RADInfo.to_metadata`` writes)."""
+    return {"trainer": "rad-train", "train_steps": str(step),
             "train_mask_sampling": run["mask_sampling"], "train_ema": str(run["ema"] if ema else 0.0),
             "train_options": json.dumps({k: v for k, v in run.get("options", {}).items() if k in _RECIPE},
                                         sort_keys=True)}
@@ -61,18 +54,14 @@ def export_weights(path: str | os.PathLike, run: dict[str, Any], tensors: dict[s
     if dtype not in DTYPES:
         raise ValueError(f"unknown export dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     cast = {k: v.detach().to("cpu", DTYPES[dtype]) for k, v in tensors.items()}
-    cfg = config_from_dict(run["model_config"])
-    if run["embedding"] != "spatial":
-        log.warning("this run used --embedding %s (the paper's Cfg. 2 ablation): the samplers feed per-pixel "
-                    "timesteps; wrap the model in comfyui_rad.train.ScalarEmbedding to sample it as trained",
-                    run["embedding"])
+    cfg = ADMConfig(**run["model_config"])
     meta = _metadata(run, step, ema)
     if run["kind"] == "full":
         with torch.device("meta"):
             model = ADM(cfg)
         model.load_state_dict(cast, strict=True, assign=True)
-        return save_model(path, model, schedule=run["schedule"], tau_convention=run["tau_convention"],
-                          metadata=meta, force=force)
+        model.rad_info = RADInfo(NoiseCurves.from_dict(run["schedule"]), run["tau_convention"], run["embedding"])
+        return save_model(path, model, metadata=meta, force=force)
     base_path = Path(base or run["base"]["path"])
     if not base_path.is_file():
         raise FileNotFoundError(f"base checkpoint {base_path} not found: pass --base with its current location")
@@ -86,7 +75,7 @@ def export_weights(path: str | os.PathLike, run: dict[str, Any], tensors: dict[s
     full = {k: v for k, v in cast.items() if not k.endswith(_LORA_SUFFIXES)}
     return save_adapter(path, lora=lora, full=full, base_path=base_path, base_config=cfg, rank=run["lora_rank"],
                         alpha=run["lora_alpha"], schedule=run["schedule"], tau_convention=run["tau_convention"],
-                        extra_metadata=meta, force=force)
+                        embedding=run["embedding"], extra_metadata=meta, force=force)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, base: str | os.PathLike | None = None,

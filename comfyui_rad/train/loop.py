@@ -26,14 +26,14 @@ import torch
 from .. import masks
 from ..checkpoints import file_sha256, load_adm
 from ..devices import DTYPES, resolve_device
-from ..imaging import save_image
+from ..imaging import load_crop, save_image, scan_images
 from ..sampling import sample_ddim
-from ..schedule import NoiseCurves, SpatialSchedule
-from .data import ImageStream, load_crop, scan_images, split_holdout
-from .export import config_to_dict, export_weights
+from ..schedule import EMBEDDINGS, NoiseCurves, RADInfo, SpatialSchedule
+from .data import ImageStream, split_holdout
+from .export import export_weights
 from .lora import add_lora, trainable_parameters
 from .losses import q_sample, rad_loss, step_terms
-from .noising import MASK_SAMPLINGS, ScalarEmbedding, sample_states, scalar_timestep
+from .noising import MASK_SAMPLINGS, sample_states
 from .presets import PRESETS, build_fresh, preset_config
 from .state import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 
@@ -41,7 +41,6 @@ __all__ = ["TrainOptions", "Trainer", "EMBEDDINGS", "PRECISIONS"]
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS = ("spatial", "scalar")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TAU_CONVENTION = "gd"
 # What the trained tensors depend on: a checkpoint only resumes under the same values.
@@ -155,7 +154,7 @@ class Trainer:
         self._prepare_out(resumed=state is not None)
         self.curves = NoiseCurves()
         self.model, self.run = self._build_model()
-        self.model.rad_config = {"tau_convention": TAU_CONVENTION, "schedule": self.run["schedule"]}
+        self.model.rad_info = RADInfo(self.curves, TAU_CONVENTION, opts.embedding, is_rad=opts.mask_sampling != "full")
         self.model.to(self.device).train()
         self.params = trainable_parameters(self.model, lora=self.run["kind"] == "lora")
         self._log_parameters()
@@ -228,7 +227,7 @@ class Trainer:
             fit = cfg.image_size // factor * factor or factor
             raise ValueError(f"--resolution {cfg.image_size} is not a multiple of {factor}, which this ADM's "
                              f"{len(cfg.channel_mult)} levels need: use e.g. {fit}")
-        run["model_config"] = config_to_dict(cfg)
+        run["model_config"] = cfg.to_dict()
         return model, run
 
     def _log_parameters(self) -> None:
@@ -302,7 +301,7 @@ class Trainer:
         if opts.embedding == "spatial" and opts.mask_sampling != "full":
             tau = self.curves.timestep(abar, TAU_CONVENTION)
         else:  # one timestep per image: Cfg. 2, or plain DDPM states (their maps are uniform: the same, cheaper)
-            tau = scalar_timestep(abar, self.curves, TAU_CONVENTION)
+            tau = self.curves.scalar_timestep(abar, TAU_CONVENTION)
         x0, eps, tau, terms = x0.to(self.device), eps.to(self.device), tau.to(self.device), terms.to(self.device)
         with self._autocast():
             output = self.model(q_sample(x0, eps, terms), tau)
@@ -409,9 +408,8 @@ class Trainer:
         if not self.holdout:
             return None
         images, mask = self._preview_inputs()
-        with self.ema_weights() as model, self._autocast():
-            sampler = model if self.opts.embedding == "spatial" else ScalarEmbedding(model, self.curves)
-            result = sample_ddim(sampler, images.to(self.device), SpatialSchedule(mask), self.opts.preview_steps,
+        with self.ema_weights() as model, self._autocast():  # model.rad_info: its embedding, as trained
+            result = sample_ddim(model, images.to(self.device), SpatialSchedule(mask), self.opts.preview_steps,
                                  torch.Generator().manual_seed(self.opts.seed)).cpu()
         masked = torch.where(mask > 0, torch.zeros_like(images), images)  # the hole in mid gray
         rows = torch.cat([masked, result, images], dim=-1)  # [N, 3, S, 3S]

@@ -9,7 +9,7 @@ A training state is RAD's own (mask m [B,1,H,W] in [0,1], step t [B]): the pixel
   separately, instead of following from a random mask and step). Per image: a mean level mu ~ U[0, 1] and a spread
   sigma ~ U[0, 0.5] (both in units of Phase 1's length), a Perlin field z (one octave, cell size U[1, H) px)
   standardised to mean 0 / std 1 over the image, and per pixel the level l = clamp(mu + sigma * z, 0, 1), i.e.
-  k = l * T1 DDPM steps of noise (bbar interpolated linearly in the table of ``NoiseCurves.timestep``, so the model's
+  k = l * T1 DDPM steps of noise (bbar interpolated linearly in the table, ``NoiseCurves.bbar_after``, so the model's
   tau is k - 1 in guided-diffusion's convention). The map is written exactly as a Phase-1 RAD state: t = ceil(max k)
   - 1 and the soft mask m with log(1 - nu m) * e1[t] = log abar(k), which is how a soft inpainting mask behaves at
   sampling time; the pixel at the highest level gets m = 1.
@@ -22,13 +22,12 @@ A training state is RAD's own (mask m [B,1,H,W] in [0,1], step t [B]): the pixel
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .. import masks
-from ..schedule import TAU_OFFSETS, NoiseCurves
+from ..schedule import NoiseCurves
 
 __all__ = ["MASK_SAMPLINGS", "ASYNC_SPREAD", "sample_states", "perlin_states", "async_states", "full_states",
-           "states_for_levels", "scalar_timestep", "abar_from_timestep", "ScalarEmbedding"]
+           "states_for_levels"]
 
 MASK_SAMPLINGS = ("perlin", "async", "mixed", "full")
 ASYNC_SPREAD = 0.5
@@ -56,10 +55,7 @@ def states_for_levels(level: torch.Tensor, curves: NoiseCurves) -> tuple[torch.T
     """
     k = level.double().clamp(0, 1) * curves.T1
     t = (k.flatten(1).amax(1).ceil().long() - 1).clamp(0, curves.T1 - 1)
-    lo = k.floor().long().clamp(max=curves.T1 - 1)
-    table = curves.bbar_table
-    bbar = torch.lerp(table[lo], table[lo + 1], k - lo)
-    log_abar = torch.log1p(-bbar)
+    log_abar = torch.log1p(-curves.bbar_after(k))
     exponent = curves.e1[t][:, None, None]
     mask = (-torch.expm1(log_abar / exponent) / curves.nu).clamp(0, 1)
     return mask.float()[:, None], t
@@ -91,34 +87,3 @@ def sample_states(batch: int, height: int, width: int, curves: NoiseCurves, gene
         a_mask, a_t = async_states(batch, height, width, curves, generator)
         return torch.where(coin[:, None, None, None], a_mask, p_mask), torch.where(coin, a_t, p_t)
     raise ValueError(f"unknown mask sampling {mode!r}: use one of {', '.join(MASK_SAMPLINGS)}")
-
-
-def scalar_timestep(abar: torch.Tensor, curves: NoiseCurves, convention: str = "gd") -> torch.Tensor:
-    """One timestep per image for the paper's Cfg. 2 ablation (no spatial embedding): the inverse-mapped timestep
-    (§3.4) of the image's mean noise level, i.e. of mean over pixels of abar [B,1,H,W] -> [B] float32."""
-    return curves.timestep(abar.double().mean(dim=(1, 2, 3)), convention)
-
-
-def abar_from_timestep(tau: torch.Tensor, curves: NoiseCurves, convention: str = "gd") -> torch.Tensor:
-    """The inverse of ``NoiseCurves.timestep``: model timesteps -> abar (float64), linear in the bbar table."""
-    k = (tau.double() - TAU_OFFSETS[convention]).clamp(0, curves.T1)
-    lo = k.floor().long().clamp(max=curves.T1 - 1)
-    table = curves.bbar_table.to(tau.device)
-    return 1 - torch.lerp(table[lo], table[lo + 1], k - lo)
-
-
-class ScalarEmbedding(nn.Module):
-    """Drives a model trained with ``--embedding scalar`` as it was trained, under the samplers (which pass a
-    per-pixel timestep map): each map is turned back into abar and replaced by ``scalar_timestep`` of it."""
-
-    def __init__(self, model: nn.Module, curves: NoiseCurves | None = None, convention: str = "gd"):
-        super().__init__()
-        self.model, self.curves, self.convention = model, curves or NoiseCurves(), convention
-        self.rad_config = getattr(model, "rad_config", {"tau_convention": convention})
-        self.config = getattr(model, "config", None)  # the ADM's, for pipeline.inpaint
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if t.ndim == 4:
-            abar = abar_from_timestep(t, self.curves, self.convention)
-            t = scalar_timestep(abar, self.curves, self.convention).to(x.device)
-        return self.model(x, t, y=y)

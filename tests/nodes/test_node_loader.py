@@ -30,7 +30,7 @@ def test_built_in_default_model_is_the_default_choice(host, tmp_path):
 
 def test_loads_a_patcher_around_an_adm(host, state):
     patcher = host.nodes.RADModelLoader.execute("tiny.safetensors", "none", 1.0, "auto")[0]
-    assert isinstance(patcher.model, ADM) and patcher.model.rad_config["is_rad"]
+    assert isinstance(patcher.model, ADM) and patcher.model.rad_info.is_rad
     assert patcher.model.dtype == torch.float32  # auto on a CPU host
     assert patcher.load_device == torch.device("cpu")
 
@@ -38,8 +38,8 @@ def test_loads_a_patcher_around_an_adm(host, state):
 def test_adapter_and_dtype(host):
     plain = host.nodes.RADModelLoader.execute("base.safetensors", "none", 1.0, "fp32")[0].model
     adapted = host.nodes.RADModelLoader.execute("base.safetensors", "adapter.safetensors", 1.0, "bf16")[0].model
-    assert adapted.rad_config["adapter"] == "adapter.safetensors" and plain.rad_config["adapter"] is None
-    assert adapted.rad_config["strength"] == 1.0
+    assert adapted.rad_info.adapter == "adapter.safetensors" and plain.rad_info.adapter is None
+    assert adapted.rad_info.strength == 1.0
     assert adapted.dtype == torch.bfloat16
 
 
