@@ -146,3 +146,37 @@ def test_wide_mask_boxes_add_area():
     assert boxed.mean() > plain.mean()
     with pytest.raises(ValueError, match="box_probability must be in \\[0, 1\\], got 2"):
         wide_mask(1, 64, 64, generator=gen(), box_probability=2)
+
+
+# ------------------------------------------------------------------------------------- reading masks, the table
+
+
+def test_one_layout_rule_and_one_threshold_rule():
+    from comfyui_rad.masks import as_bhw, check_threshold, prepare
+
+    m = torch.rand(2, 5, 7)
+    for layout in (m, m[:, None], m[..., None]):
+        assert torch.equal(as_bhw(layout), m)
+    assert as_bhw(m[0]).shape == (1, 5, 7)
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 3, 5, 7\): mask must be"):
+        as_bhw(torch.rand(2, 3, 5, 7))
+    assert torch.equal(prepare(torch.tensor([0.0, 0.01, 0.5, 0.51]), threshold=0), torch.tensor([0.0, 1, 1, 1]))
+    assert torch.equal(prepare(torch.tensor([0.0, 0.01, 0.5, 0.51])), torch.tensor([0.0, 0, 0, 1]))
+    assert check_threshold(0.0) == 0.0
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="--threshold must be between 0 and 1"):
+            check_threshold(bad, "--threshold")
+
+
+def test_generated_masks_box_random_unless_centred():
+    from comfyui_rad.masks import GENERATED_MASKS, generated_mask
+
+    assert list(GENERATED_MASKS) == ["box", "extreme", "wide", "perlin"]
+    centred = generated_mask("box", 3, 32, 32, seed=0, centred_box=True)
+    assert torch.equal(centred, box_mask(3, 32, 32, center=True))
+    drawn = generated_mask("box", 3, 32, 32, seed=0)
+    assert torch.equal(drawn, box_mask(3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    extreme = generated_mask("extreme", 1, 32, 32, 5)
+    assert torch.equal(generated_mask("extreme", 1, 32, 32, 5, centred_box=True), extreme)
+    with pytest.raises(ValueError, match="unknown mask kind 'boxes'"):
+        generated_mask("boxes", 1, 8, 8, 0)

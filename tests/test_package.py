@@ -28,3 +28,11 @@ def test_engine_never_imports_comfyui():
     host = re.compile(r"^\s*(from|import)\s+(comfy|comfy_api|comfy_extras|folder_paths|nodes)(\.|\s|$)", re.M)
     for path in (ROOT / "comfyui_rad").rglob("*.py"):
         assert not host.search(path.read_text()), path
+
+
+def test_inference_never_imports_the_trainer_or_a_cli():
+    """train/ sits above the inference modules; the CLIs (cli.py, evaluate.py's main) are leaves."""
+    upward = re.compile(r"^\s*from\s+(\.|comfyui_rad\.)(train|cli)\b|^\s*import\s+comfyui_rad\.(train|cli)\b", re.M)
+    for path in (ROOT / "comfyui_rad").glob("*.py"):
+        if path.name not in ("cli.py", "__main__.py"):
+            assert not upward.search(path.read_text()), path
