@@ -1,6 +1,5 @@
 """Checkpoint files: guided-diffusion ADM state dicts, RAD adapters and RAD models (RAD_NOTES §4, §5).
 
-- ``read_state_dict``: ``.safetensors`` (with metadata) or ``.pt/.pth/.ckpt/.bin`` (``weights_only``, memory-mapped).
 - ``config_from_state_dict``: the ``ADMConfig`` a guided-diffusion ``UNetModel`` state dict was built with, read from
   key names and shapes and verified against ``ADM(cfg)`` built on the meta device. The attention head layout is not
   in the weights: it defaults to 64 channels per head (every public ADM checkpoint) and is overridable.
@@ -11,7 +10,9 @@
 - ``load_adm``: read, infer and verify, strict load, optional adapter merge, ``model.rad_info`` (a
   ``schedule.RADInfo``, read from the files' metadata by ``RADInfo.from_metadata``).
 
-Reading files and writing them atomically is ``fileio``'s; devices and dtypes are ``devices``'.
+Files are read by ``fileio.read_state_dict`` (``.safetensors`` with metadata, or ``.pt/.pth/.ckpt/.bin`` with
+``weights_only``, memory-mapped) and written by ``fileio.atomic_write``; dtypes are ``devices``'. ``DEFAULT_MODEL`` is
+the checkpoint the pack ships (rad-inpaint and the loader node use it when none is chosen).
 """
 
 from __future__ import annotations
