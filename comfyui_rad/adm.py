@@ -24,6 +24,12 @@ class ADMConfig:
 
     ``attention_ds`` holds the downsampling factors (1, 2, 4, ...) at which attention blocks sit, which is what
     guided-diffusion's ``attention_resolutions`` becomes inside ``UNetModel`` (``image_size // resolution``).
+
+    The last fields describe networks trained in diffusers (the RAD authors' ``LocalUNet2DModel``), named as its
+    config names them; their defaults are guided-diffusion's: ``norm_eps`` of every GroupNorm, ``norm_num_groups``
+    of every GroupNorm but the middle attention's (``attn_norm_num_groups``, None = the same), and the sinusoidal
+    timestep embedding's ``freq_shift`` (frequencies exp(-ln(max_period) j / (half - freq_shift))),
+    ``flip_sin_to_cos`` ([cos, sin] when True, else [sin, cos]) and ``max_period``.
     """
 
     model_channels: int
@@ -41,6 +47,13 @@ class ADMConfig:
     conv_resample: bool = True
     use_new_attention_order: bool = False
     image_size: int = 256
+    # diffusers-trained networks (the RAD authors' checkpoints): guided-diffusion's values by default
+    norm_eps: float = 1e-5
+    norm_num_groups: int = 32
+    attn_norm_num_groups: int | None = None
+    freq_shift: float = 0.0
+    flip_sin_to_cos: bool = True
+    max_period: float = 10000.0
 
     def __post_init__(self):
         for name in ("channel_mult", "attention_ds"):  # JSON and argument lists give lists: one hashable form
@@ -74,22 +87,29 @@ class ADMConfig:
         return heads
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """ADM's sinusoidal embedding ``[cos, sin]`` of float timesteps ``t`` [N] -> [N, dim] (float32)."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0,
+                       flip_sin_to_cos: bool = True) -> torch.Tensor:
+    """ADM's sinusoidal embedding ``[cos, sin]`` of float timesteps ``t`` [N] -> [N, dim] (float32).
+
+    ``freq_shift`` and ``flip_sin_to_cos`` as diffusers' ``get_timestep_embedding`` (0 and True: guided-diffusion's).
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    arange = torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(-math.log(max_period) * arange / (half - freq_shift))
     args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    parts = [torch.cos(args), torch.sin(args)]
+    emb = torch.cat(parts if flip_sin_to_cos else parts[::-1], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32) computed in float32 whatever the weights' dtype, as guided-diffusion does."""
+    """GroupNorm(32) computed in float32 whatever the weights' dtype, as guided-diffusion does (``groups`` and
+    ``eps`` for networks trained with others)."""
 
-    def __init__(self, channels: int):
-        super().__init__(32, channels)
+    def __init__(self, channels: int, groups: int = 32, eps: float = 1e-5):
+        super().__init__(groups, channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = None if self.weight is None else self.weight.float()
@@ -246,10 +266,11 @@ def _emb_out(emb: torch.Tensor | SpatialEmbedding, linear: nn.Linear, h: torch.T
 
 class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int, scale_shift: bool,
-                 up: bool = False, down: bool = False):
+                 up: bool = False, down: bool = False, norm: tuple[int, float] = (32, 1e-5)):
         super().__init__()
         self.scale_shift = scale_shift
-        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(GroupNorm32(channels, *norm), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1))
         self.updown = up or down
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
@@ -259,7 +280,8 @@ class ResBlock(nn.Module):
             self.h_upd = self.x_upd = nn.Identity()
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, (2 if scale_shift else 1) * out_channels))
         self.out_layers = nn.Sequential(
-            GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            GroupNorm32(out_channels, *norm), nn.SiLU(), nn.Dropout(0.0),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1)
         )
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
@@ -282,11 +304,11 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over all positions; ``legacy`` is guided-diffusion's default head order (RAD_NOTES §5)."""
 
-    def __init__(self, channels: int, num_heads: int, legacy: bool = True):
+    def __init__(self, channels: int, num_heads: int, legacy: bool = True, norm: tuple[int, float] = (32, 1e-5)):
         super().__init__()
         self.num_heads = num_heads
         self.legacy = legacy
-        self.norm = GroupNorm32(channels)
+        self.norm = GroupNorm32(channels, *norm)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
@@ -313,25 +335,36 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
-def _attention(cfg: ADMConfig, ch: int, upsample: bool = False) -> AttentionBlock:
-    return AttentionBlock(ch, cfg.heads_for(ch, upsample), legacy=not cfg.use_new_attention_order)
+def _norm(cfg: ADMConfig, middle_attention: bool = False) -> tuple[int, float]:
+    """(groups, eps) of a GroupNorm; the middle block's attention has its own group count (diffusers' wiring)."""
+    groups = cfg.attn_norm_num_groups if middle_attention and cfg.attn_norm_num_groups else cfg.norm_num_groups
+    return groups, cfg.norm_eps
+
+
+def _attention(cfg: ADMConfig, ch: int, upsample: bool = False, middle: bool = False) -> AttentionBlock:
+    return AttentionBlock(ch, cfg.heads_for(ch, upsample), legacy=not cfg.use_new_attention_order,
+                          norm=_norm(cfg, middle))
+
+
+def _res(cfg: ADMConfig, ch: int, out: int, **updown: bool) -> ResBlock:
+    return ResBlock(ch, cfg.time_embed_dim, out, cfg.use_scale_shift_norm, norm=_norm(cfg), **updown)
 
 
 def _encoder(cfg: ADMConfig) -> tuple[nn.ModuleList, list[int], int]:
     ch = int(cfg.channel_mult[0] * cfg.model_channels)
     blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
-    chans, ds, emb = [ch], 1, cfg.time_embed_dim
+    chans, ds = [ch], 1
     for level, mult in enumerate(cfg.channel_mult):
         for _ in range(cfg.num_res_blocks):
             out = int(mult * cfg.model_channels)
-            layers = [ResBlock(ch, emb, out, cfg.use_scale_shift_norm)]
+            layers = [_res(cfg, ch, out)]
             ch = out
             if ds in cfg.attention_ds:
                 layers.append(_attention(cfg, ch))
             blocks.append(EmbedSequential(*layers))
             chans.append(ch)
         if level != len(cfg.channel_mult) - 1:
-            down = (ResBlock(ch, emb, ch, cfg.use_scale_shift_norm, down=True) if cfg.resblock_updown
+            down = (_res(cfg, ch, ch, down=True) if cfg.resblock_updown
                     else Downsample(ch, cfg.conv_resample))
             blocks.append(EmbedSequential(down))
             chans.append(ch)
@@ -340,16 +373,16 @@ def _encoder(cfg: ADMConfig) -> tuple[nn.ModuleList, list[int], int]:
 
 
 def _decoder(cfg: ADMConfig, chans: list[int], ch: int, ds: int) -> tuple[nn.ModuleList, int]:
-    blocks, emb, chans = nn.ModuleList(), cfg.time_embed_dim, list(chans)
+    blocks, chans = nn.ModuleList(), list(chans)
     for level, mult in reversed(list(enumerate(cfg.channel_mult))):
         for i in range(cfg.num_res_blocks + 1):
             out = int(mult * cfg.model_channels)
-            layers = [ResBlock(ch + chans.pop(), emb, out, cfg.use_scale_shift_norm)]
+            layers = [_res(cfg, ch + chans.pop(), out)]
             ch = out
             if ds in cfg.attention_ds:
                 layers.append(_attention(cfg, ch, upsample=True))
             if level and i == cfg.num_res_blocks:
-                layers.append(ResBlock(ch, emb, ch, cfg.use_scale_shift_norm, up=True) if cfg.resblock_updown
+                layers.append(_res(cfg, ch, ch, up=True) if cfg.resblock_updown
                               else Upsample(ch, cfg.conv_resample))
                 ds //= 2
             blocks.append(EmbedSequential(*layers))
@@ -373,12 +406,10 @@ class ADM(nn.Module):
             self.label_emb = nn.Embedding(cfg.num_classes, ted)
         self.input_blocks, chans, ds = _encoder(cfg)
         ch = chans[-1]
-        self.middle_block = EmbedSequential(
-            ResBlock(ch, ted, ch, cfg.use_scale_shift_norm), _attention(cfg, ch),
-            ResBlock(ch, ted, ch, cfg.use_scale_shift_norm),
-        )
+        self.middle_block = EmbedSequential(_res(cfg, ch, ch), _attention(cfg, ch, middle=True), _res(cfg, ch, ch))
         self.output_blocks, ch = _decoder(cfg, chans, ch, ds)
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm32(ch, *_norm(cfg)), nn.SiLU(),
+                                 nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
         # Per-pixel maps with at most this many distinct values (in the batch, or else in every image: a training
         # batch of binary masks, each image at its own t) take the one-hot path, more take the 4-tap path.
         self.max_onehot_values = 8
@@ -408,7 +439,9 @@ class ADM(nn.Module):
         return self.label_emb(y)
 
     def _time_mlp(self, t: torch.Tensor) -> torch.Tensor:
-        emb = timestep_embedding(t, self.config.model_channels).to(self.dtype)
+        cfg = self.config
+        emb = timestep_embedding(t, cfg.model_channels, cfg.max_period, cfg.freq_shift, cfg.flip_sin_to_cos)
+        emb = emb.to(self.dtype)
         return self.time_embed(emb)
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None, x: torch.Tensor, dense: bool = False):

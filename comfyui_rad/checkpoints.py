@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from . import diffusers_format
 from .adm import ADM, ADMConfig, AttentionBlock, ResBlock
 from .devices import resolve_dtype
 from .fileio import CheckpointError, atomic_write, read_state_dict
@@ -69,6 +70,13 @@ def _foreign_kind(sd: Mapping[str, Any], metadata: Mapping[str, str]) -> str | N
     if not sd:
         return "it holds no tensors (an empty state dict)"
     keys = list(sd)
+    if any(k.startswith("unet.") and ".lora" in k for k in keys):
+        return ("this is the RAD authors' LoRA-only export (pytorch_lora_weights.safetensors): it has no time layers, "
+                "so the model cannot be rebuilt from it: use checkpoint-N/unet/diffusion_pytorch_model.safetensors "
+                "or the checkpoint-N folder")
+    if "conv_in.weight" in sd or any(k.startswith(("down_blocks.", "conv_in.")) for k in keys):
+        return ("this is a diffusers UNet (conv_in, down_blocks.*) without its config.json: put the config.json "
+                "that came with it in the same folder (an authors' RAD checkpoint: pass its checkpoint-N folder)")
     lora_marks = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.")
     if any(k.startswith(("lora_unet_", "lora_te")) or any(m in k for m in lora_marks) for k in keys):
         return ("this is a LoRA file (lora_* keys), not a model: a LoRA needs its base model, and comfyui-rad only "
@@ -77,9 +85,6 @@ def _foreign_kind(sd: Mapping[str, Any], metadata: Mapping[str, str]) -> str | N
            for k in keys):
         return ("this is a Stable Diffusion checkpoint (model.diffusion_model.*), not a guided-diffusion ADM: "
                 "load it with ComfyUI's checkpoint loader")
-    if "conv_in.weight" in sd or any(k.startswith("down_blocks.") for k in keys):
-        return ("this is a diffusers UNet (conv_in.weight, down_blocks.*), not guided-diffusion's UNetModel "
-                "format: use the original guided-diffusion .pt checkpoint")
     missing = [k for k in ("time_embed.0.weight", "input_blocks.0.0.weight") if k not in sd]
     if missing:
         return f"not a guided-diffusion ADM: no {' / '.join(missing)} (its first keys: {', '.join(keys[:3])})"
@@ -575,7 +580,7 @@ def save_adapter(path: str | os.PathLike, *, lora: Mapping[str, tuple[Tensor, Te
     """
     path = Path(path)
     info = RADInfo(NoiseCurves.from_dict(schedule), _check_tau(tau_convention), embedding)
-    base_sd, _ = read_state_dict(base_path)
+    base_path, base_sd = _read_base(base_path)
     base_shapes = {k: tuple(v.shape) for k, v in base_sd.items()}
     _verify(base_config, base_shapes, f"base {Path(base_path).name}")
     _raise_problems(_adapter_problems(lora, full, int(rank), base_shapes), "adapter",
@@ -595,6 +600,14 @@ def save_adapter(path: str | os.PathLike, *, lora: Mapping[str, tuple[Tensor, Te
         "created_by": _created_by(),
     }
     return _save_safetensors(tensors, _merge_extra(metadata, extra_metadata), path, force, protect=(base_path,))
+
+
+def _read_base(path: str | os.PathLike) -> tuple[Path, dict[str, Tensor]]:
+    """(the tensor file, its guided-diffusion-named state dict) of a base checkpoint in either format."""
+    if diffusers_format.is_diffusers_source(path):
+        read = diffusers_format.read_diffusers(path)
+        return read.weights, read.state_dict
+    return Path(path), read_state_dict(path)[0]
 
 
 def merge_adapter(state_dict: Mapping[str, Tensor], adapter: Adapter | str | os.PathLike,
@@ -696,9 +709,37 @@ DEFAULT_MODEL = BUILTIN_WEIGHTS / "rad_default.safetensors"
 """The small RAD model ``rad-inpaint`` and the nodes use when no model is chosen (once it ships)."""
 
 
+def _read_gd_base(path: Path, adapter: Adapter | None, overrides: dict[str, Any]):
+    """(state dict, ADMConfig, RADInfo) of a guided-diffusion checkpoint or comfyui-rad file."""
+    sd, raw = read_state_dict(path)
+    if adapter is not None:
+        overrides = {**_adapter_head_layout(adapter, overrides), **overrides}
+    cfg = config_from_state_dict(sd, metadata=raw, source=path.name, **overrides)
+    is_model_file = raw.get("format") == MODEL_FORMAT
+    meta = _parse_metadata(raw, path.name) if is_model_file else {}
+    info = RADInfo.from_metadata(meta, is_rad=is_model_file, base=path.name, strength=1.0 if is_model_file else 0.0)
+    return sd, cfg, info
+
+
+def _read_diffusers_base(path: Path, ema: bool, overrides: dict[str, Any]):
+    """(state dict, ADMConfig, RADInfo, tensor file) of a diffusers ADM: the authors' RAD checkpoint (their tau
+    convention, T1 = T2 = 1000 linear 1e-4 .. 0.02: DDPM's curves) or a plain converted guided-diffusion ADM."""
+    read = diffusers_format.read_diffusers(path, ema=ema, **overrides)
+    name = path.name if path.is_dir() else f"{read.weights.parent.name}/{read.weights.name}"
+    info = RADInfo(NoiseCurves(), read.tau_convention, "spatial", is_rad=read.is_rad, base=name,
+                   strength=1.0 if read.is_rad else 0.0)
+    return read.state_dict, read.config, info, read.weights
+
+
 def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | None = None, strength: float = 1.0, *,
-             device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None, **overrides: Any) -> ADM:
+             device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None, ema: bool = False,
+             **overrides: Any) -> ADM:
     """A guided-diffusion ADM (or comfyui-rad.model) from a file, optionally with a RAD adapter merged in.
+
+    Also reads diffusers ADMs (``diffusers_format``): an authors' RAD ``checkpoint-N/`` folder (its ``unet/``, or
+    ``unet_ema/`` with ``ema=True``), a ``diffusion_pytorch_model.safetensors`` with its ``config.json`` beside it,
+    and diffusers conversions of guided-diffusion ADMs (``.safetensors`` or ``.bin``); their LoRA is merged and
+    the network computes what the authors' code computes (tau convention "authors", T1 = T2 = 1000).
 
     ``overrides``: ``ADMConfig`` fields, e.g. ``num_head_channels=64`` or ``num_heads=4`` (see
     ``config_from_state_dict``). ``dtype`` None means float32. The model is in eval mode without gradients and
@@ -708,14 +749,14 @@ def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | Non
     """
     path = Path(path)
     _check_override_names(overrides)
-    sd, raw = read_state_dict(path)
     if adapter is not None:
         adapter = adapter if isinstance(adapter, Adapter) else read_adapter(adapter)
-        overrides = {**_adapter_head_layout(adapter, overrides), **overrides}
-    cfg = config_from_state_dict(sd, metadata=raw, source=path.name, **overrides)
-    is_model_file = raw.get("format") == MODEL_FORMAT
-    meta = _parse_metadata(raw, path.name) if is_model_file else {}
-    info = RADInfo.from_metadata(meta, is_rad=is_model_file, base=path.name, strength=1.0 if is_model_file else 0.0)
+    if diffusers_format.is_diffusers_source(path):
+        sd, cfg, info, path = _read_diffusers_base(path, ema, overrides)
+    else:
+        if ema:
+            raise CheckpointError(f"{path.name}: ema applies to the RAD authors' checkpoint-N folders (unet_ema/)")
+        sd, cfg, info = _read_gd_base(path, adapter, overrides)
     if adapter is not None:
         _check_adapter_base(adapter, cfg, path, sd)
         sd = merge_adapter(sd, adapter, strength)

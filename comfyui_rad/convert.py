@@ -1,0 +1,88 @@
+"""``rad-convert``: the RAD authors' checkpoint (or a diffusers ADM) as one self-contained comfyui-rad model file.
+
+    rad-convert checkpoint-300000/ -o rad_ffhq256.safetensors [--dtype fp16|bf16|fp32] [--ema] [--force]
+
+The file holds the merged weights under guided-diffusion's names and, in its metadata, the architecture (attention
+head order, GroupNorm eps and groups, the timestep embedding), the tau convention and the schedule, so
+``load_adm`` (and the ComfyUI loader, from ``models/rad``) gives the same outputs as from the folder: bit-identical
+in fp32. Written atomically; an existing file is kept unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .checkpoints import load_adm, save_model
+from .devices import DTYPES
+from .schedule import rad_info
+
+__all__ = ["convert", "main"]
+
+log = logging.getLogger("comfyui_rad")
+
+
+class CLIError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def convert(source: str | Path, output: str | Path, dtype: str = "fp32", ema: bool = False,
+            force: bool = False) -> Path:
+    """Load ``source`` with ``load_adm`` (LoRA merged, in float32) and write it as a comfyui-rad.model file.
+
+    ``dtype``: fp32 (default, exact), fp16 or bf16 (half the size; rounded once, from the merged float32 weights).
+    """
+    source, output = Path(source), Path(output)
+    if dtype not in DTYPES:
+        raise CLIError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if not source.exists():
+        raise CLIError(f"{source} does not exist: pass an authors' checkpoint-N folder or a "
+                       "diffusion_pytorch_model.safetensors with its config.json")
+    if output.suffix.lower() != ".safetensors":
+        raise CLIError(f"-o {output}: the output must be a .safetensors file")
+    if output.exists() and not force:
+        raise CLIError(f"{output} already exists: pass --force to overwrite it, or choose another -o")
+    model = load_adm(source, ema=ema)  # float32: the LoRA merged exactly once
+    if dtype != "fp32":
+        model = model.to(DTYPES[dtype])
+    info = rad_info(model)
+    metadata = {"converted_from": source.name, "converted_ema": json.dumps(bool(ema))}
+    if not info.is_rad:
+        metadata["train_mask_sampling"] = "full"  # a plain ADM stays a plain ADM (not RAD) once converted
+    return save_model(output, model, metadata=metadata, force=force)  # its RADInfo: curves, tau convention
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rad-convert",
+        description="Convert the RAD authors' checkpoint-N folder (or a diffusers ADM with its config.json) into one "
+                    "comfyui-rad model file for ComfyUI/models/rad.",
+    )
+    p.add_argument("source", type=Path,
+                   help="an authors' checkpoint-N/ folder, or a diffusion_pytorch_model.safetensors/.bin with its "
+                        "config.json beside it")
+    p.add_argument("-o", "--output", required=True, type=Path, help="the .safetensors file to write")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                   help="weights' precision in the file (default fp32: exact; fp16/bf16: half the size)")
+    p.add_argument("--ema", action="store_true", help="use the folder's unet_ema/ instead of unet/")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--quiet", "-q", action="store_true", help="warnings and errors only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        print(convert(args.source, args.output, args.dtype, args.ema, args.force))
+    except (CLIError, ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"rad-convert: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
