@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Inpaint an image with RAD (region-aware diffusion): one reverse pass, about 100 network calls.",
     )
     p.add_argument("--model", type=Path, default=None,
-                   help="guided-diffusion ADM checkpoint (.pt or .safetensors), or a full RAD model "
-                        "(default: the pack's built-in rad_default.safetensors)")
+                   help="guided-diffusion ADM checkpoint (.pt or .safetensors), a full RAD model, or the RAD "
+                        "authors' checkpoint-N folder (default: the pack's built-in rad_default.safetensors)")
+    p.add_argument("--ema", action="store_true", help="with an authors' checkpoint-N folder: use its unet_ema/")
     p.add_argument("--adapter", type=Path, help="RAD adapter .safetensors made for this base (from rad-train)")
     p.add_argument("--strength", type=float, default=1.0, help="adapter strength (default 1.0)")
     p.add_argument("--image", required=True, type=Path, help="image to inpaint (png/jpg/webp), any size")
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     overrides = {k: v for k, v in (("num_head_channels", args.num_head_channels), ("num_heads", args.num_heads))
                  if v is not None}
     model = load_adm(args.model, adapter=args.adapter, strength=args.strength, device=device,
-                     dtype=resolve_dtype(args.dtype, device), **overrides)
+                     dtype=resolve_dtype(args.dtype, device), ema=args.ema, **overrides)
     out, _ = inpaint(model, image, mask, steps=steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
                      fit=args.fit, callback=Progress(not args.quiet), y=args.class_label)
     written = imaging.save_image(out, args.output, force=args.force)

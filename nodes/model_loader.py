@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import comfy.model_management
 import comfy.model_patcher
@@ -14,6 +15,7 @@ from comfy_api.latest import io
 from comfyui_rad.checkpoints import DEFAULT_MODEL as DEFAULT_MODEL_PATH
 from comfyui_rad.checkpoints import load_adm
 from comfyui_rad.devices import DTYPES
+from comfyui_rad.diffusers_format import LORA_ONLY_NAME
 
 from .common import CATEGORY, RADModel
 
@@ -35,8 +37,34 @@ def register_folder() -> None:
     folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | EXTENSIONS)
 
 
+AUTHORS_WEIGHTS = re.compile(r"^(?P<run>(?:.+/)?checkpoint-\d+)/(?P<sub>unet|unet_ema)/"
+                             r"diffusion_pytorch_model\.(?:safetensors|bin)$")
+"""The model file inside an authors' checkpoint-N folder (listed under a readable name)."""
+_TRAINING_STATE = re.compile(r"(^|/)(optimizer|scheduler|scaler)(_\d+)?\.(bin|pt)$|(^|/)random_states_\d+\.pkl$")
+
+
 def _files() -> list[str]:
     return folder_paths.get_filename_list(FOLDER)
+
+
+def _choices() -> dict[str, str]:
+    """Listed name -> file name in the rad folder. An authors' ``checkpoint-N/unet/diffusion_pytorch_model.*``
+    is listed as "checkpoint-N (authors' RAD)" (with its path from models/rad, "EMA" for unet_ema/); their
+    LoRA-only export and accelerate's training state, which are not models, are not listed."""
+    choices = {}
+    for name in _files():
+        rel = name.replace(os.sep, "/")
+        m = AUTHORS_WEIGHTS.match(rel)
+        if m:
+            choices[f"{m['run']} (authors' RAD{', EMA' if m['sub'] == 'unet_ema' else ''})"] = name
+        elif not (_TRAINING_STATE.search(rel) or rel.rsplit("/", 1)[-1] == LORA_ONLY_NAME):
+            choices[name] = name
+    return choices
+
+
+def _full_path(name: str) -> str | None:
+    """The file behind a listed name (or a plain file name from an older workflow)."""
+    return folder_paths.get_full_path(FOLDER, _choices().get(name, name))
 
 
 def _missing(what: str, name: str) -> str:
@@ -63,18 +91,21 @@ def _auto_dtype(device: torch.device) -> torch.dtype:
 class RADModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        files = _files()
+        files = list(_choices())
         return io.Schema(
             node_id="RADModelLoader",
             display_name="RAD Model Loader (ADM+LoRA)",
             category=CATEGORY,
             description="Loads a guided-diffusion ADM checkpoint (pixel space, e.g. 256x256_diffusion_uncond.pt) "
                         "and merges a RAD adapter into it, from ComfyUI/models/rad. rad_default.safetensors ships "
-                        "with the pack and needs no adapter.",
+                        "with the pack and needs no adapter. The RAD authors' checkpoints load as they are: a "
+                        "rad-convert file, or their checkpoint-N folder copied into models/rad.",
             inputs=[
                 io.Combo.Input("base_model", options=files, default=DEFAULT_MODEL if DEFAULT_MODEL in files else None,
                                tooltip="A guided-diffusion ADM checkpoint (.pt or .safetensors) or a full RAD model, "
-                                       "from models/rad. rad_default.safetensors is built in."),
+                                       "from models/rad: a rad-convert file, or an authors' checkpoint-N folder "
+                                       "(listed as 'checkpoint-N (authors' RAD)'). rad_default.safetensors is "
+                                       "built in."),
                 io.Combo.Input("adapter", options=[NO_ADAPTER, *(f for f in files if f.endswith(".safetensors"))],
                                default=NO_ADAPTER,
                                tooltip="A RAD adapter (.safetensors from rad-train) made for this base, or none "
@@ -90,7 +121,7 @@ class RADModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, base_model: str, adapter: str) -> bool | str:
-        if folder_paths.get_full_path(FOLDER, base_model) is None:
+        if _full_path(base_model) is None:
             return _missing("base_model", base_model)
         if adapter != NO_ADAPTER and folder_paths.get_full_path(FOLDER, adapter) is None:
             return _missing("adapter", adapter)
@@ -99,12 +130,12 @@ class RADModelLoader(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, base_model: str, adapter: str, strength: float, dtype: str):
         """Reload when a chosen file changes on disk (same name, new weights)."""
-        paths = [folder_paths.get_full_path(FOLDER, n) for n in (base_model, adapter) if n != NO_ADAPTER]
+        paths = [_full_path(n) for n in (base_model, adapter) if n != NO_ADAPTER]
         return tuple((p, os.path.getmtime(p)) for p in paths if p is not None), strength, dtype
 
     @classmethod
     def execute(cls, base_model: str, adapter: str, strength: float, dtype: str) -> io.NodeOutput:
-        base_path = folder_paths.get_full_path(FOLDER, base_model)
+        base_path = _full_path(base_model)
         if base_path is None:
             raise FileNotFoundError(_missing("base_model", base_model))
         adapter_path = None

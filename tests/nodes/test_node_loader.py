@@ -78,3 +78,27 @@ def test_fingerprint_changes_when_the_file_changes(host):
     stat = path.stat()
     os.utime(path, (stat.st_atime, stat.st_mtime + 10))
     assert fingerprint("tiny.safetensors", "none", 1.0, "auto") != before
+
+
+def test_lists_and_loads_an_authors_checkpoint_folder(host):
+    import shutil
+
+    from _authors import FFHQ_LIKE, write_checkpoint
+
+    run = host.models / "rad" / "ffhq_run"
+    write_checkpoint(run / "checkpoint-300000", FFHQ_LIKE, ema=True)
+    try:
+        loader = host.nodes.RADModelLoader
+        inputs = {i.id: i for i in loader.define_schema().inputs}
+        listed = inputs["base_model"].options["options"]
+        name = "ffhq_run/checkpoint-300000 (authors' RAD)"
+        assert name in listed and "ffhq_run/checkpoint-300000 (authors' RAD, EMA)" in listed
+        hidden = ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "pytorch_lora_weights.safetensors",
+                  "diffusion_pytorch_model.safetensors")
+        assert not [f for f in listed + inputs["adapter"].options["options"] if f.endswith(hidden)]
+        assert loader.validate_inputs(name, "none") is True
+        model = loader.execute(name, "none", 1.0, "fp32")[0].model
+        assert model.rad_info.tau_convention == "authors" and model.rad_info.is_rad
+        assert model.config.norm_eps == 1e-6 and model.config.use_new_attention_order
+    finally:
+        shutil.rmtree(run)
