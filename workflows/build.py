@@ -41,6 +41,15 @@ WEIGHTS_NOTE = (
 LOADER = {"type": "RADModelLoader", "pos": [40, 40], "size": [320, 170],
           "widgets": {"base_model": "rad_default.safetensors", "adapter": "none", "strength": 1.0, "dtype": "auto"}}
 NOTE = {"type": "Note", "pos": [40, 250], "size": [320, 200], "widgets": {"text": WEIGHTS_NOTE}}
+AUTHORS_MODEL = "rad_ffhq256.safetensors"
+AUTHORS_NOTE = (
+    "Weights: the RAD authors' FFHQ model (their checkpoint-N folder, trained 300K steps on the 93 M FFHQ ADM), "
+    f"converted once with\n  rad-convert checkpoint-300000/ -o {AUTHORS_MODEL}\nand put into ComfyUI/models/rad "
+    "(or copy the checkpoint-N folder itself there). Faces at 256x256: load a face photo instead of the cat. "
+    "The sampler runs 100 DDPM steps as the authors did."
+)
+EXTERNAL_MODELS = {"rad_authors_ffhq256": AUTHORS_MODEL}
+"""Examples whose model does not ship with the pack: the file the loader picks (README: where it comes from)."""
 COLUMNS = (40, 400, 760, 1120, 1480)
 IMAGE_NODE = [320, 380]
 
@@ -115,6 +124,14 @@ EXAMPLES = {
         "schedule": schedule(40, ("mask", 0)),
         "sampler": sampler(40, "schedule", "ddpm", fit="crop"),
         "save": save(40, "rad_large", "sampler"),
+    },
+    "rad_authors_ffhq256": {
+        "loader": {**LOADER, "widgets": {**LOADER["widgets"], "base_model": AUTHORS_MODEL}},
+        "note": {**NOTE, "widgets": {"text": AUTHORS_NOTE}},
+        "image": load_image("rad_example_cat.png"),
+        "schedule": schedule(40, ("image", 1), steps=100),
+        "sampler": sampler(40, "schedule", "ddpm"),
+        "save": save(40, "rad_authors_ffhq256", "sampler"),
     },
     "rad_core_mask_nodes": {
         "loader": LOADER, "note": NOTE,
