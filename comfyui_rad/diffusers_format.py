@@ -42,10 +42,11 @@ PLAIN_CLASS = "UNet2DModel"
 CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 LORA_ONLY_NAME = "pytorch_lora_weights.safetensors"
-_PICKLES = re.compile(r"^(optimizer|scheduler|scaler)(_\d+)?\.(bin|pt|pkl)$|^random_states_\d+\.pkl$|\.pkl$")
+_PICKLES = re.compile(r"^(optimizer|scheduler|scaler)(_\d+)?\.(bin|pt|pkl)$|^random_states_\d+\.pkl$")
 _OTHER_KINDS = {
     "UNet2DConditionModel": "a Stable Diffusion UNet (UNet2DConditionModel, latent space with text conditioning)",
-    "AutoencoderKL": "a VAE (AutoencoderKL)", "VQModel": "a VAE (VQModel)", "AutoencoderTiny": "a VAE (AutoencoderTiny)",
+    "AutoencoderKL": "a VAE (AutoencoderKL)", "VQModel": "a VAE (VQModel)",
+    "AutoencoderTiny": "a VAE (AutoencoderTiny)",
     "UNet2DLocalConditionModel": "a conditional UNet", "Transformer2DModel": "a diffusion transformer",
 }
 _LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<name>[^.]+)\.weight$")
@@ -72,8 +73,8 @@ class DiffusersADM:
 
 
 def is_diffusers_source(path: str | os.PathLike) -> bool:
-    """True for what this module reads or refuses: a folder, a diffusers weights / LoRA / accelerate file, or any
-    file with a ``config.json`` beside it."""
+    """True for what this module reads or refuses: a folder, a diffusers weights / LoRA-only / accelerate file by
+    name, or a ``.safetensors`` / ``.bin`` with a diffusers ``config.json`` beside it."""
     path = Path(path)
     if path.is_dir():
         return True
@@ -107,7 +108,7 @@ def _weights_in_folder(folder: Path, ema: bool) -> Path:
     sub = "unet_ema" if ema else "unet"
     if (folder / sub).is_dir():
         folder = folder / sub
-    elif ema and (folder / "unet").is_dir():
+    elif ema and folder.name != "unet_ema":
         raise _error(f"{folder} has no unet_ema/ (the run did not use --use_ema); its unet/ holds the trained "
                      "weights: drop the EMA choice")
     found = [folder / n for n in WEIGHT_NAMES if (folder / n).is_file()]
@@ -278,7 +279,10 @@ def _check_supported(config: dict, source: str) -> None:
               ("mid_block_scale_factor", float(config.get("mid_block_scale_factor", 1) or 1) == 1.0),
               ("add_attention", config.get("add_attention", True) is not False),
               ("class_embed_type", config.get("class_embed_type") is None),
-              ("resnet_time_scale_shift", config.get("resnet_time_scale_shift", "default") in ("default", "scale_shift"))]
+              ("resnet_time_scale_shift",
+               config.get("resnet_time_scale_shift", "default") in ("default", "scale_shift")),
+              ("downsample_padding", config.get("downsample_type", "conv") == "resnet"
+               or config.get("downsample_padding", 1) == 1)]
     bad = [f"{name}={config.get(name)!r}" for name, ok in checks if not ok]
     if bad:
         raise _error(f"{source}: this diffusers UNet is not a guided-diffusion ADM ({', '.join(bad)}): comfyui-rad "
@@ -304,6 +308,9 @@ def _config_for(sd: dict[str, Tensor], config: dict, authors: bool, source: str,
     if not boc or not isinstance(nrb, int):
         raise _error(f"{source}: its {CONFIG_NAME} has no block_out_channels / layers_per_block: restore the "
                      "config.json that came with the model")
+    # what each class's __init__ defaults to when a config leaves a key out (theirs: 1e-6 and 32 groups)
+    defaults = {"norm_eps": 1e-6, "attn_norm_num_groups": 32} if authors else {"norm_eps": 1e-5}
+    config = {**defaults, **config}
     head_dim = config.get("attention_head_dim")
     legacy = bool(config.get("attention_legacy_order", False)) and not authors
     groups = int(config.get("norm_num_groups") or 32)
@@ -312,7 +319,8 @@ def _config_for(sd: dict[str, Tensor], config: dict, authors: bool, source: str,
             "use_new_attention_order": not legacy, "image_size": int(_first(config.get("sample_size"), 256)),
             "norm_eps": float(config.get("norm_eps", 1e-5)), "norm_num_groups": groups,
             "attn_norm_num_groups": int(config.get("attn_norm_num_groups") or groups),
-            "freq_shift": float(config.get("freq_shift", 0)), "flip_sin_to_cos": bool(config.get("flip_sin_to_cos", True)),
+            "freq_shift": float(config.get("freq_shift", 0)),
+            "flip_sin_to_cos": bool(config.get("flip_sin_to_cos", True)),
             "max_period": _max_period(config, authors)}
     arch.update(overrides)
     try:

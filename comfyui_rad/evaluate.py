@@ -299,7 +299,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             imaging.check_writable(args.grids / f"{kind}.png", force=args.force)
     for path, what in ((args.model, "--model"), (args.adapter, "--adapter"), (args.fid_weights, "--fid-weights"),
                        *((p, "--lpips-weights") for p in args.lpips_weights or [])):
-        if path is not None and not path.is_file():
+        if path is not None and not (path.is_file() or (what == "--model" and path.is_dir())):  # dir: authors'
             raise FileNotFoundError(f"{what} file {path} does not exist")
     return kinds
 

@@ -246,7 +246,7 @@ class Reference:
     def resnet(self, p: str, x: torch.Tensor, temb: torch.Tensor, up: bool = False, down: bool = False):
         h = F.silu(self.norm(p + ".norm1", x))
         if up:
-            x, h = F.interpolate(x, scale_factor=2.0, mode="nearest"), F.interpolate(h, scale_factor=2.0, mode="nearest")
+            x, h = (F.interpolate(v, scale_factor=2.0, mode="nearest") for v in (x, h))
         elif down:
             x, h = F.avg_pool2d(x, 2, 2), F.avg_pool2d(h, 2, 2)
         h = self.conv(p + ".conv1", h)
@@ -264,7 +264,8 @@ class Reference:
         h = self.norm(p + ".group_norm", x, groups).reshape(b, c, hh * ww).transpose(1, 2)  # [B, T, C]
         d = self.cfg["attention_head_dim"]
         heads = c // d
-        q, k, v = (self.linear(f"{p}.{n}", h).reshape(b, -1, heads, d).transpose(1, 2) for n in ("to_q", "to_k", "to_v"))
+        q, k, v = (self.linear(f"{p}.{n}", h).reshape(b, -1, heads, d).transpose(1, 2)
+                   for n in ("to_q", "to_k", "to_v"))
         a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1) @ v  # [B, heads, T, d]
         out = self.linear(p + ".to_out.0", a.transpose(1, 2).reshape(b, hh * ww, c))
         return out.transpose(1, 2).reshape(b, c, hh, ww) + x

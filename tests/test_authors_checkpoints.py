@@ -231,7 +231,8 @@ def test_refuses_a_config_that_does_not_match_the_weights(checkpoints, tmp_path,
     unet = checkpoints["imagenet"] / "unet"
     folder = tmp_path / "unet"
     folder.mkdir()
-    (folder / "diffusion_pytorch_model.safetensors").write_bytes((unet / "diffusion_pytorch_model.safetensors").read_bytes())
+    name = "diffusion_pytorch_model.safetensors"
+    (folder / name).write_bytes((unet / name).read_bytes())
     (folder / "config.json").write_text(json.dumps({**IMAGENET_LIKE, **change}))
     with pytest.raises(CheckpointError, match=match):
         load_adm(folder)
