@@ -8,7 +8,8 @@
   their plain keys (the time layers), and metadata naming the base checkpoint (file and weights sha256), its
   architecture, the schedule and the timestep convention. ``merge_adapter`` is plain tensor math: no peft.
 - ``load_adm``: read, infer and verify, strict load, optional adapter merge, ``model.rad_info`` (a
-  ``schedule.RADInfo``, read from the files' metadata by ``RADInfo.from_metadata``).
+  ``schedule.RADInfo``, read from the files' metadata by ``RADInfo.from_metadata``). Diffusers ADMs (the RAD
+  authors' ``checkpoint-N/`` folders, converted guided-diffusion bases) go through ``diffusers_format``.
 
 Files are read by ``fileio.read_state_dict`` (``.safetensors`` with metadata, or ``.pt/.pth/.ckpt/.bin`` with
 ``weights_only``, memory-mapped) and written by ``fileio.atomic_write``; dtypes are ``devices``'. ``DEFAULT_MODEL`` is
