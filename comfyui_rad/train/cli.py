@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,8 +13,9 @@ import torch
 
 from ..checkpoints import CheckpointError
 from ..devices import DTYPES
+from .distributed import CollectiveError
 from .export import export_checkpoint
-from .loop import EMBEDDINGS, PRECISIONS, Trainer, TrainOptions
+from .loop import EMBEDDINGS, PRECISIONS, Trainer, TrainOptions, hms
 from .noising import MASK_SAMPLINGS
 from .presets import PRESETS
 
@@ -28,6 +30,10 @@ EXAMPLES = """examples:
   a plain DDPM base (no RAD), then RAD as LoRA on it:
     rad-train --data photos/ --preset small64 --mask-sampling full --out runs/base --export base.safetensors
     rad-train --data photos/ --base base.safetensors --out runs/rad --export rad-on-base.safetensors
+  8 GPUs on one machine (--batch-size is per process: a global batch of 8 x 16 = 128), or check first:
+    torchrun --standalone --nproc_per_node 8 -m comfyui_rad.train --data faces/ --base ffhq_10m.pt \
+             --out runs/ffhq8 --steps 100000 --batch-size 16 --resize --export rad-ffhq.safetensors
+    rad-train --data faces/ --base ffhq_10m.pt --out runs/ffhq --batch-size 16 --resize --dry-run
   continue a run, export a checkpoint:
     rad-train --data photos/ --preset small64 --out runs/s64 --steps 80000 --resume
     rad-train --export-from runs/s64 --export rad-small64.safetensors
@@ -94,6 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="autocast dtype: auto = bf16 on CUDA when supported, else fp32; fp16 uses a grad scaler")
 
+    g = p.add_argument_group("speed and scale (torchrun: one process per GPU, gloo on CPU, NCCL on CUDA)")
+    g.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute ResBlock/attention activations in the backward pass: less memory, ~30%% more "
+                        "compute, the same gradients")
+    g.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                   help="NHWC memory format (default: on for CUDA, off on the CPU)")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW on CUDA")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA with triton; off by default)")
+    g.add_argument("--dist-timeout", type=float, default=d.dist_timeout,
+                   help=f"seconds a process waits for the others before it stops with an error (default "
+                        f"{d.dist_timeout:g}); torchrun only")
+    g.add_argument("--dry-run", nargs="?", type=int, const=5, default=0, metavar="STEPS",
+                   help="build everything, train STEPS steps (default 5), print the throughput, memory peak and the "
+                        "time projected for --steps; writes nothing")
+
     g = p.add_argument_group("run folder")
     g.add_argument("--out", type=Path, help="run folder: checkpoints/, previews/, metrics.jsonl")
     g.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
@@ -129,33 +150,44 @@ def _options(args: argparse.Namespace) -> TrainOptions:
 
 
 class TrainProgress:
-    """A progress bar on stderr: step, smoothed loss, it/s and time left; redrawn in place on a terminal, one line
-    every ``every`` steps otherwise."""
+    """A progress bar on stderr: global step, images/s, the smoothed loss (read at --log-every steps) and the time
+    left; redrawn in place (at most twice a second) on a terminal, one line every ``every`` steps otherwise."""
 
     def __init__(self, enabled: bool, every: int = 50):
         self.enabled, self.every, self.tty = enabled, max(1, every), sys.stderr.isatty()
         self.loss = self.rate = None
-        self.last = time.perf_counter()
+        self.drawn = 0.0
 
     def __call__(self, m: dict) -> None:
-        now = time.perf_counter()
-        rate = 1.0 / max(now - self.last, 1e-9)
-        self.last = now
-        self.loss = m["loss"] if self.loss is None else 0.95 * self.loss + 0.05 * m["loss"]
+        rate = m["images"] / max(m["seconds"], 1e-9)
         self.rate = rate if self.rate is None else 0.9 * self.rate + 0.1 * rate
+        if "loss" in m:
+            self.loss = m["loss"] if self.loss is None else 0.7 * self.loss + 0.3 * m["loss"]
         step, steps = m["step"], m["steps"]
-        if not self.enabled or not (self.tty or step == steps or step % self.every == 0):
+        now = time.perf_counter()
+        due = step == steps or step % self.every == 0 or (self.tty and now - self.drawn > 0.5)
+        if not self.enabled or not due:
             return
-        left = int((steps - step) / self.rate)
+        self.drawn = now
+        left = (steps - step) * m["images"] / self.rate
         bar = "#" * (24 * step // steps)
-        line = (f"[{bar:<24}] {step}/{steps} loss {self.loss:.4f} (mse {m['mse']:.4f}, vb {m['vb']:.4f}) "
-                f"{self.rate:.2f} it/s, {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d} left")
+        loss = f"loss {self.loss:.4f} " if self.loss is not None else ""
+        line = (f"[{bar:<24}] step {step}/{steps} {loss}{self.rate:.1f} images/s, {hms(left)} left")
         sys.stderr.write(("\r" + line + ("\n" if step == steps else "")) if self.tty else line + "\n")
         sys.stderr.flush()
 
 
+def print_dry_run(trainer: Trainer) -> None:
+    r = trainer.report
+    print(f"dry run: {r['steps']} step(s) of {r['images_per_step']} images, nothing written\n"
+          f"  throughput {r['images_s']:.2f} images/s ({1 / r['steps_s']:.3f} s per step, over the last "
+          f"{r['measured_steps']} step(s); the first is not counted when there are more)\n"
+          f"  peak memory {r['peak_mib']:.0f} MiB ({'CUDA allocated' if trainer.device.type == 'cuda' else 'RSS'})\n"
+          f"  projected {hms(r['projected_s'])} for {r['projected_steps']} step(s) to --steps {trainer.opts.steps}")
+
+
 def run(args: argparse.Namespace) -> list[Path]:
-    """Train and/or export as the arguments say; returns the exported paths."""
+    """Train and/or export as the arguments say; returns the exported paths (rank 0; none on the others)."""
     if args.export_from:
         if args.export is None:
             raise ValueError("--export-from needs --export PATH.safetensors: where to write the export")
@@ -167,23 +199,30 @@ def run(args: argparse.Namespace) -> list[Path]:
         torch.set_num_threads(args.threads)
     trainer = Trainer(_options(args))
     try:
-        trainer.fit(TrainProgress(not args.quiet, args.log_every))
-    except KeyboardInterrupt:
-        log.warning("interrupted at step %d: --resume continues from the newest checkpoint", trainer.step)
-        raise
+        trainer.fit(TrainProgress(not args.quiet and trainer.is_main, args.log_every))
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        if args.dry_run:
+            if trainer.is_main:
+                print_dry_run(trainer)
+            return []
+        return [trainer.export(args.export, use_ema=args.use_ema)] if args.export and trainer.is_main else []
     finally:
         trainer.close()
-    return [trainer.export(args.export, use_ema=args.use_ema)] if args.export else []
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    where = f"[rank {rank}] " if "WORLD_SIZE" in os.environ and os.environ["WORLD_SIZE"] != "1" else ""
+    logging.basicConfig(level=logging.WARNING if args.quiet or rank else logging.INFO,
+                        format=f"{where}%(levelname)s: %(message)s")
     try:
         for path in run(args):
             print(path)
-    except (ValueError, CheckpointError, FileExistsError, FileNotFoundError, ImportError) as err:
-        print(f"rad-train: error: {err}", file=sys.stderr)
+    except (ValueError, CheckpointError, FileExistsError, FileNotFoundError, ImportError, CollectiveError,
+            FloatingPointError) as err:
+        print(f"rad-train: {where}error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

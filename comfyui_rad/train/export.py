@@ -37,8 +37,12 @@ _RECIPE = ("preset", "resolution", "lora_rank", "lora_alpha", "lr", "weight_deca
 def _metadata(run: dict[str, Any], step: int, ema: bool) -> dict[str, Any]:
     """Training facts written beside comfyui-rad's own metadata (all strings; the embedding is one of the RAD facts
     ``RADInfo.to_metadata`` writes)."""
+    options = run.get("options", {})
+    world = run.get("world_size", 1)
+    global_batch = run.get("global_batch", options.get("batch_size", 0) * world * options.get("grad_accum", 1))
     return {"trainer": "rad-train", "train_steps": str(step),
             "train_mask_sampling": run["mask_sampling"], "train_ema": str(run["ema"] if ema else 0.0),
+            "train_global_batch": str(global_batch), "train_world_size": str(world),
             "train_options": json.dumps({k: v for k, v in run.get("options", {}).items() if k in _RECIPE},
                                         sort_keys=True)}
 

@@ -1,12 +1,16 @@
 """The RAD training loop (paper §3.4, §4.2; RAD_NOTES §4): LoRA on a guided-diffusion ADM, or a fresh preset.
 
-Per optimiser step and micro-batch, in this order: a batch of crops (the image stream's generator), one noise state
-per image (mask and step, ``noising``) and the noise eps (the trainer's noise generator), the per-pixel forward step
-(``losses.step_terms``), tau (spatial map, or one scalar per image) in guided-diffusion's convention, the model, the
-hybrid loss. Then AdamW with gradient clipping and an EMA of the trained tensors. All random draws come from two CPU
-``torch.Generator``s (data: seeded ``seed``; noise: ``seed + 1``) whose states the checkpoints hold, so a resumed run
-continues exactly (bitwise on CPU). LoRA A and fresh weights are initialised from ``seed``; the held-out split and
-the preview masks and noise use ``seed`` too, from generators of their own.
+Per optimiser step and micro-batch: this rank's share of the step's global samples (``stream.SampleStream``: crop,
+noise state, eps, the per-pixel forward step ``losses.step_terms`` and tau in guided-diffusion's convention, each a
+pure function of (seed, step, sample index), prepared ahead by worker threads), the model, the hybrid loss. Then
+AdamW with gradient clipping and an EMA of the trained tensors. Under torchrun the model is wrapped in
+DistributedDataParallel (``distributed.py``); since the samples do not depend on the number of processes, one
+process at batch 8 and two at batch 4 train the same model, and a checkpoint (step, samples seen, optimiser) resumes
+exactly under any number of processes with the same global batch (bitwise on CPU for the same one). LoRA A and fresh
+weights are initialised from ``seed``; the held-out split and the preview masks and noise use ``seed`` too.
+
+No host-device synchronisation in a step: losses stay on the device and are read at ``--log-every`` steps (where a
+non-finite loss stops the run) and before checkpoints.
 """
 
 from __future__ import annotations
@@ -29,13 +33,16 @@ from ..devices import DTYPES, resolve_device
 from ..imaging import load_crop, save_image, scan_images
 from ..sampling import sample_ddim
 from ..schedule import EMBEDDINGS, NoiseCurves, RADInfo, SpatialSchedule
-from .data import ImageStream, split_holdout
+from .data import split_holdout
+from .distributed import DEFAULT_TIMEOUT, Distributed, StopRequest, elastic_restart
 from .export import export_weights
 from .lora import add_lora, trainable_parameters
 from .losses import q_sample, rad_loss, step_terms
-from .noising import MASK_SAMPLINGS, sample_states
+from .noising import MASK_SAMPLINGS
 from .presets import PRESETS, build_fresh, preset_config
-from .state import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
+from .speed import compile_model, enable_grad_checkpoint, peak_memory_mib, reset_peak_memory, use_channels_last
+from .state import checkpoint_path, list_checkpoints, load_checkpoint, remove_partial_saves, save_checkpoint
+from .stream import SampleStream
 
 __all__ = ["TrainOptions", "Trainer", "EMBEDDINGS", "PRECISIONS"]
 
@@ -45,6 +52,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TAU_CONVENTION = "gd"
 # What the trained tensors depend on: a checkpoint only resumes under the same values.
 _STRUCTURE = ("kind", "model_config", "lora_rank", "lora_alpha", "schedule", "tau_convention", "embedding")
+# Options that change how fast a run goes, not what it computes: changed silently on resume.
+_NOT_RECIPE = ("steps", "workers", "batch_size", "grad_accum", "grad_checkpoint", "channels_last", "compile", "dist_timeout", "dry_run")
 
 
 @dataclass
@@ -88,6 +97,11 @@ class TrainOptions:
     export_dtype: str = "fp32"
     resume: str | None = None
     force: bool = False
+    grad_checkpoint: bool = False
+    channels_last: bool | None = None
+    compile: bool = False
+    dist_timeout: float = DEFAULT_TIMEOUT
+    dry_run: int = 0
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option."""
@@ -106,13 +120,16 @@ class TrainOptions:
         for name, value in {"--save-every": self.save_every, "--preview-every": self.preview_every,
                             "--log-every": self.log_every, "--workers": self.workers, "--holdout": self.holdout,
                             "--keep-checkpoints": self.keep_checkpoints, "--vlb-weight": self.vlb_weight,
-                            "--weight-decay": self.weight_decay, "--grad-clip": self.grad_clip}.items():
+                            "--weight-decay": self.weight_decay, "--grad-clip": self.grad_clip,
+                            "--dry-run": self.dry_run}.items():
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema must be in [0, 1) (0 = off), got {self.ema}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
         choices = {"--embedding": (self.embedding, EMBEDDINGS), "--mask-sampling": (self.mask_sampling, MASK_SAMPLINGS),
                    "--precision": (self.precision, PRECISIONS), "--export-dtype": (self.export_dtype, DTYPES)}
         for name, (value, allowed) in choices.items():
@@ -138,25 +155,102 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n:,}"
 
 
+def hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Throughput:
+    """Measured training speed (the first step, with its allocations and compilation, not counted) and the time
+    projected for the rest of ``--steps``. Reading the clock synchronises CUDA, so it is read rarely: once after
+    ``report_after`` steps, at log steps, at the end."""
+
+    def __init__(self, step: int, steps: int, images_per_step: int, device: torch.device, report_after: int = 10):
+        self.first, self.steps, self.images, self.device = step, steps, images_per_step, device
+        self.report_after = report_after
+        self.start = self.last_log = time.perf_counter()
+        self.mark: tuple[int, float] | None = None
+        self.now_step = step
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def tick(self, step: int) -> None:
+        self.now_step = step
+        if step == self.first + 1:
+            self.mark = (step, self._now())
+        elif step == self.first + 1 + self.report_after and step < self.steps:
+            rate = self.steps_per_s()
+            log.info("measured %.2f images/s (%.3f s per step of %d images) over steps %d-%d: %s projected for the "
+                     "%d steps left to --steps %d", rate * self.images, 1 / rate, self.images, self.mark[0] + 1, step,
+                     hms((self.steps - step) / rate), self.steps - step, self.steps)
+
+    def steps_per_s(self) -> float:
+        """Steps per second since the first step (including it when it is the only one)."""
+        now = self._now()
+        if self.mark is None or self.now_step <= self.mark[0]:
+            return max(self.now_step - self.first, 1) / max(now - self.start, 1e-9)
+        return (self.now_step - self.mark[0]) / max(now - self.mark[1], 1e-9)
+
+    def since_log(self, step: int) -> float:
+        now = self._now()
+        seconds, self.last_log = now - self.last_log, now
+        return seconds
+
+    def report(self, device: torch.device) -> dict[str, float]:
+        rate = self.steps_per_s()
+        left = max(self.steps - self.first, 0)
+        return {"steps": self.now_step - self.first, "measured_steps": self.now_step - (self.mark or (self.first,))[0],
+                "images_per_step": self.images, "steps_s": rate, "images_s": rate * self.images,
+                "peak_mib": peak_memory_mib(device), "projected_s": left / rate, "projected_steps": left}
+
+    def summary(self) -> str:
+        elapsed = time.perf_counter() - self.start
+        done = self.now_step - self.first
+        return (f"trained steps {self.first + 1}-{self.now_step} in {hms(elapsed)} "
+                f"({done / max(elapsed, 1e-9):.3f} it/s, {done * self.images / max(elapsed, 1e-9):.2f} images/s)")
+
+
 class Trainer:
     """One training run: build (or resume) it with ``Trainer(options)``, then ``fit()``, then ``export(path)``."""
 
     def __init__(self, options: TrainOptions):
         options.check()
         self.opts = opts = options
-        self.device = resolve_device(opts.device)
+        device = resolve_device(opts.device)
+        self.dist = Distributed.from_env(device, opts.dist_timeout)
+        try:
+            self._build(device)
+        except BaseException:
+            self.dist.close()
+            raise
+
+    def _build(self, device: torch.device) -> None:
+        opts, dist = self.opts, self.dist
+        self.device = dist.device_for(device)
         self.autocast_dtype = _precision(opts.precision, self.device)
-        if opts.export is not None and Path(opts.export).exists() and not opts.force:
+        self.is_main = dist.is_main
+        self.writes = self.is_main and not opts.dry_run  # rank 0 alone writes; a dry run writes nothing
+        if opts.export is not None and Path(opts.export).exists() and not opts.force and not opts.dry_run:
             raise FileExistsError(f"--export {opts.export} already exists: pass --force to overwrite it, or choose "
                                   "another name")
-        state = load_checkpoint(opts.out if opts.resume == "latest" else opts.resume) if opts.resume else None
         self.out = Path(opts.out)
-        self._prepare_out(resumed=state is not None)
+        resume = opts.resume
+        if resume is None and elastic_restart() and list_checkpoints(self.out):
+            resume = "latest"
+            log.warning("torchrun restart %d: resuming from the newest checkpoint in %s", elastic_restart(), self.out)
+        self._prepare_out(resumed=resume is not None)
+        dist.barrier("waiting for rank 0 to prepare the run folder")
+        state = load_checkpoint(self.out if resume == "latest" else resume) if resume else None
         self.curves = NoiseCurves()
         self.model, self.run = self._build_model()
         self.model.rad_info = RADInfo(self.curves, TAU_CONVENTION, opts.embedding, is_rad=opts.mask_sampling != "full")
         self.model.to(self.device).train()
         self.params = trainable_parameters(self.model, lora=self.run["kind"] == "lora")
+        self.global_batch = opts.batch_size * dist.world * opts.grad_accum
+        self.run.update(world_size=dist.world, global_batch=self.global_batch)
         self._log_parameters()
 
         self.size = self.run["model_config"]["image_size"]
@@ -164,16 +258,40 @@ class Trainer:
         train, self.holdout = split_holdout(paths, opts.holdout, opts.seed, Path(opts.data))
         log.info("%d training image(s) in %s, %d held out; %dx%d %s", len(train), opts.data, len(self.holdout),
                  self.size, self.size, "resized" if opts.resize else f"crops, scale {opts.scale_range}")
-        self.stream = ImageStream(train, self.size, seed=opts.seed, resize=opts.resize,
-                                  scale_range=tuple(opts.scale_range), flip=opts.flip, workers=opts.workers)
-        self.noise = torch.Generator().manual_seed(opts.seed + 1)
+        per_pixel = opts.embedding == "spatial" and opts.mask_sampling != "full"  # plain DDPM maps are uniform
+        self.stream = SampleStream(train, self.size, self.curves, seed=opts.seed, batch=opts.batch_size,
+                                   world=dist.world, rank=dist.rank, accum=opts.grad_accum, resize=opts.resize,
+                                   scale_range=tuple(opts.scale_range), flip=opts.flip,
+                                   mask_sampling=opts.mask_sampling, per_pixel_tau=per_pixel,
+                                   tau_convention=TAU_CONVENTION, workers=opts.workers)
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=opts.lr, weight_decay=opts.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
-        self.ema = {k: p.detach().clone() for k, p in self.params.items()} if opts.ema > 0 else {}
+        # the EMA lives where it is written: on rank 0
+        self.ema = {k: p.detach().clone() for k, p in self.params.items()} if opts.ema > 0 and self.is_main else {}
         self.step = 0
+        self.interrupted: str | None = None
+        self.report: dict[str, Any] = {}
         self._preview_batch = None
         if state is not None:
             self._restore(state)
+        self.forward = self._fast_model()
+
+    def _fast_model(self):
+        """The module the steps call: the model with --grad-checkpoint / channels-last, in DDP, compiled."""
+        opts, model = self.opts, self.model
+        if opts.grad_checkpoint:
+            log.info("activation checkpointing of %d ResBlocks and attention blocks", enable_grad_checkpoint(model))
+        if opts.channels_last if opts.channels_last is not None else self.device.type == "cuda":
+            use_channels_last(model)
+        forward = model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            forward = DistributedDataParallel(model, device_ids=ids)  # ADMs have no buffers to broadcast
+        if opts.compile:
+            forward = compile_model(forward, self.device)
+        return forward
 
     # ------------------------------------------------------------------------------------------------ building
 
@@ -181,16 +299,21 @@ class Trainer:
         """Refuse to mix with another run's files unless --resume (continue) or --force (its files are deleted)."""
         ours = list_checkpoints(self.out) + sorted((self.out / "previews").glob("step-*.png"))
         ours += [p for p in (self.out / "metrics.jsonl",) if p.exists()]
-        if ours and not resumed:
+        if self.opts.dry_run:
+            return  # writes nothing, refuses nothing: a dry run leaves the folder as it is
+        if ours and not resumed:  # every rank checks (so that all stop alike); rank 0 alone deletes
             if not self.opts.force:
                 raise FileExistsError(
                     f"{self.out} already holds a training run ({len(list_checkpoints(self.out))} checkpoint(s)): "
                     "pass --resume to continue it, --force to start over (its checkpoints, previews and metrics "
                     "are deleted), or choose another --out")
-            for path in ours:
-                path.unlink()
-            log.warning("--force: deleted %d file(s) of the previous run in %s", len(ours), self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+            if self.is_main:
+                for path in ours:
+                    path.unlink()
+                log.warning("--force: deleted %d file(s) of the previous run in %s", len(ours), self.out)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            remove_partial_saves(self.out)
 
     def _build_model(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         opts = self.opts
@@ -203,7 +326,7 @@ class Trainer:
         run = {"schedule": self.curves.to_dict(), "tau_convention": TAU_CONVENTION, "embedding": opts.embedding,
                "mask_sampling": opts.mask_sampling, "ema": opts.ema, "lora_rank": None, "lora_alpha": None,
                "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()
-                           if k not in ("force", "resume")}}
+                           if k not in ("force", "resume", "dry_run")}}
         if opts.base is not None:
             model = load_adm(opts.base, **heads)
             cfg = model.config
@@ -235,12 +358,14 @@ class Trainer:
         trained = sum(p.numel() for p in self.params.values())
         how = (f"LoRA rank {self.run['lora_rank']} (alpha {self.run['lora_alpha']:g}) + time layers in full"
                if self.run["kind"] == "lora" else f"fresh preset {self.run['preset']!r}, all parameters")
-        log.info("training %s of %s parameters (%.2f%%): %s", _count(trained), _count(total),
-                 100.0 * trained / total, how)
+        log.info("parameters: %s trained, %s frozen (%s in all, %.2f%% trained): %s", _count(trained),
+                 _count(total - trained), _count(total), 100.0 * trained / total, how)
         precision = {torch.float32: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
-        log.info("device %s, %s, batch %d x %d accumulation, %s embedding, %s noise states, vlb weight %g",
-                 self.device, precision[self.autocast_dtype], self.opts.batch_size,
-                 self.opts.grad_accum, self.opts.embedding, self.opts.mask_sampling, self.opts.vlb_weight)
+        opts, world = self.opts, self.dist.world
+        log.info("device %s, %s, %s embedding, %s noise states, vlb weight %g", self.device,
+                 precision[self.autocast_dtype], opts.embedding, opts.mask_sampling, opts.vlb_weight)
+        log.info("global batch %d = %d per process x %d process(es) x %d accumulation%s", self.global_batch,
+                 opts.batch_size, world, opts.grad_accum, f" ({self.dist.backend}, rank 0 writes)" if world > 1 else "")
 
     # -------------------------------------------------------------------------------------------- checkpoints
 
@@ -250,11 +375,17 @@ class Trainer:
             "trainable": {k: p.detach().to("cpu", copy=True) for k, p in self.params.items()},
             "ema": {k: e.to("cpu", copy=True) for k, e in self.ema.items()},
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": {"noise": self.noise.get_state()}, "data": self.stream.state_dict(),
+            "data": self.stream.state_dict(self.step),
         }
 
-    def save(self) -> Path:
-        return save_checkpoint(checkpoint_path(self.out, self.step), self.state_dict(), self.opts.keep_checkpoints)
+    def save(self) -> Path | None:
+        """A checkpoint of this step, written by rank 0 (atomically) once every rank has finished the step."""
+        self.dist.barrier(f"waiting for every process to finish step {self.step} before the checkpoint")
+        path = None
+        if self.writes:
+            path = save_checkpoint(checkpoint_path(self.out, self.step), self.state_dict(), self.opts.keep_checkpoints)
+        self.dist.barrier(f"waiting for rank 0 to write the checkpoint of step {self.step}")
+        return path
 
     def _restore(self, state: dict[str, Any]) -> None:
         diffs = [k for k in _STRUCTURE if state["run"].get(k) != self.run.get(k)]
@@ -265,7 +396,7 @@ class Trainer:
                              "options: repeat the run's --base/--preset, --resolution, head, LoRA and --embedding "
                              "options, or start a new --out")
         changed = {k: (v, self.run["options"].get(k)) for k, v in state["run"]["options"].items()
-                   if self.run["options"].get(k) != v and k not in ("steps", "workers")}
+                   if self.run["options"].get(k) != v and k not in _NOT_RECIPE}
         if changed:
             log.warning("resuming with changed options: %s",
                         ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
@@ -281,7 +412,6 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        self.noise.set_state(state["rng"]["noise"])
         self.stream.load_state_dict(state["data"])
         self.step = int(state["step"])
         log.info("resumed %s at step %d", self.out, self.step)
@@ -292,33 +422,27 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
                               enabled=self.autocast_dtype != torch.float32)
 
-    def _micro_batch(self) -> dict[str, torch.Tensor]:
-        opts, size = self.opts, self.size
-        x0 = self.stream.next_batch(opts.batch_size)
-        mask, t = sample_states(opts.batch_size, size, size, self.curves, self.noise, opts.mask_sampling)
-        eps = torch.randn(x0.shape, generator=self.noise)
-        terms, abar = step_terms(self.curves, mask, t)
-        if opts.embedding == "spatial" and opts.mask_sampling != "full":
-            tau = self.curves.timestep(abar, TAU_CONVENTION)
-        else:  # one timestep per image: Cfg. 2, or plain DDPM states (their maps are uniform: the same, cheaper)
-            tau = self.curves.scalar_timestep(abar, TAU_CONVENTION)
-        x0, eps, tau, terms = x0.to(self.device), eps.to(self.device), tau.to(self.device), terms.to(self.device)
+    def _micro_batch(self, micro: int) -> dict[str, torch.Tensor]:
+        mb = self.stream.micro_batch(self.step, micro).to(self.device)
+        x_t = q_sample(mb.x0, mb.eps, mb.terms)
+        if self.device.type == "cuda" and (self.opts.channels_last is not False):
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            output = self.model(q_sample(x0, eps, terms), tau)
-        return rad_loss(output, x0, eps, terms, self.opts.vlb_weight)
+            output = self.forward(x_t, mb.tau)
+        return rad_loss(output, mb.x0, mb.eps, mb.terms, self.opts.vlb_weight)
 
-    def train_step(self) -> dict[str, float]:
-        """One optimiser step over ``grad_accum`` micro-batches; returns loss, mse, vb and the gradient norm."""
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimiser step over ``grad_accum`` micro-batches; returns loss, mse, vb (this rank's means) and the
+        gradient norm as 0-d tensors on the device: reading them synchronises, so the loop does it at log time."""
         accum = self.opts.grad_accum
-        totals = {"loss": 0.0, "mse": 0.0, "vb": 0.0}
-        for _ in range(accum):
-            losses = self._micro_batch()
-            if not torch.isfinite(losses["loss"]):
-                raise FloatingPointError(f"the loss is {losses['loss'].item()} at step {self.step + 1}: lower --lr, "
-                                         "or use --precision fp32/bf16, and resume from the last checkpoint")
-            self.scaler.scale(losses["loss"] / accum).backward()
-            for k in totals:
-                totals[k] += losses[k].item() / accum
+        totals = None
+        for micro in range(accum):
+            sync = micro == accum - 1 or not self.dist.enabled  # DDP all-reduces the gradients once per step
+            with contextlib.nullcontext() if sync else self.forward.no_sync():
+                losses = self._micro_batch(micro)
+                self.scaler.scale(losses["loss"] / accum).backward()
+            part = torch.stack([losses["loss"].detach(), losses["mse"], losses["vb"]]) / accum
+            totals = part if totals is None else totals + part
         params = list(self.params.values())
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.opts.grad_clip if self.opts.grad_clip > 0 else math.inf)
@@ -330,49 +454,88 @@ class Trainer:
                 for k, p in self.params.items():
                     self.ema[k].lerp_(p.detach(), 1.0 - self.opts.ema)
         self.step += 1
-        return {**totals, "grad_norm": float(grad_norm)}
+        return {"loss": totals[0], "mse": totals[1], "vb": totals[2], "grad_norm": grad_norm.detach()}
 
     def fit(self, callback: Callable[[dict], None] | None = None) -> None:
-        """Train to ``steps`` (total, counting resumed ones), checkpointing and previewing as the options say.
+        """Train to ``steps`` (total, counting resumed ones), checkpointing and previewing as the options say; with
+        ``dry_run`` only that many steps, writing nothing, then ``report`` holds the measured throughput.
 
-        ``callback`` gets a dict per step: step, steps, loss, mse, vb, grad_norm, seconds (of this step).
+        ``callback`` gets a dict per step: step, steps, seconds (of this step), images (the global batch); at log
+        steps also loss, mse, vb, grad_norm (means over the steps since the last log, over all processes). A
+        SIGINT/SIGTERM stops every process after the current step with a checkpoint (``interrupted`` says which).
         """
         opts = self.opts
-        if self.step >= opts.steps:
+        if self.step >= opts.steps and not opts.dry_run:
             log.info("%s is at step %d, not below --steps %d: nothing to train", self.out, self.step, opts.steps)
             return
-        window, start, first = [], time.perf_counter(), self.step
+        last = self.step + opts.dry_run if opts.dry_run else opts.steps
+        self.clock = Throughput(self.step, opts.steps, self.global_batch, self.device)
+        window = []
         saved = previewed = False
-        while self.step < opts.steps:
-            tick = time.perf_counter()
-            metrics = self.train_step()
-            metrics.update(step=self.step, steps=opts.steps, seconds=time.perf_counter() - tick)
-            window.append(metrics)
-            if callback is not None:
-                callback(metrics)
-            if opts.log_every and (self.step % opts.log_every == 0 or self.step == opts.steps):
-                self._write_metrics(window)
-                window = []
-            saved = bool(opts.save_every and self.step % opts.save_every == 0)
-            if saved:
+        reset_peak_memory(self.device)
+        with StopRequest() as stop:
+            while self.step < last:
+                tick = time.perf_counter()
+                metrics = self.train_step()
+                window.append(metrics)
+                info = {"step": self.step, "steps": opts.steps, "seconds": time.perf_counter() - tick,
+                        "images": self.global_batch}
+                if self.step == last or (opts.log_every and self.step % opts.log_every == 0):
+                    info.update(self._read_metrics(window))
+                    window = []
+                self.clock.tick(self.step)
+                if callback is not None:
+                    callback(info)
+                saved = bool(opts.save_every and self.step % opts.save_every == 0)
+                if saved:
+                    self._check_finite()
+                    self.save()
+                previewed = bool(opts.preview_every and self.step % opts.preview_every == 0)
+                if previewed and self.writes:
+                    self.preview()
+                if self.dist.any(stop.requested is not None):
+                    self.interrupted = stop.requested or "a stop request of another process"
+                    break
+        if self.interrupted:
+            if not saved:
+                self._check_finite()
                 self.save()
-            previewed = bool(opts.preview_every and self.step % opts.preview_every == 0)
-            if previewed:
-                self.preview()
+            log.warning("stopped at step %d (%s)%s", self.step, self.interrupted,
+                        "" if opts.dry_run else " with a checkpoint: --resume continues the run")
+            return
+        if opts.dry_run:
+            self.report = self.clock.report(self.device)
+            return
         if not saved:
+            self._check_finite()
             self.save()
-        if opts.preview_every and not previewed:
+        if opts.preview_every and not previewed and self.writes:
             self.preview()
-        elapsed = time.perf_counter() - start
-        log.info("trained steps %d-%d in %.0f s (%.3f it/s)", first + 1, self.step, elapsed,
-                 (self.step - first) / elapsed)
+        log.info("%s", self.clock.summary())
 
-    def _write_metrics(self, window: list[dict]) -> None:
+    def _check_finite(self) -> None:
+        bad = [k for k, p in self.params.items() if not torch.isfinite(p).all()]
+        if bad:
+            raise FloatingPointError(f"{len(bad)} trained tensor(s) hold inf/NaN at step {self.step} (first: "
+                                     f"{bad[0]}): lower --lr, or use --precision fp32/bf16, and resume from the last "
+                                     "checkpoint")
+
+    def _read_metrics(self, window: list[dict]) -> dict[str, float]:
+        """Means of the window's metrics over steps and processes (the one host-device sync of the loop)."""
         keys = ("loss", "mse", "vb", "grad_norm")
-        row = {"step": self.step, **{k: sum(m[k] for m in window) / len(window) for k in keys},
-               "it_s": len(window) / max(sum(m["seconds"] for m in window), 1e-9)}
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        means = self.dist.mean(torch.stack([sum(m[k] for m in window) for k in keys]).float() / len(window))
+        row = dict(zip(keys, means.tolist()))
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"the loss is {row['loss']} between steps {self.step - len(window) + 1} and "
+                                     f"{self.step}: lower --lr, or use --precision fp32/bf16, and resume from the "
+                                     "last checkpoint")
+        if self.writes:
+            seconds = self.clock.since_log(self.step)
+            out = {"step": self.step, **row, "it_s": len(window) / max(seconds, 1e-9),
+                   "images_s": len(window) * self.global_batch / max(seconds, 1e-9)}
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(out) + "\n")
+        return row
 
     # ------------------------------------------------------------------------------------- previews and export
 
@@ -431,5 +594,7 @@ class Trainer:
                               force=self.opts.force if force is None else force)
 
     def close(self) -> None:
+        """Stop the data threads and leave the process group."""
         self.stream.close()
+        self.dist.close()
 

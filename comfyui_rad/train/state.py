@@ -2,8 +2,9 @@
 
 A checkpoint holds everything a run needs to continue exactly: ``step``; ``run`` (what was trained: model config,
 base identity, LoRA rank/alpha, schedule, tau convention, options; plain JSON-able values); ``trainable`` and ``ema``
-(adapter-file names -> float32 tensors); ``optimizer`` and ``scaler`` state dicts; ``rng`` (the training noise
-generator's state); ``data`` (the image stream's generator, epoch order and position).
+(adapter-file names -> float32 tensors; the EMA as rank 0 keeps it); ``optimizer`` and ``scaler`` state dicts;
+``data`` (the global sample stream's position: step, samples seen, global batch; ``stream.py``). ``run`` records the
+world size and the global batch (per process x processes x accumulation).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import torch
 
 from ..fileio import atomic_write
 
-__all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "list_checkpoints", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "list_checkpoints", "save_checkpoint", "load_checkpoint",
+           "remove_partial_saves"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "comfyui-rad.train-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the global sample stream (``stream.py``) replaced the stream generators
 _NAME = re.compile(r"^step-(\d{7,})\.pt$")
 
 
@@ -53,6 +55,17 @@ def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 0) -> Path:
     return path
 
 
+def remove_partial_saves(out: Path) -> int:
+    """Delete the temporary files of saves that were killed before their rename; returns how many."""
+    folder = Path(out) / "checkpoints"
+    stale = sorted(folder.glob(".step-*.pt.*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning("removed %d partial checkpoint file(s) of an interrupted save in %s", len(stale), folder)
+    return len(stale)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint written by ``save_checkpoint`` (a run folder means its newest checkpoint)."""
     path = Path(path)
@@ -71,7 +84,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a rad-train checkpoint (format {CHECKPOINT_FORMAT!r}): pass a file from "
                          "<out>/checkpoints/ or the run folder")
-    if state.get("version") != CHECKPOINT_VERSION:
+    if state.get("version") not in (1, CHECKPOINT_VERSION):  # 1 still exports; resuming it is refused (stream)
         raise ValueError(f"{path}: checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}: "
                          "it was written by another comfyui-rad version")
     state["path"] = str(path)
