@@ -1,8 +1,9 @@
 """A torchrun worker for tests/test_train_ddp.py: runs ``rad-train`` (cli.main) once per job of a JSON file, so one
 torchrun launch trains several runs (each joins and leaves the process group as rad-train does).
 
-job: {"argv": [rad-train arguments], "die_at": step or null}. ``die_at``: rank 1 kills itself (SIGKILL, no chance
-to clean up) right after that step on torchrun's first attempt, so the launch's --max-restarts takes over.
+job: {"argv": [rad-train arguments], "die_at": step, "sigterm_at": step, "expect": exit code (default 0)}.
+``die_at``: rank 1 kills itself (SIGKILL, no chance to clean up) right after that step on torchrun's first attempt,
+so the launch's --max-restarts takes over. ``sigterm_at``: rank 1 gets a SIGTERM while it trains that step.
 """
 
 import json
@@ -15,17 +16,19 @@ import torch
 from comfyui_rad.train import loop
 from comfyui_rad.train.cli import main
 
+STEP = loop.Trainer.train_step
 
-def die_after(step: int) -> None:
-    step_once = loop.Trainer.train_step
 
+def patched(job: dict, first_attempt: bool):
     def train_step(self):
-        out = step_once(self)
-        if self.step == step and self.dist.rank == 1:
+        if self.dist.rank == 1 and self.step + 1 == job.get("sigterm_at"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        out = STEP(self)
+        if self.dist.rank == 1 and self.step == job.get("die_at") and first_attempt:
             os.kill(os.getpid(), signal.SIGKILL)
         return out
 
-    loop.Trainer.train_step = train_step
+    return train_step
 
 
 if __name__ == "__main__":
@@ -33,8 +36,7 @@ if __name__ == "__main__":
     jobs = json.loads(open(sys.argv[1]).read())
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     for job in jobs:
-        if job.get("die_at") and first_attempt:
-            die_after(job["die_at"])
+        loop.Trainer.train_step = patched(job, first_attempt)
         code = main(job["argv"])
-        if code:
-            sys.exit(code)
+        if code != job.get("expect", 0):
+            sys.exit(code or 1)

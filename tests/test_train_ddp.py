@@ -86,11 +86,12 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_processes(files):
-    """Launch 1: a tiny preset, a LoRA run (with export), half of an accumulated run; all at batch 4 x 2 ranks."""
+    """Launch 1: a tiny preset, a LoRA run (with export), half of an accumulated run, a run stopped by SIGTERM."""
     jobs = [{"argv": common(files, "ddp-fresh", batch=4, workers=1, save_every=10)},
             {"argv": common(files, "ddp-lora", preset=False, batch=4, workers=1,
                             export=files / "ddp-lora.safetensors")},
-            {"argv": common(files, "ddp-half", batch=2, grad_accum=2, steps=10, mask_sampling="mixed", workers=0)}]
+            {"argv": common(files, "ddp-half", batch=2, grad_accum=2, steps=10, mask_sampling="mixed", workers=0)},
+            {"argv": common(files, "ddp-term", batch=4, save_every=0), "sigterm_at": 3, "expect": 130}]
     torchrun(files, jobs, "launch1")
     return files
 
@@ -113,6 +114,14 @@ def test_two_processes_train_the_same_model_as_one(two_processes, capsys):
     assert [p.name for p in list_checkpoints(files / "ddp-fresh")] == ["step-0000010.pt", "step-0000020.pt"]
 
 
+def test_sigterm_on_one_rank_stops_both_after_the_step_with_a_checkpoint(two_processes):
+    files = two_processes
+    assert [p.name for p in list_checkpoints(files / "ddp-term")] == ["step-0000003.pt"]
+    assert main(common(files, "ddp-term", steps=6, resume=True)) == 0
+    assert main(common(files, "one-six", steps=6)) == 0
+    assert_close(trained(files, "one-six"), trained(files, "ddp-term"))
+
+
 def test_resume_under_another_number_of_processes(two_processes):
     """10 steps on 2 processes (batch 2 x 2 accumulation), resumed on 1 (batch 4 x 2) == 20 steps on 1 at batch 8."""
     files = two_processes
@@ -128,6 +137,7 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes_exactly(two_processes):
     files = two_processes
     jobs = [{"argv": common(files, "ddp-killed", batch=4, workers=1, save_every=5), "die_at": 7}]
     done = torchrun(files, jobs, "launch2", restarts=1)
+    assert "another process of this run stopped" in done.stderr  # rank 0's message when rank 1 died
     assert "torchrun restart 1: resuming from the newest checkpoint" in done.stderr
     killed = trained(files, "ddp-killed")
     assert killed["step"] == 20
