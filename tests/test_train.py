@@ -21,10 +21,11 @@ from comfyui_rad.schedule import NoiseCurves
 from comfyui_rad.train import Trainer, TrainOptions, build_fresh, export_checkpoint, preset_config
 from comfyui_rad.train.cli import main
 from comfyui_rad.imaging import DataError, scan_images
-from comfyui_rad.train.data import ImageStream, split_holdout
+from comfyui_rad.train.data import split_holdout
 from comfyui_rad.train.lora import require_peft
 from comfyui_rad.train.losses import q_sample, rad_loss, step_terms
 from comfyui_rad.train.state import list_checkpoints, load_checkpoint
+from comfyui_rad.train.stream import SampleStream
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,26 +100,30 @@ def test_holdout_is_deterministic_and_never_trained_on(files, caplog):
     assert (train, held) == split_holdout(paths, 2, seed=3)
     assert len(held) == 2 and not set(train) & set(held) and sorted(train + held) == sorted(paths)
     assert all(str(p.relative_to(files / "data")) in caplog.text for p in held)
-    stream = ImageStream(train, 16, seed=0)
-    for _ in range(5):
-        stream.next_batch(3)
-    assert set(stream.order.tolist()) == set(range(len(train)))  # indices into the training list only
+    stream = SampleStream(train, 16, NoiseCurves(), seed=0, batch=3)
+    assert {stream.image_at(n) for n in range(5 * 3)} == set(range(len(train)))  # indices into the training list
 
 
-def test_image_stream_is_resumable_and_on_the_8bit_grid(files):
+def test_sample_stream_is_resumable_and_on_the_8bit_grid(files):
+    """A stream restored from the state at step 2 serves step 2 as the original does; crops on the 8-bit grid;
+    workers (prefetching ahead) give the same batches as the calling thread."""
     paths = scan_images(files / "data")
-    a = ImageStream(paths, 16, seed=1, workers=2)
-    first = a.next_batch(4)
-    state = a.state_dict()
-    expected = a.next_batch(5)
-    b = ImageStream(paths, 16, seed=99)
+    curves = NoiseCurves()
+    a = SampleStream(paths, 16, curves, seed=1, batch=4, accum=2, workers=2)
+    first = a.micro_batch(0, 0)
+    state = a.state_dict(2)
+    expected = a.micro_batch(2, 1)
+    b = SampleStream(paths, 16, curves, seed=1, batch=4, accum=2)
     b.load_state_dict(state)
-    assert torch.equal(b.next_batch(5), expected)
-    assert first.shape == (4, 3, 16, 16) and first.min() >= -1 and first.max() <= 1
-    levels = (first + 1) * 127.5
+    got = b.micro_batch(2, 1)
+    assert all(torch.equal(x, y) for x, y in ((got.x0, expected.x0), (got.eps, expected.eps), (got.tau, expected.tau)))
+    assert torch.equal(got.terms.mean_coef, expected.terms.mean_coef)
+    assert first.x0.shape == (4, 3, 16, 16) and first.x0.min() >= -1 and first.x0.max() <= 1
+    levels = (first.x0 + 1) * 127.5
     assert (levels - levels.round()).abs().max() < 1e-4
-    resized = ImageStream(paths, 16, seed=1, resize=True, flip=False).next_batch(2)
-    assert resized.shape == (2, 3, 16, 16)
+    assert not torch.equal(first.x0, a.micro_batch(0, 1).x0)  # the step's second micro-batch: other samples
+    resized = SampleStream(paths, 16, curves, seed=1, batch=2, resize=True, flip=False).micro_batch(0, 0)
+    assert resized.x0.shape == (2, 3, 16, 16) and resized.tau.shape == (2, 1, 16, 16)
     a.close()
 
 
@@ -275,3 +280,18 @@ def test_cli_smoke(files, capsys):
 def test_peft_is_imported_only_for_lora_runs():
     code = "import sys, comfyui_rad.train, comfyui_rad.train.cli; assert 'peft' not in sys.modules, 'peft imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unreadable_images_are_replaced_alike_on_every_rank(tmp_path, caplog):
+    data = write_images(tmp_path / "data", 4)
+    broken = data / "sub" / "img1.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # the header reads, the pixels do not
+    paths = scan_images(data)
+    assert broken in paths
+    curves = NoiseCurves()
+    with caplog.at_level(logging.WARNING):
+        one = SampleStream(paths, 16, curves, seed=0, batch=8).micro_batch(0, 0)
+    assert "skipping unreadable image" in caplog.text
+    halves = [SampleStream(paths, 16, curves, seed=0, batch=4, world=2, rank=r).micro_batch(0, 0) for r in (0, 1)]
+    assert torch.equal(one.x0, torch.cat([h.x0 for h in halves]))
+    assert torch.equal(one.eps, torch.cat([h.eps for h in halves]))
