@@ -52,8 +52,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TAU_CONVENTION = "gd"
 # What the trained tensors depend on: a checkpoint only resumes under the same values.
 _STRUCTURE = ("kind", "model_config", "lora_rank", "lora_alpha", "schedule", "tau_convention", "embedding")
-# Options that change how fast a run goes, not what it computes: changed silently on resume.
-_NOT_RECIPE = ("steps", "workers", "batch_size", "grad_accum", "grad_checkpoint", "channels_last", "compile", "dist_timeout", "dry_run")
+# Options that change how fast a run goes, not what it computes: changed silently on resume (batch size and
+# accumulation: the global batch is what counts, and the stream warns when that changes).
+_NOT_RECIPE = ("steps", "workers", "batch_size", "grad_accum", "grad_checkpoint", "channels_last", "compile",
+               "dist_timeout", "dry_run")
 
 
 @dataclass
