@@ -15,6 +15,7 @@ from comfyui_rad.adm import AttentionBlock, ResBlock
 from comfyui_rad.schedule import NoiseCurves
 from comfyui_rad.train import Trainer, build_fresh, preset_config
 from comfyui_rad.train.cli import main
+from comfyui_rad.train.distributed import CollectiveError, Distributed
 from comfyui_rad.train.losses import q_sample, rad_loss, step_terms
 from comfyui_rad.train.speed import enable_grad_checkpoint
 from comfyui_rad.train.state import list_checkpoints, load_checkpoint
@@ -135,3 +136,20 @@ def test_cli_returns_130_after_sigterm_and_partial_saves_are_removed(files, caps
 def test_compile_is_refused_clearly_on_the_cpu(files, capsys):  # noqa: F811
     with pytest.raises(ValueError, match=r"--compile is supported on CUDA devices only \(this run is on cpu\)"):
         Trainer(options(files, "compiled", preset="tiny", compile=True))
+
+
+def test_a_lost_peer_becomes_a_clear_error_and_other_errors_stay_as_they_are():
+    d = Distributed(rank=1, world=2, timeout=30)
+    with pytest.raises(CollectiveError, match=r"rank 1/2: step 7 failed \(\[gloo\] Connection closed by peer\): "
+                                              r"another process of this run stopped or did not answer within 30 s"):
+        with d.collective("step 7"):
+            raise RuntimeError("[gloo] Connection closed by peer")
+    with pytest.raises(torch.OutOfMemoryError):
+        with d.collective("step 7"):
+            raise torch.OutOfMemoryError("CUDA out of memory: the NCCL buffers")
+    with pytest.raises(RuntimeError, match="^a bug$"):
+        with d.collective("step 7"):
+            raise RuntimeError("a bug")
+    with pytest.raises(RuntimeError, match="gloo"):
+        with Distributed().collective("one process"):  # nothing to translate without other processes
+            raise RuntimeError("gloo")

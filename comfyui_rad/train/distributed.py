@@ -42,6 +42,14 @@ def elastic_restart() -> int:
 
 
 _INITS = [0]
+_PEER_LOST = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "watchdog", "collective")
+
+
+def _is_collective_failure(err: BaseException) -> bool:
+    """A lost or silent peer (not an out-of-memory error or a bug that happens to raise a RuntimeError)."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return False
+    return isinstance(err, getattr(dist, "DistError", ())) or any(w in str(err).lower() for w in _PEER_LOST)
 
 
 def _init_group(backend: str, rank: int, world: int, local: int, timeout: float, device: torch.device) -> None:
@@ -112,7 +120,9 @@ class Distributed:
         """Turn a failed or timed-out collective into ``CollectiveError`` with a message that says what to do."""
         try:
             yield
-        except (RuntimeError, dist.DistBackendError) as err:  # gloo/NCCL report timeouts and lost peers so
+        except RuntimeError as err:  # gloo/NCCL report timeouts and lost peers as RuntimeErrors (or DistErrors)
+            if not self.enabled or not _is_collective_failure(err):
+                raise
             raise CollectiveError(
                 f"rank {self.rank}/{self.world}: {what} failed ({str(err).splitlines()[0][:160]}): another process "
                 f"of this run stopped or did not answer within {self.timeout:g} s (see its log). Restart the run "

@@ -283,14 +283,16 @@ class Trainer:
         opts, model = self.opts, self.model
         if opts.grad_checkpoint:
             log.info("activation checkpointing of %d ResBlocks and attention blocks", enable_grad_checkpoint(model))
-        if opts.channels_last if opts.channels_last is not None else self.device.type == "cuda":
+        self.channels_last = opts.channels_last if opts.channels_last is not None else self.device.type == "cuda"
+        if self.channels_last:
             use_channels_last(model)
-        forward = model
+        forward = self.ddp = None
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            forward = DistributedDataParallel(model, device_ids=ids)  # ADMs have no buffers to broadcast
+            forward = self.ddp = DistributedDataParallel(model, device_ids=ids)  # ADMs have no buffers to broadcast
+        forward = forward or model
         if opts.compile:
             forward = compile_model(forward, self.device)
         return forward
@@ -427,7 +429,7 @@ class Trainer:
     def _micro_batch(self, micro: int) -> dict[str, torch.Tensor]:
         mb = self.stream.micro_batch(self.step, micro).to(self.device)
         x_t = q_sample(mb.x0, mb.eps, mb.terms)
-        if self.device.type == "cuda" and (self.opts.channels_last is not False):
+        if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             output = self.forward(x_t, mb.tau)
@@ -439,8 +441,8 @@ class Trainer:
         accum = self.opts.grad_accum
         totals = None
         for micro in range(accum):
-            sync = micro == accum - 1 or not self.dist.enabled  # DDP all-reduces the gradients once per step
-            with contextlib.nullcontext() if sync else self.forward.no_sync():
+            sync = micro == accum - 1 or self.ddp is None  # DDP all-reduces the gradients once per step
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 losses = self._micro_batch(micro)
                 self.scaler.scale(losses["loss"] / accum).backward()
             part = torch.stack([losses["loss"].detach(), losses["mse"], losses["vb"]]) / accum
@@ -478,7 +480,8 @@ class Trainer:
         with StopRequest() as stop:
             while self.step < last:
                 tick = time.perf_counter()
-                metrics = self.train_step()
+                with self.dist.collective(f"step {self.step + 1} (its gradient all-reduce)"):
+                    metrics = self.train_step()
                 window.append(metrics)
                 info = {"step": self.step, "steps": opts.steps, "seconds": time.perf_counter() - tick,
                         "images": self.global_batch}
