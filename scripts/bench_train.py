@@ -45,20 +45,20 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_embedding import LAYOUTS, _cpu_name  # noqa: E402
+from comfyui_rad.adm import ADM, ADMConfig
+from comfyui_rad.devices import device_name, resolve_device
+from comfyui_rad.fileio import atomic_write
+from comfyui_rad.schedule import NoiseCurves
+from comfyui_rad.train.lora import add_lora, trainable_parameters
+from comfyui_rad.train.losses import q_sample, rad_loss, step_terms
+from comfyui_rad.train.noising import perlin_states
+from comfyui_rad.train.presets import PRESETS, build_fresh, preset_config
+from comfyui_rad.train.speed import compile_model, enable_grad_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks, also when loaded by path
+from bench_embedding import LAYOUTS  # noqa: E402
 from bench_embedding import build_model as random_adm  # noqa: E402
 from bench_speed import PeakMemory, _git_commit, _loadavg  # noqa: E402
-from comfyui_rad.adm import ADM, ADMConfig  # noqa: E402
-from comfyui_rad.checkpoints import resolve_device  # noqa: E402
-from comfyui_rad.schedule import NoiseCurves  # noqa: E402
-from comfyui_rad.train.lora import add_lora, trainable_parameters  # noqa: E402
-from comfyui_rad.train.losses import q_sample, rad_loss, step_terms  # noqa: E402
-from comfyui_rad.train.noising import perlin_states  # noqa: E402
-from comfyui_rad.train.presets import PRESETS, build_fresh, preset_config  # noqa: E402
-from comfyui_rad.train.speed import compile_model, enable_grad_checkpoint  # noqa: E402
 
 LORA_RECIPES = {"adm256-lora": "uncond256", "ffhq10m-lora": "ffhq10m"}
 RECIPES = [*LORA_RECIPES, *(p for p in PRESETS if p != "adm256")]
@@ -211,7 +211,7 @@ def run_case(recipe: str, dtype: str, ckpt: str, compiled: str, args: argparse.N
 def environment(args: argparse.Namespace, device: torch.device, argv: list[str]) -> dict:
     cuda = device.type == "cuda"
     return dict(cmd="python scripts/bench_train.py " + " ".join(argv), device=str(device),
-                gpu=torch.cuda.get_device_name(device) if cuda else None, cpu=_cpu_name(), logical_cpus=os.cpu_count(),
+                gpu=device_name(device) if cuda else None, cpu=device_name("cpu"), logical_cpus=os.cpu_count(),
                 threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
                 cuda=torch.version.cuda if cuda else None, commit=_git_commit(), loadavg_start=_loadavg(),
                 peak_tflops=args.peak_tflops, steps=args.steps, warmup=args.warmup)
@@ -257,10 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"env": environment(args, device, argv), "rows": rows}
     print_table(rows)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, args.json)
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(result, indent=1)), force=True)
     return result
 
 

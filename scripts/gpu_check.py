@@ -37,10 +37,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+import comfyui_rad
+from comfyui_rad.fileio import atomic_write
+
+REPO = Path(comfyui_rad.__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(SCRIPTS))
+sys.path.insert(0, str(SCRIPTS))  # the sibling benchmarks, also when loaded by path
 from bench_embedding import binary_map, build_model, to_t  # noqa: E402
 
 PARTS = ("precision", "train", "bench_train", "bench_train_compile", "bench_speed_b1", "bench_speed_b8",
@@ -50,9 +52,7 @@ TOLERANCE = {"fp16": 2e-2, "bf16": 5e-2}
 
 
 def write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)), force=True)
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -105,7 +105,7 @@ def _images(folder: Path, count: int, size: int, seed: int = 0) -> None:
 
 def train(args, device: torch.device) -> dict:
     """A short bf16 rad-train run on one device whose loss falls (module doc, part 2)."""
-    from comfyui_rad.train import Trainer, TrainOptions
+    from comfyui_rad.train import Trainer, TrainOptions  # noqa: PLC0415 - only this part trains
 
     smoke = args.smoke
     preset, size, steps, batch = ("tiny", 16, 30, 4) if smoke else ("small64", 64, 300, 16)
