@@ -10,6 +10,11 @@ them, so the sampler cannot see what it must invent.
 Noise is drawn on the CPU from ``generator``, so a seed gives the same result on any device. ``callback`` gets a
 dict per step: ``step`` (0-based), ``total``, ``t``, ``x`` (x_t after the step) and ``pred_x0``.
 
+RAD with resampling (beyond the paper): ``resample`` r > 0 and ``jump`` j make the RAD samplers walk RePaint's
+jump schedule (``rad_times``) with RAD's own per-pixel levels: at every j-th step the hole pixels are sent back up j
+steps of their own schedule, x_{t+j} ~ q(x_{t+j} | x_t) element-wise, and denoised again, r times. A pixel whose
+level does not change (the known region) gets no noise. ``rad_calls`` counts the network calls (r = 0: ``steps``).
+
 ``sample_repaint`` is the baseline users compare against (RePaint, RAD_NOTES §6): one timestep per image, the known
 region re-noised at every step, about 24x the network calls of RAD's DDPM at the defaults. ``sample_replace`` is the
 plain "replace the known region" baseline: RePaint without its jumps, as many network calls as RAD.
@@ -24,8 +29,9 @@ import torch
 
 from .schedule import EMBEDDINGS, NoiseCurves, SpatialSchedule, rad_info
 
-__all__ = ["DEFAULT_STEPS", "RADDenoiser", "sample_ddpm", "sample_ddim", "sample_repaint", "sample_replace",
-           "repaint_times", "repaint_calls", "SAMPLERS", "BASELINE_SAMPLERS"]
+__all__ = ["DEFAULT_STEPS", "DEFAULT_JUMP", "RADDenoiser", "sample_ddpm", "sample_ddim", "sample_repaint",
+           "sample_replace", "repaint_times", "repaint_calls", "check_resample", "rad_times", "rad_calls", "SAMPLERS",
+           "BASELINE_SAMPLERS"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,10 @@ Callback = Callable[[dict], None]
 DEFAULT_STEPS = {"ddpm": 100, "ddim": 50, "repaint": 250, "replace": 100}
 """Reverse steps per sampler when none are given (the signatures below, ``pipeline.inpaint``, rad-inpaint, rad-eval):
 the paper's 100 DDPM steps, DDIM's usual 50, RePaint's 250."""
+
+
+DEFAULT_JUMP = 10
+"""RAD resampling's jump length when none is given (RePaint's 10); resampling itself is off by default."""
 
 
 class RADDenoiser:
@@ -110,20 +120,43 @@ def _predict_x0(x: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch
     return ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
 
 
-def _loop(model, image, schedule, steps, generator, callback, update, y=None) -> torch.Tensor:
+def _loop(model, image, schedule, steps, generator, callback, update, y=None, resample: int = 0,
+          jump: int = DEFAULT_JUMP) -> torch.Tensor:
+    """The RAD reverse walk: ``rad_times(steps, resample, jump)`` over the respaced steps, one network call and one
+    ``update`` per step down, element-wise re-noising per jump up. Without resampling it is the plain walk
+    (t_0 -> t_1 -> ... -> clean), with the same noise draws in the same order."""
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     denoiser, schedule, x, pairs = _prepare(model, image, schedule, steps, generator)
-    for i, (t, prev) in enumerate(pairs):
-        abar_t, abar_prev = schedule.abar(t), schedule.abar(prev)
+    times = rad_times(steps, resample, jump)
+    ts = [t for t, _ in reversed(pairs)]  # the respaced steps, ascending: position p holds level abar(ts[p])
+
+    def level(p: int) -> int:
+        return ts[p] if p >= 0 else -1
+
+    total, call = _downs(times), 0
+    for cur, nxt in zip(times, times[1:]):
+        abar_t, abar_prev = schedule.abar(level(cur)), schedule.abar(level(nxt))
+        if nxt > cur:  # jump back up: x_{t+j} ~ q(x_{t+j} | x_t), element-wise; unchanged levels get no noise
+            x = _renoise(x, abar_prev / abar_t, _randn(generator, x.shape, x.device))
+            continue
         eps, v = denoiser(x, abar_t, y)
         noisy = abar_t < 1  # pixels that have received noise; the others pass through untouched
         x0 = _predict_x0(x, eps, abar_t)
-        z = _randn(generator, x.shape, x.device) if prev >= 0 else None
+        z = _randn(generator, x.shape, x.device) if nxt >= 0 else None
         x_new = update(x, x0, eps, v, abar_t, abar_prev, z)
         x = torch.where(noisy, x_new.float(), x)
         if callback is not None:
-            callback({"step": i, "total": len(pairs), "t": t, "x": x, "pred_x0": torch.where(noisy, x0.float(), x)})
+            callback({"step": call, "total": total, "t": level(cur), "x": x,
+                      "pred_x0": torch.where(noisy, x0.float(), x)})
+        call += 1
     return x
+
+
+def _renoise(x: torch.Tensor, alpha: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_{t+j} = sqrt(alpha) x_t + sqrt(1 - alpha) noise per pixel, alpha = abar_{t+j} / abar_t [B or 1,1,H,W]
+    (float64); where alpha is 1 (a level that does not change: the known region) x is returned bit for bit."""
+    out = (alpha.sqrt() * x + (1 - alpha).clamp_min(0).sqrt() * noise).float()
+    return torch.where(alpha < 1, out, x)
 
 
 def _ddpm_update(x, x0, eps, v, abar_t, abar_prev, z):
@@ -158,19 +191,56 @@ def _ddim_update(eta: float):
 @torch.no_grad()
 def sample_ddpm(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = DEFAULT_STEPS["ddpm"],
                 generator: torch.Generator | None = None, callback: Callback | None = None,
-                y: torch.Tensor | None = None) -> torch.Tensor:
-    """RAD inpainting by the element-wise DDPM reverse process (paper eq. (5), §4.2) -> [B,3,H,W] in [-1, 1]."""
-    return _loop(model, image, schedule, steps, generator, callback, _ddpm_update, y)
+                y: torch.Tensor | None = None, resample: int = 0, jump: int = DEFAULT_JUMP) -> torch.Tensor:
+    """RAD inpainting by the element-wise DDPM reverse process (paper eq. (5), §4.2) -> [B,3,H,W] in [-1, 1].
+
+    ``resample`` r > 0: every ``jump`` steps the hole goes back up ``jump`` steps of its own schedule and is denoised
+    again, r times (``rad_times``; ``rad_calls`` network calls). 0 (default): the paper's sampler."""
+    return _loop(model, image, schedule, steps, generator, callback, _ddpm_update, y, resample, jump)
 
 
 @torch.no_grad()
 def sample_ddim(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = DEFAULT_STEPS["ddim"],
                 generator: torch.Generator | None = None, callback: Callback | None = None,
-                y: torch.Tensor | None = None, eta: float = 0.0) -> torch.Tensor:
-    """RAD inpainting by element-wise DDIM (paper §3.4; eta = 0 deterministic, 1 DDPM-like) -> [B,3,H,W]."""
+                y: torch.Tensor | None = None, eta: float = 0.0, resample: int = 0,
+                jump: int = DEFAULT_JUMP) -> torch.Tensor:
+    """RAD inpainting by element-wise DDIM (paper §3.4; eta = 0 deterministic, 1 DDPM-like) -> [B,3,H,W].
+    ``resample``, ``jump``: as ``sample_ddpm`` (the jumps draw noise even at eta 0)."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
-    return _loop(model, image, schedule, steps, generator, callback, _ddim_update(eta), y)
+    return _loop(model, image, schedule, steps, generator, callback, _ddim_update(eta), y, resample, jump)
+
+
+def check_resample(resample: int, jump: int, steps: int,
+                   names: tuple[str, str, str] = ("resample", "jump", "steps")) -> None:
+    """Raise ValueError unless ``resample`` (>= 0; 0 = off) and ``jump`` (>= 1, below ``steps`` when resampling) are
+    valid RAD resampling settings. ``names``: how the caller's interface calls the three (CLI flags, node inputs)."""
+    for name, value, low in ((names[0], resample, 0), (names[1], jump, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            kind = "a whole number >= 0 (0 = no resampling)" if low == 0 else "a positive whole number"
+            raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if resample and jump >= steps:
+        raise ValueError(f"{names[1]} {jump} must be below {names[2]} {steps} to jump back: lower {names[1]}, raise "
+                         f"{names[2]}, or set {names[0]} to 0 (no resampling)")
+
+
+def rad_times(steps: int, resample: int = 0, jump: int = DEFAULT_JUMP) -> list[int]:
+    """The respaced step positions a RAD sampler's state visits, from ``steps - 1`` (the first, noisiest step) to
+    -1 (clean): straight down without resampling; with ``resample`` r > 0, RePaint's jump schedule
+    (``repaint_times(steps, jump, r + 1)``): at every multiple of ``jump`` below ``steps - jump`` the walk goes back
+    up ``jump`` positions, r times, before it goes on down."""
+    check_resample(resample, jump, steps)
+    return repaint_times(steps, jump, resample + 1) if resample else list(range(steps - 1, -2, -1))
+
+
+def rad_calls(steps: int, resample: int = 0, jump: int = DEFAULT_JUMP) -> int:
+    """Network calls of one RAD DDPM/DDIM run (steps down in ``rad_times``): ``steps`` without resampling; 190 for
+    100 steps, r = 1, j = 10 (RePaint 100/10/2's count)."""
+    return _downs(rad_times(steps, resample, jump))
+
+
+def _downs(times: list[int]) -> int:
+    return sum(nxt < cur for cur, nxt in zip(times, times[1:]))
 
 
 def repaint_times(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
@@ -200,8 +270,7 @@ def repaint_times(steps: int, jump_length: int = 10, jump_n_sample: int = 10) ->
 
 def repaint_calls(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> int:
     """Network calls (steps down in ``repaint_times``) of one RePaint run: 2,410 for (250, 10, 10)."""
-    times = repaint_times(steps, jump_length, jump_n_sample)
-    return sum(nxt < cur for cur, nxt in zip(times, times[1:]))
+    return _downs(repaint_times(steps, jump_length, jump_n_sample))
 
 
 @torch.no_grad()
