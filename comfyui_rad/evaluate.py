@@ -33,7 +33,9 @@ from . import imaging, masks, metrics
 from .devices import DTYPES
 from .fileio import atomic_write
 from .pipeline import inpaint
-from .sampling import DEFAULT_STEPS, SAMPLERS, RADDenoiser, repaint_calls
+from .sampling import (
+    DEFAULT_JUMP, DEFAULT_STEPS, SAMPLERS, RADDenoiser, check_resample, rad_calls, repaint_calls,
+)
 from .schedule import rad_info
 
 __all__ = ["METRICS", "eval_masks", "finite_mean", "load_images", "MaskRun", "inpaint_set",
@@ -59,10 +61,13 @@ def load_images(folder: str | os.PathLike, size: int, limit: int | None = None) 
 
 
 def network_calls(sampler: str, steps: int, options: dict | None = None) -> int:
-    """Network evaluations per image of one run of ``sampler``."""
+    """Network evaluations per image of one run of ``sampler`` (``options``: its keywords; repaint's jumps, or the
+    RAD samplers' ``resample`` and ``jump``)."""
+    o = options or {}
     if sampler == "repaint":
-        o = options or {}
         return repaint_calls(steps, o.get("jump_length", 10), o.get("jump_n_sample", 10))
+    if sampler in ("ddpm", "ddim"):
+        return rad_calls(steps, o.get("resample", 0), o.get("jump", DEFAULT_JUMP))
     return steps
 
 
@@ -258,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--jump-length", type=int, default=10, help="RePaint jump length (10)")
     p.add_argument("--jump-n-sample", type=int, default=10, help="RePaint resamplings per jump point (10)")
+    p.add_argument("--resample", type=int, default=0,
+                   help="ddpm/ddim: RAD with resampling, how often each stretch of --jump steps is denoised again "
+                        "(default 0 = off)")
+    p.add_argument("--jump", type=int, default=DEFAULT_JUMP,
+                   help=f"ddpm/ddim with --resample: steps each jump goes back up (default {DEFAULT_JUMP})")
     p.add_argument("--embedding", choices=("auto", "spatial", "scalar"), default="auto",
                    help="how the model takes timesteps: auto (from its metadata), spatial, scalar (Cfg. 2)")
     p.add_argument("--seed", type=int, default=0, help="mask and noise seed (default 0)")
@@ -304,6 +314,15 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     return kinds
 
 
+def _resample_options(args: argparse.Namespace, steps: int) -> dict:
+    """The RAD samplers' resampling keywords from --resample/--jump ({} when off), checked in the flags' names."""
+    if args.resample and args.sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"--resample works with --sampler ddpm or ddim, not {args.sampler} (RePaint resamples by "
+                         "--jump-length and --jump-n-sample)")
+    check_resample(args.resample, args.jump, steps, ("--resample", "--jump", "--steps"))
+    return {"resample": args.resample, "jump": args.jump} if args.resample else {}
+
+
 def _table(runs: dict[str, MaskRun]) -> str:
     keys = [k for k in METRICS if any(k in r.per_image for r in runs.values())]
     head = ["mask", *keys, "fid", "s/image", "calls"]
@@ -325,6 +344,9 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
     from .perceptual import load_inception, load_lpips
 
     kinds = _check_args(args)
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
+    options = ({"jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample}
+               if args.sampler == "repaint" else _resample_options(args, steps))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -336,9 +358,6 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
     lpips = load_lpips(args.lpips_weights, device) if args.lpips_weights else None
     inception = load_inception(args.fid_weights, device) if args.fid_weights else None
     paths, images = load_images(args.images, model.config.image_size, args.limit)
-    options = ({"jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample}
-               if args.sampler == "repaint" else {})
-    steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
 
     def progress(kind, done, total):
         if not args.quiet:

@@ -93,6 +93,16 @@ def test_adapter_and_soft_mask(files):
     assert run(files, "--mask", str(files / "mask.png"), "--mask-mode", "soft", "-o", str(files / "soft.png")) == 0
 
 
+def test_resample_keeps_the_rest_and_changes_the_hole(files):
+    plain, resampled = files / "plain.png", files / "resampled.png"
+    assert run(files, "--mask", str(files / "mask.png"), "-o", str(plain), "--sampler", "ddim") == 0
+    assert run(files, "--mask", str(files / "mask.png"), "-o", str(resampled), "--sampler", "ddim",
+               "--resample", "2", "--jump", "2") == 0
+    a, b, c = pixels(files / "in.png"), pixels(plain), pixels(resampled)
+    hole = pixels(files / "mask.png") > 0
+    assert (a[~hole] == c[~hole]).all() and not (b[hole] == c[hole]).all()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--mask", "box", "--model", "missing.pt"], "--model file missing.pt does not exist"),
     (["--mask", "nothere.png"], "mask file nothere.png does not exist"),
@@ -100,6 +110,10 @@ def test_adapter_and_soft_mask(files):
     (["--mask", "box", "--steps", "0"], "steps must be an integer in [1, 1000], got 0"),
     (["--mask", "box", "--threshold", "1.5"], "--threshold must be between 0 and 1, got 1.5"),
     (["--mask", "box", "--samples", "0"], "--samples must be at least 1, got 0"),
+    (["--mask", "box", "--resample", "-1"], "--resample must be a whole number >= 0 (0 = no resampling), got -1"),
+    (["--mask", "box", "--resample", "1", "--jump", "5"], "--jump 5 must be below --steps 5 to jump back"),
+    (["--mask", "box", "--resample", "1", "--jump", "0"], "--jump must be a positive whole number, got 0"),
+    (["--mask", "box", "--resample", "1", "--sampler", "repaint"], "--resample works with --sampler ddpm or ddim"),
 ])
 def test_errors_are_one_line(files, capsys, args, message):
     args = [a.format(d=files) for a in args]

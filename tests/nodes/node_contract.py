@@ -32,9 +32,10 @@ CONTRACT = {
         "category": "inpaint/RAD",
         "inputs": [("rad_model", "RAD_MODEL"), ("image", "IMAGE"), ("schedule", "RAD_SCHEDULE"), ("seed", "INT"),
                    ("steps", "INT"), ("sampler", "COMBO"), ("eta", "FLOAT"), ("fit", "COMBO"),
-                   ("class_label", "INT")],
+                   ("class_label", "INT"), ("resample", "INT"), ("jump", "INT")],
         "outputs": [("image", "IMAGE"), ("mask", "MASK")],
-        "widgets": ["seed", "control_after_generate", "steps", "sampler", "eta", "fit", "class_label"],
+        "widgets": ["seed", "control_after_generate", "steps", "sampler", "eta", "fit", "class_label", "resample",
+                    "jump"],
     },
     "RADRePaintSampler": {
         "category": "inpaint/RAD",

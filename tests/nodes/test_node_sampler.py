@@ -119,3 +119,20 @@ def test_soft_mask_output_and_kept_pixels(host, rad_model):
 def test_class_label_reaches_the_model(host, rad_model):
     with pytest.raises(ValueError, match="unconditional"):
         sample(host, rad_model, photo(1, 32, 32), box(1, 32, 32), class_label=3)
+
+
+def test_resample_inputs_default_off_and_count_the_progress(host, rad_model, state):
+    image, mask = photo(1, 32, 32), box(1, 32, 32)
+    plain = sample(host, rad_model, image, mask, schedule_steps=4)[0]
+    assert torch.equal(sample(host, rad_model, image, mask, schedule_steps=4, resample=0, jump=10)[0], plain)
+    state.progress.clear()
+    out = sample(host, rad_model, image, mask, schedule_steps=4, resample=2, jump=2)[0]
+    assert kept_equal(out, image, mask) and not torch.equal(out, plain)
+    # rad_calls(4, 2, 2) = 4 + 1 jump point x 2 resamplings x 2 steps: one bar over every network call
+    assert [(i, t) for i, t, _ in state.progress] == [(k, 8) for k in range(1, 9)]
+
+
+def test_resample_jump_must_be_below_the_steps(host, rad_model, state):
+    with pytest.raises(ValueError, match="jump 4 must be below steps 4 to jump back.*set resample to 0"):
+        sample(host, rad_model, photo(1, 32, 32), box(1, 32, 32), schedule_steps=4, resample=1, jump=4)
+    assert state.loaded == []
