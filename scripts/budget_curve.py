@@ -438,8 +438,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s: %(message)s")
     b, out = budget(args), args.out
     if args.report_only:
-        for path in write_report(out, b, args.quick, args.docs, args.force):
-            print(path)
+        try:
+            for path in write_report(out, b, args.quick, args.docs, args.force):
+                print(path)
+        except FileExistsError as err:
+            print(err, file=sys.stderr)
+            return 2
         return 0
     if out.exists() and any(out.iterdir()) and not args.reuse:
         print(f"{out} is not empty: pass --reuse to continue the run in it, or choose another --out",

@@ -116,3 +116,73 @@ def test_methods_and_eval_seed_options():
 def test_picture_of_a_subset_of_methods():
     pictures = {"box": {name: torch.rand(3, 3, 32, 32) for name in ["masked", "RePaint", "original"]}}
     assert de.samples_picture(pictures, rows=2).shape == (3, 2 * 32 + 2, 3 * 32 + 2 * 2)
+
+
+# ------------------------------------------------------------------------- the budget curve (scripts/budget_curve.py)
+
+import budget_curve as bc  # noqa: E402
+
+
+def test_budget_methods_calls_and_unique_files():
+    rows = {m.name: m for m in bc.methods()}
+    assert rows["RePaint 250/10/10"].calls == 2410 and rows["RePaint 100/10/2"].calls == 190
+    assert rows["RAD DDPM-100 resample 1/10"].calls == 190 and rows["RAD DDPM-100 resample 3/10"].calls == 370
+    assert rows["RAD DDIM-25 eta 1 resample 3/5"].calls == 85 and rows["RAD DDIM-50 eta 1"].calls == 50
+    for quick in (False, True):
+        ms = bc.methods(quick)
+        assert len({m.key for m in ms}) == len({m.name for m in ms}) == len(ms) == 14
+
+
+def test_budget_jobs_train_before_they_score():
+    order = bc.jobs(bc.Budget())
+    assert order[0] == ("train", "base", 800)
+    trained = set()
+    for job in order:
+        if job[0] == "train":
+            trained.add((job[1], job[2]))
+        elif job[2] is not None:
+            assert (job[1].model, job[2]) in trained
+    scores = [j for j in order if j[0] == "score"]
+    assert len(scores) == 2 * (10 * 4 + 4) and len(set(scores)) == len(scores)
+    assert [j[1].name for j in scores[:4]] == ["RAD DDPM-100", "Cfg. 2 DDPM-100"] * 2
+
+
+def test_budget_quick_runs_resumes_and_skips_what_exists(tmp_path, monkeypatch):
+    out = tmp_path / "budget"
+    args = ["--out", str(out), "--quick", "--eval-seeds", "0", "--threads", "1", "-q"]
+    assert bc.main([*args, "--stages", "1"]) == 0
+    assert len(list((out / "scores").rglob("*.json"))) == 14 * 3
+    table = (out / "budget.md").read_text()
+    assert "| RAD DDPM-4 | 1 | 4 |" in table and "| RePaint 6/2/3 | - | 14 |" in table
+    assert (out / "budget.png").stat().st_size > 1000
+    assert bc.main([*args, "--stages", "1"]) == 2  # not without --reuse
+
+    calls = []
+    real = bc.inpaint_set
+    monkeypatch.setattr(bc, "inpaint_set", lambda *a, **k: calls.append(k["sampler"]) or real(*a, **k))
+    kept = {p: p.stat().st_mtime_ns for p in (out / "scores").rglob("*.json")}
+    assert bc.main([*args, "--stages", "1,2", "--reuse", "--docs", str(tmp_path / "docs")]) == 0
+    assert len(calls) == 10 * 3  # only the adapters' methods at the new stage
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    assert [p.name for p in sorted((out / "runs" / "rad" / "checkpoints").iterdir())][-1] == "step-0000002.pt"
+    assert "| RAD DDPM-4 | 2 | 4 |" in (tmp_path / "docs" / "budget.md").read_text()
+    calls.clear()
+    assert bc.main([*args, "--stages", "1,2", "--reuse"]) == 0 and calls == []
+    docs = ["--stages", "1,2", "--report-only", "--docs", str(tmp_path / "docs")]
+    assert bc.main([*args, *docs]) == 2 and bc.main([*args, *docs, "--force"]) == 0
+
+
+def test_budget_report_marks_what_is_missing():
+    b = bc.Budget(stages=(700, 1500), eval_seeds=(0,))
+    row = {"hole_psnr": 14.0, "accuracy": 0.75, "ssim": 0.8, "ssim_hole": 0.7, "seam": 0.03, "frechet": 40.0,
+           "seconds_per_image": 1.0, "calls": 100, "seed": 0}
+    scores = [{**row, "method": "RAD DDPM-100", "stage": 700, "kind": "box", "model": "rad"},
+              {**row, "method": "RAD DDPM-100", "stage": 1500, "kind": "box", "model": "rad", "hole_psnr": 15.0},
+              {**row, "method": "RePaint 250/10/10", "stage": None, "kind": "wide", "model": "base", "calls": 2410}]
+    text = bc.markdown(scores, b)
+    assert "| RAD DDPM-100 | 700 | 100 | 14.00 / 0.750 | - | - | 1 | 1.00 |" in text
+    assert "| RAD DDPM-100 | 1500 | 100 | 15.00 / 0.750 | - | - |" in text
+    assert "| RePaint 250/10/10 | - | 2410 | - | - | 14.00 / 0.750 |" in text
+    assert "DDIM" not in text  # nothing measured, no row
+    picture = bc.plot(scores, b)
+    assert picture.size[0] > 1000 and picture.getextrema() != ((255, 255),) * 3

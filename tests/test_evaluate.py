@@ -105,6 +105,27 @@ def test_inpaint_drives_a_scalar_trained_model_as_trained():
         inpaint(model, images, mask, steps=3, embedding="flat")
 
 
+def test_network_calls_count_rad_resampling():
+    assert ev.network_calls("ddpm", 100) == 100 and ev.network_calls("ddim", 25, {}) == 25
+    assert ev.network_calls("ddpm", 100, {"resample": 1, "jump": 10}) == 190
+    assert ev.network_calls("ddim", 25, {"resample": 3, "jump": 5}) == 85
+    assert ev.network_calls("repaint", 250) == 2410 and ev.network_calls("replace", 100) == 100
+
+
+def test_cli_resample_flags(files, capsys):
+    out = files / "resampled.json"
+    args = ["--model", str(files / "model.safetensors"), "--images", str(files / "held"), "--out", str(out),
+            "--masks", "box", "--steps", "3", "--limit", "2", "-q"]
+    assert ev.main([*args, "--resample", "1", "--jump", "2"]) == 0
+    data = json.loads(out.read_text())
+    assert data["config"]["options"] == {"resample": 1, "jump": 2}
+    assert data["masks"]["box"]["network_calls_per_image"] == 3 + 2
+    assert ev.main([*args, "--resample", "1", "--jump", "3", "--force"]) == 2
+    assert "--jump 3 must be below --steps 3" in capsys.readouterr().err
+    assert ev.main([*args, "--resample", "1", "--sampler", "replace", "--force"]) == 2
+    assert "--resample works with --sampler ddpm or ddim, not replace" in capsys.readouterr().err
+
+
 def test_cli_writes_json_and_grids_and_refuses_to_clobber(files, capsys):
     out, grids = files / "res.json", files / "grids"
     args = ["--model", str(files / "model.safetensors"), "--images", str(files / "held"), "--out", str(out),
