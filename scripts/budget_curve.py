@@ -38,6 +38,7 @@ import functools
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -455,6 +456,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{args.docs / name} already exists: pass --force to replace it", file=sys.stderr)
                 return 2
     torch.set_num_threads(args.threads)
+    marker = out / "budget-run.json"  # this folder is ours: a half-written data/ (killed) may be redone
+    if not marker.is_file():
+        write_json({"created_by": "scripts/budget_curve.py", "quick": args.quick, "seed": args.seed}, marker)
+    elif (out / "data").is_dir() and not (out / "data" / "split.json").is_file():
+        shutil.rmtree(out / "data")
     args.reuse = True  # digits_experiment's data step: keep what this script wrote
     data = de.prepare_data(out, b.digits, args.seed, reuse=True)
     net = classifier(out, data, b.digits, args.seed)
