@@ -55,7 +55,7 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
     pixels with mask 0 are bit-identical to the input. Noise comes from a CPU generator seeded with ``seed``, so a
     seed gives the same result on any device. ``curves``: Phase 1's noise curves, default the model's
     (``rad_info(model).curves``). ``callback`` gets the sampler's dict every step. ``options``: further keywords for
-    the sampler (repaint: ``jump_length``, ``jump_n_sample``). ``embedding``: how the network takes its timesteps,
+    the sampler (repaint: ``jump_length``, ``jump_n_sample``; ddpm and ddim: ``resample``, ``jump``). ``embedding``: how the network takes its timesteps,
     as ``sampling.RADDenoiser`` (auto: as it was trained; the one denoiser is built here).
     Returns (result [B,3,H,W] in [0,1] on the CPU, the mask used [B,H,W]).
     """

@@ -135,15 +135,15 @@ def _loop(model, image, schedule, steps, generator, callback, update, y=None, re
 
     total, call = _downs(times), 0
     for cur, nxt in zip(times, times[1:]):
-        abar_t, abar_prev = schedule.abar(level(cur)), schedule.abar(level(nxt))
+        abar_t, abar_next = schedule.abar(level(cur)), schedule.abar(level(nxt))
         if nxt > cur:  # jump back up: x_{t+j} ~ q(x_{t+j} | x_t), element-wise; unchanged levels get no noise
-            x = _renoise(x, abar_prev / abar_t, _randn(generator, x.shape, x.device))
+            x = _renoise(x, abar_next / abar_t, _randn(generator, x.shape, x.device))
             continue
         eps, v = denoiser(x, abar_t, y)
         noisy = abar_t < 1  # pixels that have received noise; the others pass through untouched
         x0 = _predict_x0(x, eps, abar_t)
         z = _randn(generator, x.shape, x.device) if nxt >= 0 else None
-        x_new = update(x, x0, eps, v, abar_t, abar_prev, z)
+        x_new = update(x, x0, eps, v, abar_t, abar_next, z)
         x = torch.where(noisy, x_new.float(), x)
         if callback is not None:
             callback({"step": call, "total": total, "t": level(cur), "x": x,
