@@ -153,3 +153,24 @@ def test_a_lost_peer_becomes_a_clear_error_and_other_errors_stay_as_they_are():
     with pytest.raises(RuntimeError, match="gloo"):
         with Distributed().collective("one process"):  # nothing to translate without other processes
             raise RuntimeError("gloo")
+
+
+def test_a_non_finite_loss_stops_the_run_at_log_time_and_is_never_checkpointed(files, monkeypatch):  # noqa: F811
+    from comfyui_rad.train import loop
+
+    real = loop.rad_loss
+
+    def nan_loss(*args, **kw):
+        out = real(*args, **kw)
+        return {**out, "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(loop, "rad_loss", nan_loss)
+    trainer = Trainer(options(files, "nan", preset="tiny", steps=4, log_every=2, save_every=0))
+    with pytest.raises(FloatingPointError, match=r"the loss is nan between steps 1 and 2: lower --lr"):
+        trainer.fit()
+    trainer.close()
+    trainer = Trainer(options(files, "nan2", preset="tiny", steps=4, log_every=0, save_every=1))
+    with pytest.raises(FloatingPointError, match=r"trained tensor\(s\) hold inf/NaN at step 1"):
+        trainer.fit()
+    trainer.close()
+    assert not list_checkpoints(files / "nan2")

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TAU_CONVENTION = "gd"
+_LOGGED = ("loss", "mse", "vb", "grad_norm")  # the metrics of metrics.jsonl and the progress bar
 # What the trained tensors depend on: a checkpoint only resumes under the same values.
 _STRUCTURE = ("kind", "model_config", "lora_rank", "lora_alpha", "schedule", "tau_convention", "embedding")
 # Options that change how fast a run goes, not what it computes: changed silently on resume (batch size and
@@ -474,7 +475,7 @@ class Trainer:
             return
         last = self.step + opts.dry_run if opts.dry_run else opts.steps
         self.clock = Throughput(self.step, opts.steps, self.global_batch, self.device)
-        window = []
+        window, in_window = None, 0  # sums of the metrics since the last log, and how many steps
         saved = previewed = False
         reset_peak_memory(self.device)
         with StopRequest() as stop:
@@ -482,12 +483,14 @@ class Trainer:
                 tick = time.perf_counter()
                 with self.dist.collective(f"step {self.step + 1} (its gradient all-reduce)"):
                     metrics = self.train_step()
-                window.append(metrics)
+                step_sums = torch.stack([metrics[k] for k in _LOGGED]).float()
+                window = step_sums if window is None else window + step_sums  # on the device: no sync
+                in_window += 1
                 info = {"step": self.step, "steps": opts.steps, "seconds": time.perf_counter() - tick,
                         "images": self.global_batch}
                 if self.step == last or (opts.log_every and self.step % opts.log_every == 0):
-                    info.update(self._read_metrics(window))
-                    window = []
+                    info.update(self._read_metrics(window, in_window))
+                    window, in_window = None, 0
                 self.clock.tick(self.step)
                 if callback is not None:
                     callback(info)
@@ -525,19 +528,18 @@ class Trainer:
                                      f"{bad[0]}): lower --lr, or use --precision fp32/bf16, and resume from the last "
                                      "checkpoint")
 
-    def _read_metrics(self, window: list[dict]) -> dict[str, float]:
-        """Means of the window's metrics over steps and processes (the one host-device sync of the loop)."""
-        keys = ("loss", "mse", "vb", "grad_norm")
-        means = self.dist.mean(torch.stack([sum(m[k] for m in window) for k in keys]).float() / len(window))
-        row = dict(zip(keys, means.tolist()))
+    def _read_metrics(self, sums: torch.Tensor, count: int) -> dict[str, float]:
+        """Means of the metrics over the ``count`` steps since the last log and over the processes, from their
+        ``sums`` [4] (``_LOGGED``): the one host-device sync of the loop."""
+        row = dict(zip(_LOGGED, self.dist.mean(sums / count).tolist()))
         if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"the loss is {row['loss']} between steps {self.step - len(window) + 1} and "
+            raise FloatingPointError(f"the loss is {row['loss']} between steps {self.step - count + 1} and "
                                      f"{self.step}: lower --lr, or use --precision fp32/bf16, and resume from the "
                                      "last checkpoint")
         if self.writes:
             seconds = self.clock.since_log(self.step)
-            out = {"step": self.step, **row, "it_s": len(window) / max(seconds, 1e-9),
-                   "images_s": len(window) * self.global_batch / max(seconds, 1e-9)}
+            out = {"step": self.step, **row, "it_s": count / max(seconds, 1e-9),
+                   "images_s": count * self.global_batch / max(seconds, 1e-9)}
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(out) + "\n")
         return row
