@@ -13,14 +13,18 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import imaging
+from . import imaging, tiles
 from .masks import as_bhw
 from .sampling import BASELINE_SAMPLERS, DEFAULT_STEPS, SAMPLERS, RADDenoiser
 from .schedule import NoiseCurves, SpatialSchedule, rad_info
 
-__all__ = ["match_batches", "inpaint", "schedule_preview"]
+__all__ = ["FITS", "match_batches", "resolve_fit", "network_calls", "inpaint", "schedule_preview"]
 
 log = logging.getLogger(__name__)
+
+FITS = (*imaging.FIT_MODES, "tiles")
+"""How ``inpaint`` meets the model's resolution: crop, resize, pad (``imaging.FIT_MODES``) or tiles (region by
+region at native resolution, ``comfyui_rad.tiles``). crop turns into tiles by itself when a hole does not fit."""
 
 
 def match_batches(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,16 +47,41 @@ def match_batches(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return image.expand(batch, -1, -1, -1), imaging.normalize_mask(mask, batch, height, width)
 
 
+def resolve_fit(fit: str, mask: torch.Tensor, size: int) -> str:
+    """The fit ``inpaint`` uses for masks [B,H,W] and a model of ``size`` pixels: ``fit`` itself, except that
+    crop becomes tiles when a hole does not fit one window at native scale (``tiles.crop_fits``), instead of being
+    downscaled. Where every hole fits, crop is exactly what it always was."""
+    if fit not in FITS:
+        raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(FITS)}")
+    if fit == "crop" and bool((mask > 0).any()) and not tiles.crop_fits(mask, size):
+        return "tiles"
+    return fit
+
+
+def network_calls(image_size: int, image: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
+                  sampler: str = "ddpm", fit: str = "crop", options: dict | None = None,
+                  tile_settings: tiles.TileSettings | None = None) -> int:
+    """How many network calls ``inpaint`` makes for these arguments (a model of ``image_size`` pixels), before
+    any is made: for a progress bar over all windows. 0 for an empty mask."""
+    steps = DEFAULT_STEPS[sampler] if steps is None else steps
+    image, mask = match_batches(image.float(), mask)
+    if resolve_fit(fit, mask, image_size) == "tiles":
+        return tiles.count_calls(mask, image_size, sampler, steps, options, tile_settings or tiles.TileSettings())[1]
+    return tiles.calls_per_pass(sampler, steps, options) if bool((mask > 0).any()) else 0
+
+
 def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
             sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, fit: str = "crop",
             callback: Callable[[dict], None] | None = None, y: int | torch.Tensor | None = None,
             curves: NoiseCurves | None = None, options: dict | None = None,
-            embedding: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+            embedding: str = "auto", tile_settings: tiles.TileSettings | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint ``image`` [B,3,H,W] in [0,1] (CPU) where ``mask`` (1 = inpaint, read as given) is above 0.
 
     ``steps``: default ``sampling.DEFAULT_STEPS[sampler]``. The batches follow ``match_batches``; the model's
-    resolution is met by ``fit`` (crop / resize / pad, see ``imaging.FIT_MODES``), and the result is stitched back:
-    pixels with mask 0 are bit-identical to the input. Noise comes from a CPU generator seeded with ``seed``, so a
+    resolution is met by ``fit`` (crop / resize / pad, see ``imaging.FIT_MODES``; tiles, region by region at
+    native resolution, see ``comfyui_rad.tiles``, with ``tile_settings``; crop switches to tiles where a hole does
+    not fit, ``resolve_fit``), and the result is stitched back: pixels with mask 0 are bit-identical to the input. Noise comes from a CPU generator seeded with ``seed``, so a
     seed gives the same result on any device. ``curves``: Phase 1's noise curves, default the model's
     (``rad_info(model).curves``). ``callback`` gets the sampler's dict every step. ``options``: further keywords for
     the sampler (repaint: ``jump_length``, ``jump_n_sample``; ddpm and ddim: ``resample``, ``jump``). ``embedding``: how the network takes its timesteps,
@@ -61,8 +90,8 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(sorted(SAMPLERS))}")
-    if fit not in imaging.FIT_MODES:
-        raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(sorted(imaging.FIT_MODES))}")
+    if fit not in FITS:
+        raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(FITS)}")
     steps = DEFAULT_STEPS[sampler] if steps is None else steps
     image, mask = match_batches(image.float(), mask)
     if sampler not in BASELINE_SAMPLERS and not rad_info(model).is_rad:
@@ -70,11 +99,20 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
                     "load a RAD adapter or a RAD model")
     size = model.config.image_size
     denoiser = RADDenoiser(model, curves, embedding)
+    kwargs = ({"eta": eta} if sampler == "ddim" else {}) | (options or {})
+    if resolve_fit(fit, mask, size) == "tiles":
+        if fit == "crop":
+            log.info("the hole is larger than the model's %dx%d window: crop fills it region by region (tiles)",
+                     size, size)
+        result = tiles.inpaint_tiles(denoiser, image, mask, sampler=sampler, steps=steps, size=size,
+                                     generator=torch.Generator().manual_seed(seed), callback=callback, y=y,
+                                     curves=denoiser.curves, options=kwargs,
+                                     settings=tile_settings or tiles.TileSettings())
+        return result, mask
     model_image, model_mask, fitted = imaging.FIT_MODES[fit](image, mask, size)
     if fitted.empty:
         return image.clone(), mask
     schedule = SpatialSchedule(model_mask[:, None], denoiser.curves)
-    kwargs = ({"eta": eta} if sampler == "ddim" else {}) | (options or {})
     log.info("inpainting %d image(s) of %dx%d at %dx%d (%s), %d %s steps on %s", image.shape[0], image.shape[3],
              image.shape[2], size, size, fit, steps, sampler, denoiser.device)
     result = SAMPLERS[sampler](denoiser, imaging.to_model_range(model_image), schedule, steps,

@@ -1,0 +1,222 @@
+"""Region by region ("tiles"): the plan, the window masks, native-resolution windows, the crop switch, batches,
+progress over all windows, Cancel, and kept pixels bit for bit (tiny random 16x16 ADM on CPU)."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import TINY, make_adm
+
+from comfyui_rad import imaging
+from comfyui_rad.pipeline import inpaint, network_calls, resolve_fit
+from comfyui_rad.sampling import SAMPLERS, repaint_calls
+from comfyui_rad.schedule import SpatialSchedule
+from comfyui_rad.tiles import TileSettings, count_calls, crop_fits, plan_tiles, window_mask
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_adm(replace(TINY, image_size=SIZE))
+
+
+class Spy(torch.nn.Module):
+    """The model, recording the shape of every input it is called with."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config, self.shapes = inner, inner.config, []
+
+    def forward(self, x, t, y=None):
+        self.shapes.append(tuple(x.shape))
+        return self.inner(x, t, y=y)
+
+
+def picture(batch=1, height=40, width=50, seed=0):
+    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def big_hole(height=40, width=50):
+    """A 30x37 hole: more than twice the 16-pixel window each way."""
+    mask = torch.zeros(1, height, width)
+    mask[:, 5:35, 8:45] = 1
+    return mask
+
+
+def covered(plan, height, width):
+    cover = torch.zeros(height, width, dtype=torch.bool)
+    for w in plan.windows:
+        cover[max(w.top, 0):w.top + w.height, max(w.left, 0):w.left + w.width] = True
+    return cover
+
+
+# ------------------------------------------------------------------------------------------------------ planning
+
+
+def test_plan_covers_the_hole_with_overlapping_native_windows_from_the_border_inwards():
+    mask = big_hole()[0]
+    plan = plan_tiles(mask, SIZE)
+    assert plan.windows and all((w.height, w.width) == (SIZE, SIZE) for w in plan.windows)
+    assert covered(plan, 40, 50)[mask > 0].all()
+    tops = sorted({w.top for w in plan.windows})
+    assert all(b - a <= SIZE - SIZE // 4 for a, b in zip(tops, tops[1:]))  # neighbours share >= overlap rows
+    assert min(tops) < 5  # context: the border windows reach past the hole's box into known pixels
+    square = torch.zeros(64, 64)
+    square[8:56, 8:56] = 1
+    order = plan_tiles(square, SIZE).windows
+    known = [float((square[w.top:w.top + SIZE, w.left:w.left + SIZE] == 0).float().mean()) for w in order]
+    assert len(order) == 25 and known[0] == max(known) > 0.3
+    assert all(k > 0 for k in known[:16]) and known[-9:].count(0.0) == 9  # the ring first, the inside last
+
+
+def test_a_hole_that_fits_is_one_window_and_an_empty_mask_none():
+    mask = torch.zeros(40, 50)
+    mask[10:20, 10:20] = 1
+    assert len(plan_tiles(mask, SIZE).windows) == 1
+    assert plan_tiles(torch.zeros(40, 50), SIZE).windows == ()
+
+
+def test_windows_without_a_hole_pixel_are_dropped():
+    mask = torch.zeros(60, 60)
+    mask[2:58, 2:8] = 1  # an L: a column and a row
+    mask[52:58, 2:58] = 1
+    plan = plan_tiles(mask, SIZE)
+    for w in plan.windows:
+        assert bool(mask[max(w.top, 0):w.top + SIZE, max(w.left, 0):w.left + SIZE].any())
+    assert covered(plan, 60, 60)[mask > 0].all()
+
+
+def test_bad_settings_are_refused_with_the_value():
+    with pytest.raises(ValueError, match="overlap must be in \\[0, 15\\].*got 16"):
+        plan_tiles(big_hole()[0], SIZE, TileSettings(overlap=16))
+    with pytest.raises(ValueError, match="soft must be in \\[0, 1\\]"):
+        plan_tiles(big_hole()[0], SIZE, TileSettings(soft=1.5))
+
+
+def test_window_mask_is_one_unfilled_soft_ramp_in_the_overlap_zero_known():
+    mask = torch.zeros(1, 16, 16)
+    mask[:, :, 4:] = 1  # known columns 0-3
+    filled = torch.zeros(1, 16, 16, dtype=torch.bool)
+    filled[:, :, 4:8] = True  # an earlier window generated columns 4-7
+    m = window_mask(mask, filled, TileSettings(overlap=4, soft=0.5))
+    assert torch.equal(m[0, :, :4], torch.zeros(16, 4)) and torch.equal(m[0, :, 8:], torch.ones(16, 8))
+    assert torch.allclose(m[0, 0, 4:8], torch.tensor([0.125, 0.25, 0.375, 0.5]))  # 0.5 next to the new pixels
+    hard = window_mask(mask, filled, TileSettings(overlap=4, soft=0.0))
+    assert torch.equal(hard[0, :, 4:8], torch.zeros(16, 4))
+    guided = window_mask(mask, filled, TileSettings(overlap=4, coarse_strength=0.8), guided=True)
+    assert torch.allclose(guided[0, :, 8:], torch.full((16, 8), 0.8))
+    soft_user = window_mask(mask * 0.3, filled, TileSettings(overlap=4, soft=0.5))
+    assert float(soft_user.max()) == pytest.approx(0.3)  # never more than the user asked for
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+
+
+def test_tiles_keep_pixels_bit_identical_and_sample_only_native_windows(model, one_thread):
+    spy, image, mask = Spy(model), picture(), big_hole()
+    out, used = inpaint(spy, image, mask, steps=3, fit="tiles", sampler="ddim")
+    keep = (mask == 0)[:, None].expand_as(image)
+    assert torch.equal(out[keep], image[keep]) and torch.equal(used, mask)
+    assert (out - image)[~keep].abs().mean() > 0.05
+    windows, calls = count_calls(mask, SIZE, "ddim", 3)
+    assert windows > 4 and len(spy.shapes) == calls == 3 * windows
+    assert set(spy.shapes) == {(1, 3, SIZE, SIZE)}  # nothing resized: every call sees a native window
+
+
+def test_progress_counts_every_call_of_every_window_and_previews_the_whole_picture(model, one_thread):
+    image, mask, seen = picture(), big_hole(), []
+    total = network_calls(SIZE, image, mask, steps=2, sampler="ddpm", fit="crop")
+    inpaint(model, image, mask, steps=2, fit="crop", callback=seen.append)
+    assert [s["step"] for s in seen] == list(range(total)) and {s["total"] for s in seen} == {total}
+    assert seen[-1]["window"] == seen[-1]["windows"] - 1 and total == 2 * seen[-1]["windows"]
+    assert all(tuple(s["pred_x0"].shape) == (1, 3, 40, 50) for s in seen)
+    known = (mask == 0)[:, None].expand_as(image)
+    assert torch.allclose(seen[-1]["pred_x0"][known], imaging.to_model_range(image)[known], atol=1e-6)
+
+
+def test_cancel_stops_within_a_step(model, one_thread):
+    calls = []
+
+    def cancel(info):
+        calls.append(info["step"])
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        inpaint(model, picture(), big_hole(), steps=3, fit="tiles", callback=cancel)
+    assert calls == [0, 1, 2, 3, 4]
+
+
+def test_crop_whose_hole_fits_is_bit_identical_to_the_single_window_path(model, one_thread):
+    image = picture(2)
+    mask = torch.zeros(2, 40, 50)
+    mask[0, 20:26, 30:36] = 1
+    mask[1, 2:8, 3:9] = 1
+    mask[0, 20:36, 22:38] = 0.5  # soft, and exactly as large as the window: still fits
+    assert crop_fits(mask, SIZE) and resolve_fit("crop", mask, SIZE) == "crop"
+    out, _ = inpaint(model, image, mask, steps=3, fit="crop", seed=4)
+    # the path crop always took, written out: fit, one sampler pass, stitch
+    model_image, model_mask, fitted = imaging.fit_crop(image, mask, SIZE)
+    result = SAMPLERS["ddpm"](model, imaging.to_model_range(model_image), SpatialSchedule(model_mask[:, None]), 3,
+                              torch.Generator().manual_seed(4), None, y=None)
+    assert torch.equal(out, imaging.stitch(imaging.from_model_range(result.float()), image, mask, fitted))
+
+
+def test_crop_switches_to_tiles_when_the_hole_does_not_fit(model, one_thread):
+    image, mask = picture(), big_hole()
+    assert not crop_fits(mask, SIZE) and resolve_fit("crop", mask, SIZE) == "tiles"
+    assert resolve_fit("resize", mask, SIZE) == "resize"
+    crop, _ = inpaint(model, image, mask, steps=2, fit="crop", seed=1)
+    tiles, _ = inpaint(model, image, mask, steps=2, fit="tiles", seed=1)
+    assert torch.equal(crop, tiles)
+    with pytest.raises(ValueError, match="unknown fit 'tile'.*crop, resize, pad, tiles"):
+        inpaint(model, image, mask, fit="tile")
+
+
+def test_batches_one_mask_many_images_and_one_image_many_masks(model, one_thread):
+    image, mask = picture(2), big_hole()
+    spy = Spy(model)
+    out, used = inpaint(spy, image, mask, steps=2, fit="tiles")
+    windows, calls = count_calls(used, SIZE, "ddpm", 2)
+    assert len(spy.shapes) == calls == 2 * windows and set(spy.shapes) == {(2, 3, SIZE, SIZE)}  # one batch
+    assert not torch.equal(out[0], out[1])
+    masks = torch.cat([big_hole(), torch.zeros(1, 40, 50)])
+    masks[1, 30:38, 2:12] = 1  # another plan: its own group
+    out, used = inpaint(model, picture(1), masks, steps=2, fit="tiles")
+    keep = (used == 0)[:, None].expand_as(out)
+    assert torch.equal(out[keep], picture(1).expand_as(out)[keep])
+    assert network_calls(SIZE, picture(1), masks, steps=2, fit="tiles") == count_calls(used, SIZE, "ddpm", 2)[1]
+
+
+def test_soft_masks_and_the_coarse_pass(model, one_thread):
+    image, mask = picture(), big_hole() * 0.6
+    spy = Spy(model)
+    out, _ = inpaint(spy, image, mask, steps=2, fit="tiles", tile_settings=TileSettings(coarse=True))
+    windows, calls = count_calls(mask, SIZE, "ddpm", 2, settings=TileSettings(coarse=True))
+    assert calls == 2 * (windows + 1) == len(spy.shapes)  # one downscaled pass, then every window
+    keep = (mask == 0)[:, None].expand_as(image)
+    assert torch.equal(out[keep], image[keep]) and not torch.equal(out, image)
+
+
+def test_repaint_tiles_with_binary_masks_and_its_call_count(model, one_thread):
+    image, mask = picture(1, 24, 40), torch.zeros(1, 24, 40)
+    mask[:, 4:20, 3:37] = 1
+    options = {"jump_length": 2, "jump_n_sample": 2}
+    seen = []
+    out, _ = inpaint(model, image, mask, steps=4, sampler="repaint", fit="tiles", options=options,
+                     callback=seen.append)
+    windows, calls = count_calls(mask, SIZE, "repaint", 4, options)
+    assert windows > 1 and calls == windows * repaint_calls(4, 2, 2) == len(seen)
+    keep = (mask == 0)[:, None].expand_as(image)
+    assert torch.equal(out[keep], image[keep])
+
+
+def test_naive_independent_tiles_never_read_the_hole(model, one_thread):
+    image, mask = picture(), big_hole()
+    other = image.clone()
+    other[(mask > 0)[:, None].expand_as(image)] = 0.0  # different hole content, same known pixels
+    naive = TileSettings(overlap=0, context=0, independent=True)
+    a, _ = inpaint(model, image, mask, steps=2, fit="tiles", tile_settings=naive)
+    b, _ = inpaint(model, other, mask, steps=2, fit="tiles", tile_settings=naive)
+    assert torch.equal(a, b)
