@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from . import imaging, masks
 from .checkpoints import DEFAULT_MODEL
 from .devices import DTYPES, resolve_device, resolve_dtype
 from .masks import GENERATED_MASKS, MASK_MODES
-from .pipeline import inpaint
+from .pipeline import FITS, inpaint
 from .sampling import DEFAULT_JUMP, DEFAULT_STEPS, SAMPLERS, check_resample, rad_calls
 
 log = logging.getLogger("comfyui_rad")
@@ -35,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", type=Path, help="RAD adapter .safetensors made for this base (from rad-train)")
     p.add_argument("--strength", type=float, default=1.0, help="adapter strength (default 1.0)")
     p.add_argument("--image", required=True, type=Path, help="image to inpaint (png/jpg/webp), any size")
-    p.add_argument("--mask", required=True,
-                   help="mask image (white or transparent = inpaint), or one of: " + ", ".join(GENERATED_MASKS))
+    p.add_argument("--mask",
+                   help="mask image (white or transparent = inpaint), or one of: " + ", ".join(GENERATED_MASKS)
+                        + " (optional with --outpaint)")
+    p.add_argument("--outpaint", metavar="LEFT,TOP,RIGHT,BOTTOM",
+                   help="extend the canvas by these many pixels on each side (e.g. 0,0,256,0) and fill the new "
+                        "border; with --mask, the mask also applies inside the original picture")
     p.add_argument("--invert-mask", action="store_true", help="the mask file uses black = inpaint")
     p.add_argument("--mask-mode", choices=MASK_MODES, default="binary",
                    help="binary: threshold the mask (default); soft: a mask value is how much a pixel is regenerated")
@@ -60,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"with --resample: steps each jump goes back up, below --steps (default {DEFAULT_JUMP})")
     p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same result anywhere")
     p.add_argument("--samples", type=int, default=1, help="number of results (written as name_00000.png, ...)")
-    p.add_argument("--fit", choices=sorted(imaging.FIT_MODES), default="crop",
-                   help="fit the model's resolution: crop a window around the mask and stitch back (default), "
-                        "resize the whole image, or pad it to a square")
+    p.add_argument("--fit", choices=FITS, default="crop",
+                   help="fit the model's resolution: crop a window around the mask and stitch back (default; a "
+                        "hole larger than the window is filled region by region, as tiles), resize the whole image, "
+                        "pad it to a square, or tiles: overlapping windows at the model's own resolution")
     p.add_argument("--class-label", type=int, help="class label for class-conditional checkpoints")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps ...")
     p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
@@ -71,6 +77,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-heads", type=int, help="attention head count (use with --num-head-channels -1)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return p
+
+
+OUTPAINT_MAX = 16384
+"""The most pixels --outpaint adds on one side."""
+
+
+def parse_outpaint(text: str) -> tuple[int, int, int, int]:
+    """``LEFT,TOP,RIGHT,BOTTOM`` in pixels -> the four ints; CLIError naming the value otherwise."""
+    example = "e.g. --outpaint 0,0,256,0 to extend the picture 256 pixels to the right"
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise CLIError(f"--outpaint must be four whole numbers of pixels LEFT,TOP,RIGHT,BOTTOM, got {text!r} "
+                       f"({example})")
+    sides = tuple(int(p) for p in parts)
+    if not any(sides):
+        raise CLIError(f"--outpaint {text} adds no pixel: give at least one side above 0 ({example})")
+    if max(sides) > OUTPAINT_MAX:
+        raise CLIError(f"--outpaint {text}: at most {OUTPAINT_MAX} pixels per side")
+    return sides
+
+
+def outpaint_canvas(image: torch.Tensor, mask: torch.Tensor | None,
+                    sides: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """image [B,3,H,W] and mask [B,H,W] or None -> the canvas extended by (left, top, right, bottom) pixels
+    (the new border repeats the edge pixels; the sampler never reads them) and its mask: 1 on the new border,
+    the given mask (or 0) inside."""
+    left, top, right, bottom = sides
+    if mask is None:
+        mask = torch.zeros(image.shape[0], *image.shape[-2:])
+    canvas = F.pad(image, (left, right, top, bottom), mode="replicate")
+    return canvas, F.pad(mask, (left, right, top, bottom), value=1.0)
 
 
 def _mask(args, height: int, width: int) -> torch.Tensor:
@@ -101,7 +138,8 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
         left = (total - done) / rate if rate else 0.0
-        line = f"[{'#' * (30 * done // total):<30}] {done}/{total} {rate:.2f} it/s, {left:.0f}s left"
+        where = f" (window {info['window'] + 1}/{info['windows']})" if info.get("windows", 1) > 1 else ""
+        line = f"[{'#' * (30 * done // total):<30}] {done}/{total}{where} {rate:.2f} it/s, {left:.0f}s left"
         sys.stderr.write(("\r" + line + ("\n" if done == total else "")) if self.tty else line + "\n")
         sys.stderr.flush()
 
@@ -139,9 +177,15 @@ def run(args: argparse.Namespace) -> list[Path]:
             raise CLIError(f"{what} file {path} does not exist")
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
     options = _resample_options(args, steps)
+    sides = parse_outpaint(args.outpaint) if args.outpaint is not None else None
+    if args.mask is None and sides is None:
+        raise CLIError("give --mask (a mask file, or one of: " + ", ".join(GENERATED_MASKS) + "), or --outpaint")
     image = imaging.load_image(args.image)
     _, _, height, width = image.shape
-    mask = _mask(args, height, width)
+    mask = _mask(args, height, width) if args.mask is not None else None
+    if sides is not None:
+        image, mask = outpaint_canvas(image, mask, sides)
+        log.info("outpainting: %dx%d -> %dx%d", width, height, image.shape[3], image.shape[2])
     if not bool((mask > 0).any()):
         raise CLIError("the mask is empty: nothing to inpaint (white or transparent pixels mark what to inpaint; "
                        "try --invert-mask)")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from . import imaging
 from .imaging import Window
-from .sampling import BASELINE_SAMPLERS, SAMPLERS, repaint_calls
+from .sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, SAMPLERS, rad_calls, repaint_calls
 from .schedule import NoiseCurves, SpatialSchedule
 
 __all__ = ["TileSettings", "TilePlan", "plan_tiles", "plan_batch", "calls_per_pass", "count_calls", "window_mask",
@@ -169,11 +169,13 @@ def plan_batch(mask: torch.Tensor, size: int, settings: TileSettings = TileSetti
 
 
 def calls_per_pass(sampler: str, steps: int, options: dict | None = None) -> int:
-    """Network calls of one sampler pass over one window: ``steps`` for RAD's samplers and replace, RePaint's
-    count for repaint (2,410 at 250 / 10 / 10)."""
+    """Network calls of one sampler pass over one window: ``steps`` for replace and for RAD's samplers (more with
+    resampling, ``sampling.rad_calls``), RePaint's count for repaint (2,410 at 250 / 10 / 10)."""
     options = options or {}
     if sampler == "repaint":
         return repaint_calls(steps, options.get("jump_length", 10), options.get("jump_n_sample", 10))
+    if sampler in ("ddpm", "ddim") and options.get("resample"):
+        return rad_calls(steps, options["resample"], options.get("jump", DEFAULT_JUMP))
     return steps
 
 

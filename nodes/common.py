@@ -7,6 +7,7 @@ ComfyUI's IMAGE is float32 [B,H,W,C] in [0,1] and MASK float [B,H,W] (1 = inpain
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import comfy.model_management
@@ -16,8 +17,8 @@ import torch
 from comfy_api.latest import io
 from PIL import Image
 
-from comfyui_rad.imaging import FIT_MODES
 from comfyui_rad.masks import as_bhw
+from comfyui_rad.pipeline import FITS
 from comfyui_rad.schedule import NoiseCurves
 
 log = logging.getLogger(__name__)
@@ -81,15 +82,42 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 PREVIEW_SIZE = 512
+PREVIEW_INTERVAL = 0.25
+"""Seconds between two previews (at most 4 a second; the first and the last are always sent). ComfyUI 0.38
+throttles progress updates but sends every one that carries a preview, so the samplers throttle their own:
+RePaint makes 2,410 calls, a large hole region by region thousands."""
+
+
+CLOCK = time.monotonic
+"""The previews' clock (a test sets its own)."""
+
+
+class PreviewThrottle:
+    """Whether a progress update should carry a preview: the first, the last, and then one per ``interval``
+    seconds of ``clock`` (default ``CLOCK``)."""
+
+    def __init__(self, interval: float = PREVIEW_INTERVAL, clock=None):
+        self.interval, self.clock, self.last = interval, clock or CLOCK, None
+
+    def __call__(self, done: int, total: int) -> bool:
+        now = self.clock()
+        if self.last is not None and done < total and now - self.last < self.interval:
+            return False
+        self.last = now
+        return True
 
 
 def progress(total: int):
-    """A sampler callback: ComfyUI's progress bar with the predicted image as preview; raises on Cancel."""
+    """A sampler callback: ComfyUI's progress bar over ``total`` network calls (all windows), with the predicted
+    picture as a throttled preview (``PreviewThrottle``); raises on Cancel, so Cancel stops within one step."""
     bar = comfy.utils.ProgressBar(total)
+    throttle = PreviewThrottle()
 
     def callback(info: dict) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(info["step"] + 1, info["total"], ("JPEG", to_pil(info["pred_x0"][0]), PREVIEW_SIZE))
+        done, total = info["step"] + 1, info["total"]
+        preview = ("JPEG", to_pil(info["pred_x0"][0]), PREVIEW_SIZE) if throttle(done, total) else None
+        bar.update_absolute(done, total, preview)
 
     return callback
 
@@ -97,10 +125,12 @@ def progress(total: int):
 def fit_and_label_inputs() -> list:
     """The sampler nodes' ``fit`` and ``class_label`` inputs (public API: names, defaults and order pinned)."""
     return [
-        io.Combo.Input("fit", options=list(FIT_MODES), default="crop",
+        io.Combo.Input("fit", options=list(FITS), default="crop",
                        tooltip="How the image meets the model's resolution (e.g. 256x256). crop: a square window "
-                               "around the mask (with context; larger holes are downscaled), stitched back: best for "
-                               "big photos. resize: the whole image, stretched. pad: the whole image in a square."),
+                               "around the mask (with context), stitched back: best for big photos; a hole larger "
+                               "than the window is filled region by region, as tiles. resize: the whole image, "
+                               "stretched. pad: the whole image in a square. tiles: always region by region, "
+                               "overlapping windows at the model's own resolution (outpainting, big holes)."),
         io.Int.Input("class_label", default=-1, min=-1, max=9999,
                      tooltip="Class-conditional checkpoints only (e.g. ImageNet: 0-999); -1 for unconditional ones."),
     ]

@@ -7,7 +7,7 @@ import logging
 import comfy.model_management
 from comfy_api.latest import io
 
-from comfyui_rad.pipeline import inpaint
+from comfyui_rad.pipeline import inpaint, network_calls
 from comfyui_rad.sampling import repaint_calls
 
 from .common import (
@@ -54,11 +54,15 @@ class RADRePaintSampler(io.ComfyNode):
     def execute(cls, rad_model, image, schedule: MaskSchedule, seed: int, steps: int, jump_length: int,
                 jump_n_sample: int, fit: str, class_label: int) -> io.NodeOutput:
         check_schedule(schedule)
-        calls = repaint_calls(steps, jump_length, jump_n_sample)  # checks the jump settings before loading
+        repaint_calls(steps, jump_length, jump_n_sample)  # checks the jump settings before loading
+        jumps = {"jump_length": jump_length, "jump_n_sample": jump_n_sample}
+        image = image_to_bchw(image)
+        calls = network_calls(rad_model.model.config.image_size, image, schedule.mask, steps=steps,
+                              sampler="repaint", fit=fit, options=jumps)
         comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
         comfy.model_management.throw_exception_if_processing_interrupted()
-        result, mask = inpaint(rad_model.model, image_to_bchw(image), schedule.mask, steps=steps, sampler="repaint",
+        result, mask = inpaint(rad_model.model, image, schedule.mask, steps=steps, sampler="repaint",
                                seed=seed, fit=fit, callback=progress(calls),
                                y=None if class_label < 0 else class_label, curves=schedule.curves,
-                               options={"jump_length": jump_length, "jump_n_sample": jump_n_sample})
+                               options=jumps)
         return io.NodeOutput(image_to_bhwc(result), mask)

@@ -7,8 +7,8 @@ import logging
 import comfy.model_management
 from comfy_api.latest import io
 
-from comfyui_rad.pipeline import inpaint
-from comfyui_rad.sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, SAMPLERS, check_resample, rad_calls
+from comfyui_rad.pipeline import inpaint, network_calls
+from comfyui_rad.sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, SAMPLERS, check_resample
 
 from .common import (
     CATEGORY, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule, progress, RADModel,
@@ -65,8 +65,11 @@ class RADSampler(io.ComfyNode):
         check_resample(resample, jump, steps)  # before loading: names the node's inputs
         comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
         comfy.model_management.throw_exception_if_processing_interrupted()
-        result, mask = inpaint(rad_model.model, image_to_bchw(image), schedule.mask, steps=steps, sampler=sampler,
-                               eta=eta, seed=seed, fit=fit, callback=progress(rad_calls(steps, resample, jump)),
-                               y=None if class_label < 0 else class_label, curves=schedule.curves,
-                               options={"resample": resample, "jump": jump} if resample else None)
+        image = image_to_bchw(image)
+        options = {"resample": resample, "jump": jump} if resample else None
+        calls = network_calls(rad_model.model.config.image_size, image, schedule.mask, steps=steps, sampler=sampler,
+                              fit=fit, options=options)
+        result, mask = inpaint(rad_model.model, image, schedule.mask, steps=steps, sampler=sampler,
+                               eta=eta, seed=seed, fit=fit, callback=progress(calls),
+                               y=None if class_label < 0 else class_label, curves=schedule.curves, options=options)
         return io.NodeOutput(image_to_bhwc(result), mask)

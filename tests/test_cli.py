@@ -138,3 +138,48 @@ def test_default_model_is_used_when_no_model_is_given(files, monkeypatch, capsys
     assert main([*args, "-o", str(files / "with_default.png")]) == 0
     assert run(files, "--mask", "box", "--steps", "2", "-o", str(files / "explicit.png")) == 0
     assert (pixels(files / "with_default.png") == pixels(files / "explicit.png")).all()
+
+
+def test_outpaint_extends_the_canvas_and_keeps_the_picture(files, capsys):
+    out = files / "wider.png"
+    assert run(files, "--outpaint", "8,0,40,6", "-o", str(out), "--save-mask", str(files / "wider_mask.png")) == 0
+    a, b = pixels(files / "in.png"), pixels(out)
+    assert b.shape == (50 + 6, 70 + 48, 3)
+    assert (b[:50, 8:78] == a).all()  # the original picture, bit for bit
+    assert (pixels(files / "wider_mask.png")[:50, 8:78] == 0).all() and (pixels(files / "wider_mask.png")[:, 78:] == 255).all()
+    assert np.abs(b[:, 78:] - np.repeat(b[:, 77:78], 40, axis=1)).mean() > 5  # new content, not the edge repeated
+
+
+def test_outpaint_with_a_mask_inpaints_inside_too(files):
+    out = files / "both.png"
+    assert run(files, "--outpaint", "0,0,16,0", "--mask", str(files / "mask.png"), "-o", str(out)) == 0
+    a, b = pixels(files / "in.png"), pixels(out)
+    hole = pixels(files / "mask.png") > 0
+    assert b.shape == (50, 86, 3) and (b[:, :70][~hole] == a[~hole]).all() and (b[:, :70][hole] != a[hole]).any()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("10,20", "four whole numbers of pixels LEFT,TOP,RIGHT,BOTTOM, got '10,20'"),
+    ("0,-8,0,0", "four whole numbers"),
+    ("a,b,c,d", "four whole numbers"),
+    ("0,0,0,0", "adds no pixel"),
+    ("0,0,99999,0", "at most 16384 pixels per side"),
+])
+def test_bad_outpaint_values_are_explained(files, capsys, value, message):
+    assert run(files, "--outpaint", value, "-o", str(files / "never.png")) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--outpaint" in err
+    assert not (files / "never.png").exists()
+
+
+def test_a_mask_or_outpaint_is_required(files, capsys):
+    assert run(files, "-o", str(files / "never.png")) == 2
+    assert "give --mask" in capsys.readouterr().err
+
+
+def test_tiles_fit_from_the_command_line(files, capsys):
+    out = files / "tiles.png"
+    assert run(files, "--mask", str(files / "mask.png"), "--fit", "tiles", "-o", str(out)) == 0
+    a, b = pixels(files / "in.png"), pixels(out)
+    hole = pixels(files / "mask.png") > 0
+    assert (a[~hole] == b[~hole]).all() and np.abs(a[hole] - b[hole]).mean() > 5

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 from comfy_stub import Interrupted, host, rad_model, state  # noqa: F401
@@ -27,7 +29,7 @@ def kept_equal(out, image, mask):
     return torch.equal(out[keep], image[keep])
 
 
-@pytest.mark.parametrize("fit", ["crop", "resize", "pad"])
+@pytest.mark.parametrize("fit", ["crop", "resize", "pad", "tiles"])
 def test_inpaints_at_the_input_size_and_keeps_the_rest(host, rad_model, state, fit):
     image, mask = photo(1, 40, 56), box(1, 40, 56)
     out, used = sample(host, rad_model, image, mask, fit=fit)
@@ -42,6 +44,41 @@ def test_progress_has_an_x0_preview_every_step(host, rad_model, state):
     assert [(i, t) for i, t, _ in state.progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     kind, picture, size = state.progress[-1][2]
     assert kind == "JPEG" and isinstance(picture, Image.Image) and picture.size == (32, 32) and size == 512
+
+
+def common(host):
+    return sys.modules[host.nodes.__name__ + ".common"]
+
+
+def test_previews_are_throttled_the_first_and_the_last_always_sent(host, rad_model, state, monkeypatch):
+    now = [0.0]
+
+    def clock():  # 0.1 s per network call
+        now[0] += 0.1
+        return now[0]
+
+    monkeypatch.setattr(common(host), "CLOCK", clock)
+    sample(host, rad_model, photo(1, 32, 32), box(1, 32, 32), schedule_steps=12)
+    sent = [i for i, _, preview in state.progress if preview is not None]
+    assert [i for i, _, _ in state.progress] == list(range(1, 13))
+    assert sent == [1, 4, 7, 10, 12]  # one per 0.25 s of the clock, and the last
+    state.reset()
+    monkeypatch.setattr(common(host), "CLOCK", lambda: 0.0)  # a fast machine: only the first and the last
+    sample(host, rad_model, photo(1, 32, 32), box(1, 32, 32), schedule_steps=12)
+    assert [i for i, _, preview in state.progress if preview is not None] == [1, 12]
+
+
+def test_a_hole_larger_than_the_model_goes_region_by_region_with_one_bar_over_all_windows(host, rad_model, state):
+    image = photo(1, 80, 100)
+    mask = torch.zeros(1, 80, 100)
+    mask[:, 10:70, 15:90] = 1  # 60x75 against the tiny model's 32x32
+    out, used = sample(host, rad_model, image, mask, schedule_steps=2)
+    totals = {t for _, t, _ in state.progress}
+    assert len(totals) == 1 and [i for i, _, _ in state.progress] == list(range(1, totals.pop() + 1))
+    assert len(state.progress) > 2 * 4  # at least 4 windows of 2 steps
+    kind, picture, _ = state.progress[-1][2]
+    assert picture.size == (100, 80)  # the preview is the whole picture
+    assert kept_equal(out, image, used) and (out - image)[mask.bool()].abs().mean() > 0.05
 
 
 def test_cancel_stops_within_one_step(host, rad_model, state):
