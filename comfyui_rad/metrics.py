@@ -13,7 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["hole_mse", "hole_psnr", "gaussian_window", "ssim_map", "ssim", "seam", "feature_statistics",
+__all__ = ["hole_mse", "hole_psnr", "gaussian_window", "ssim_map", "ssim", "seam", "region_seam",
+           "feature_statistics",
            "frechet_from_statistics", "frechet_distance", "SSIM_K1", "SSIM_K2"]
 
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -134,6 +135,34 @@ def seam(result: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> torch
         jump_t = (truth.narrow(dim, 0, n) - truth.narrow(dim, 1, n)).abs()
         total += ((jump_r - jump_t).abs() * crossing).sum(dim=(1, 2, 3))
         count += crossing.sum(dim=(1, 2, 3)) * result.shape[1]
+    return total / count
+
+
+def region_seam(result: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor,
+                within: torch.Tensor | None = None, *, across: bool = True) -> torch.Tensor:
+    """``seam``'s measure at the borders between the regions of a label map, per image: float64 [B].
+
+    labels: integer [B,H,W] (or [H,W]), e.g. which window generated each pixel; within: bool [B,H,W], only pairs
+    with both pixels inside count (e.g. the hole). The pairs are the 4-neighbours with different labels
+    (``across``), or, as a control, with the same label (``across=False``: the level the measure has away from any
+    border); the value is the mean of | jump(result) - jump(truth) | over them and the channels. nan: no pair.
+    ``seam(r, t, m)`` is ``region_seam(r, t, m > 0.5)``.
+    """
+    result, truth = _pair(result, truth)
+    labels = torch.as_tensor(labels).detach().cpu()
+    labels = (labels[None] if labels.ndim == 2 else labels)[:, None].expand(result.shape[0], 1, *result.shape[-2:])
+    inside = torch.ones_like(labels, dtype=torch.bool) if within is None else \
+        torch.as_tensor(within).detach().cpu().bool().reshape(-1, 1, *result.shape[-2:]).expand_as(labels)
+    total = torch.zeros(result.shape[0], dtype=torch.float64)
+    count = torch.zeros(result.shape[0], dtype=torch.float64)
+    for dim in (2, 3):
+        n = result.shape[dim] - 1
+        differ = labels.narrow(dim, 0, n) != labels.narrow(dim, 1, n)
+        pairs = ((differ if across else ~differ) & inside.narrow(dim, 0, n) & inside.narrow(dim, 1, n)).double()
+        jump_r = (result.narrow(dim, 0, n) - result.narrow(dim, 1, n)).abs()
+        jump_t = (truth.narrow(dim, 0, n) - truth.narrow(dim, 1, n)).abs()
+        total += ((jump_r - jump_t).abs() * pairs).sum(dim=(1, 2, 3))
+        count += pairs.sum(dim=(1, 2, 3)) * result.shape[1]
     return total / count
 
 

@@ -40,7 +40,7 @@ from .sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, SAMPLERS, rad_calls, repa
 from .schedule import NoiseCurves, SpatialSchedule
 
 __all__ = ["TileSettings", "TilePlan", "plan_tiles", "plan_batch", "calls_per_pass", "count_calls", "window_mask",
-           "crop_fits", "inpaint_tiles"]
+           "owner_map", "crop_fits", "inpaint_tiles"]
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,27 @@ def window_mask(mask: torch.Tensor, filled: torch.Tensor, settings: TileSettings
     scale = settings.coarse_strength if guided else 1.0
     value = torch.where(unfilled, mask * scale, torch.minimum(mask, ramp))
     return torch.where(hole, value, torch.zeros_like(mask)).float()
+
+
+def owner_map(mask: torch.Tensor, plan: TilePlan, settings: TileSettings = TileSettings()) -> torch.Tensor:
+    """Which window (its index in ``plan``) last regenerated each pixel of mask [H,W]: long [H,W], -1 for pixels
+    no window touches (kept ones). Where neighbouring pixels have different owners a seam could show; for
+    ``metrics.region_seam``."""
+    settings = settings.resolved(plan.size)
+    height, width = mask.shape
+    owner = torch.full((height, width), -1, dtype=torch.long)
+    filled = torch.zeros(height, width, dtype=torch.bool)
+    for index, w in enumerate(plan.windows):
+        y0, y1, x0, x1 = _inside(w, height, width)
+        a0, a1, b0, b1 = y0 - w.top, y1 - w.top, x0 - w.left, x1 - w.left
+        user = imaging._cut(mask[None], w, "constant")
+        done = imaging._cut(filled[None].float(), w, "constant") > 0
+        if settings.independent:
+            done = torch.zeros_like(done)
+        touched = window_mask(user, done, settings)[0, a0:a1, b0:b1] > 0
+        owner[y0:y1, x0:x1][touched] = index
+        filled[y0:y1, x0:x1] |= mask[y0:y1, x0:x1] > 0
+    return owner
 
 
 class _Calls:

@@ -164,3 +164,24 @@ def test_frechet_matches_scipy_sqrtm_and_survives_few_samples():
     assert frechet_distance(a[:1], a[:1]) == 0.0
     with pytest.raises(ValueError, match="5 and 4 dimensions"):
         frechet_distance(a, b[:, :4])
+
+
+def test_region_seam_is_seam_for_a_mask_and_sees_only_label_borders():
+    from comfyui_rad.metrics import region_seam
+
+    g = torch.Generator().manual_seed(3)
+    truth, result = torch.rand(2, 3, 12, 14, generator=g), torch.rand(2, 3, 12, 14, generator=g)
+    mask = torch.zeros(2, 12, 14)
+    mask[:, 3:9, 4:11] = 1
+    assert torch.allclose(region_seam(result, truth, mask > 0.5), seam(result, truth, mask))
+    labels = torch.zeros(12, 14, dtype=torch.long)
+    labels[:, 7:] = 1  # one vertical border between columns 6 and 7
+    flat = truth[..., :1].expand(-1, -1, -1, 14).clone()  # constant along each row: no jump across columns
+    stepped = flat.clone()
+    stepped[..., 7:] += 0.1  # a seam of 0.1 exactly there
+    truth = flat
+    assert torch.allclose(region_seam(stepped, truth, labels), torch.full((2,), 0.1, dtype=torch.float64))
+    assert torch.allclose(region_seam(stepped, truth, labels, across=False), torch.zeros(2, dtype=torch.float64),
+                          atol=1e-7)
+    within = torch.zeros(12, 14, dtype=torch.bool)
+    assert region_seam(stepped, truth, labels, within).isnan().all()

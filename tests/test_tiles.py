@@ -220,3 +220,17 @@ def test_naive_independent_tiles_never_read_the_hole(model, one_thread):
     a, _ = inpaint(model, image, mask, steps=2, fit="tiles", tile_settings=naive)
     b, _ = inpaint(model, other, mask, steps=2, fit="tiles", tile_settings=naive)
     assert torch.equal(a, b)
+
+
+def test_owner_map_marks_the_last_window_to_regenerate_each_pixel():
+    from comfyui_rad.tiles import owner_map
+
+    mask = big_hole()[0]
+    plan = plan_tiles(mask, SIZE)
+    hard = owner_map(mask, plan, TileSettings(soft=0.0))
+    assert torch.equal(hard >= 0, mask > 0)
+    first = plan.windows[0]
+    assert (hard[max(first.top, 0):first.top + SIZE, max(first.left, 0):first.left + SIZE][
+        mask[max(first.top, 0):first.top + SIZE, max(first.left, 0):first.left + SIZE] > 0] == 0).all()
+    soft = owner_map(mask, plan, TileSettings(soft=0.5))
+    assert (soft >= hard).all() and (soft > hard).any()  # the ramp hands overlap pixels to later windows
