@@ -7,7 +7,7 @@ them, then saves the graph as creators do (``NAME.json``, UI format) and as the 
 (input | result), the README's node pictures (``DOC_PICTURES``) and a screenshot of the graph after the run
 (``docs/graph_NAME.png``, for ``SCREENSHOTS``).
 
-    python workflows/build.py --server http://127.0.0.1:8188 --run
+    python example_workflows/build.py --server http://127.0.0.1:8188 --run
 
 Needs ``aiohttp`` (ComfyUI's environment has it). Only talks to the given local server.
 """

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 NODES: list[type[io.ComfyNode]] = [RADPerlinMask, RADModelLoader, RADSpatialSchedule, RADSampler,
                                    RADRePaintSampler]
-EXAMPLE_INPUTS = Path(__file__).resolve().parent.parent / "workflows" / "input"
+EXAMPLE_INPUTS = Path(__file__).resolve().parent.parent / "example_workflows" / "input"
 
 
 def copy_example_inputs() -> None:

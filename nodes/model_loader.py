@@ -30,7 +30,8 @@ NO_ADAPTER = "none"
 
 def register_folder() -> None:
     """``models/rad`` (first) and the pack's built-in weights as the ``rad`` model folder, keeping any paths a
-    user's ``extra_model_paths.yaml`` gave it, with the checkpoint extensions."""
+    user's ``extra_paths.yaml`` (ComfyUI 0.38's main model-path file) or ``extra_model_paths.yaml`` gave it, with
+    the checkpoint extensions."""
     folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
     folder_paths.add_model_folder_path(FOLDER, str(BUILTIN_DIR))
     paths, extensions = folder_paths.folder_names_and_paths[FOLDER]
@@ -70,7 +71,8 @@ def _full_path(name: str) -> str | None:
 def _missing(what: str, name: str) -> str:
     folders = "\n".join(f"  {p}" for p in folder_paths.get_folder_paths(FOLDER))
     return (f"{what} '{name}' was not found in the RAD model folders:\n{folders}\nPut the file in one of them "
-            "(or add a 'rad' entry to extra_model_paths.yaml), then refresh (R) and pick it from the list.")
+            "(or add a 'rad' entry to extra_paths.yaml, or extra_model_paths.yaml before ComfyUI 0.38), then refresh "
+            "(R) and pick it from the list.")
 
 
 def _auto_dtype(device: torch.device) -> torch.dtype:

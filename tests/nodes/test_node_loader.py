@@ -59,7 +59,7 @@ def test_missing_file_names_the_folders_searched(host):
     message = host.nodes.RADModelLoader.validate_inputs("tiny.safetensors", "nope.safetensors")
     assert "adapter 'nope.safetensors'" in message
     assert host.nodes.RADModelLoader.validate_inputs("tiny.safetensors", "none") is True
-    with pytest.raises(FileNotFoundError, match="extra_model_paths.yaml"):
+    with pytest.raises(FileNotFoundError, match="extra_paths.yaml, or extra_model_paths.yaml"):
         host.nodes.RADModelLoader.execute("gone.pt", "none", 1.0, "auto")
 
 

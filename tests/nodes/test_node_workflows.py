@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from node_contract import CONTRACT
 
-WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
+WORKFLOWS = Path(__file__).resolve().parents[2] / "example_workflows"
 EXAMPLES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 EXTERNAL_MODELS = {"rad_authors_ffhq256": "rad_ffhq256.safetensors"}
 """Examples for a model the pack cannot ship (the RAD authors' FFHQ model): the file their loader picks."""
