@@ -246,13 +246,28 @@ def _keep(name: str, prompt: dict) -> np.ndarray:
     return _grow(mask, 12) == 0
 
 
+def _outpainted(before: np.ndarray, pad: dict) -> tuple[np.ndarray, np.ndarray]:
+    """ImagePadForOutpaint's canvas (new pixels 0) and the pixels it keeps: the original picture less its
+    feathered band along the extended sides (and a margin)."""
+    left, top, right, bottom, feather = (pad[k] for k in ("left", "top", "right", "bottom", "feathering"))
+    height, width = before.shape[:2]
+    canvas = np.pad(before, ((top, bottom), (left, right), (0, 0)))
+    keep = np.zeros(canvas.shape[:2], dtype=bool)
+    band = feather + 12
+    keep[top + (band if top else 0):top + height - (band if bottom else 0),
+         left + (band if left else 0):left + width - (band if right else 0)] = True
+    return canvas, keep
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs_as_shipped(server, name):
     prompt = _api(name)
     entry = server.wait(server.queue(prompt))
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
     source = next(n["inputs"]["image"] for n in prompt.values() if n["class_type"] == "LoadImage")
-    before, keep = _picture(server.base / "input" / source), _keep(name, prompt)
+    before = _picture(server.base / "input" / source)
+    pad = next((n["inputs"] for n in prompt.values() if n["class_type"] == "ImagePadForOutpaint"), None)
+    before, keep = _outpainted(before, pad) if pad else (before, _keep(name, prompt))
     saved = [image for node, out in entry["outputs"].items() if prompt[node]["class_type"] == "SaveImage"
              for image in out["images"]]
     assert saved
