@@ -7,9 +7,9 @@ the model's window (default 3x: 192 px for the built-in 64x64 model) in the midd
 - ``naive``: hard-edged tiling: a grid of windows (context as tiles, no overlap kept), each inpainted from the
   input alone, as if it were the only one, and pasted over its neighbours;
 - ``tiles-hard``: tiles whose overlap is frozen (soft 0): each window continues the earlier ones exactly;
-- ``tiles``: the default, the overlap ramped to a soft mask of at most 0.5 (``comfyui_rad.tiles``);
-- ``tiles-soft1``: the overlap fully regenerated next to the new pixels (ramp up to 1);
-- ``tiles+coarse``: tiles after a downscaled pass of the whole hole as the windows' start (mask 0.8).
+- ``tiles``: the overlap ramped to a soft mask of at most 0.5 (``comfyui_rad.tiles``), no coarse pass;
+- ``tiles-soft1``: the overlap fully regenerated next to the new pixels (ramp up to 1), no coarse pass;
+- ``tiles+coarse``: the default, tiles after a downscaled pass of the whole hole as the windows' start (mask 0.8).
 
 and measured against the photo: hole PSNR, ``metrics.seam`` at the hole's border, and ``metrics.region_seam`` at
 the borders between the regions different windows generated (``window``), beside the same measure between pixels of
@@ -47,10 +47,10 @@ log = logging.getLogger("tiles_seams")
 METHODS = {
     "downscale": None,
     "naive": tiles.TileSettings(overlap=0, soft=0.0, independent=True),
-    "tiles-hard": tiles.TileSettings(soft=0.0),
-    "tiles": tiles.TileSettings(),
-    "tiles-soft1": tiles.TileSettings(soft=1.0),
-    "tiles+coarse": tiles.TileSettings(coarse=True),
+    "tiles-hard": tiles.TileSettings(soft=0.0, coarse=False),
+    "tiles": tiles.TileSettings(coarse=False),
+    "tiles-soft1": tiles.TileSettings(soft=1.0, coarse=False),
+    "tiles+coarse": tiles.TileSettings(coarse=True),  # the default
 }
 PICTURED = ("downscale", "naive", "tiles", "tiles+coarse")
 
@@ -93,7 +93,7 @@ def run_photo(model, path: Path, args) -> tuple[dict, dict]:
     image = imaging.load_image(path)
     size = model.config.image_size
     mask = hole_mask(image.shape[2], image.shape[3], args.hole * size)
-    default_owners = tiles.owner_map(mask[0], tiles.plan_tiles(mask[0], size), tiles.TileSettings())
+    default_owners = tiles.owner_map(mask[0], tiles.plan_tiles(mask[0], size), tiles.TileSettings())  # = tiles's
     rows, pictures = {}, {}
     for name, settings in METHODS.items():
         if args.methods and name not in args.methods:

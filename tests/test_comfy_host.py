@@ -114,8 +114,10 @@ def server(tmp_path_factory):
                "--extra-model-paths-config", str(base / "extra_model_paths.yaml"),
                "--database-url", f"sqlite:///{base / 'comfyui.db'}"]
     with open(log, "wb") as out:
+        # one thread unless told otherwise: on a few shared cores, torch's thread pool makes each call ~10x slower
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):

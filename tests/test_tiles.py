@@ -120,8 +120,11 @@ def test_tiles_keep_pixels_bit_identical_and_sample_only_native_windows(model, o
     assert torch.equal(out[keep], image[keep]) and torch.equal(used, mask)
     assert (out - image)[~keep].abs().mean() > 0.05
     windows, calls = count_calls(mask, SIZE, "ddim", 3)
-    assert windows > 4 and len(spy.shapes) == calls == 3 * windows
-    assert set(spy.shapes) == {(1, 3, SIZE, SIZE)}  # nothing resized: every call sees a native window
+    assert windows > 4 and len(spy.shapes) == calls == 3 * (windows + 1)  # the coarse pass, then every window
+    assert set(spy.shapes) == {(1, 3, SIZE, SIZE)}
+    spy.shapes.clear()
+    fine, _ = inpaint(spy, image, mask, steps=3, fit="tiles", sampler="ddim", tile_settings=TileSettings(coarse=False))
+    assert len(spy.shapes) == 3 * windows and torch.equal(fine[keep], image[keep])
 
 
 def test_progress_counts_every_call_of_every_window_and_previews_the_whole_picture(model, one_thread):
@@ -129,7 +132,8 @@ def test_progress_counts_every_call_of_every_window_and_previews_the_whole_pictu
     total = network_calls(SIZE, image, mask, steps=2, sampler="ddpm", fit="crop")
     inpaint(model, image, mask, steps=2, fit="crop", callback=seen.append)
     assert [s["step"] for s in seen] == list(range(total)) and {s["total"] for s in seen} == {total}
-    assert seen[-1]["window"] == seen[-1]["windows"] - 1 and total == 2 * seen[-1]["windows"]
+    assert seen[-1]["window"] == seen[-1]["windows"] - 1 and total == 2 * (seen[-1]["windows"] + 1)
+    assert seen[0]["window"] == -1  # the coarse pass first
     assert all(tuple(s["pred_x0"].shape) == (1, 3, 40, 50) for s in seen)
     known = (mask == 0)[:, None].expand_as(image)
     assert torch.allclose(seen[-1]["pred_x0"][known], imaging.to_model_range(image)[known], atol=1e-6)
@@ -179,7 +183,7 @@ def test_batches_one_mask_many_images_and_one_image_many_masks(model, one_thread
     spy = Spy(model)
     out, used = inpaint(spy, image, mask, steps=2, fit="tiles")
     windows, calls = count_calls(used, SIZE, "ddpm", 2)
-    assert len(spy.shapes) == calls == 2 * windows and set(spy.shapes) == {(2, 3, SIZE, SIZE)}  # one batch
+    assert len(spy.shapes) == calls == 2 * (windows + 1) and set(spy.shapes) == {(2, 3, SIZE, SIZE)}  # one batch
     assert not torch.equal(out[0], out[1])
     masks = torch.cat([big_hole(), torch.zeros(1, 40, 50)])
     masks[1, 30:38, 2:12] = 1  # another plan: its own group
