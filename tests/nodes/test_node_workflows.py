@@ -15,9 +15,27 @@ EXTERNAL_MODELS = {"rad_authors_ffhq256": "rad_ffhq256.safetensors"}
 """Examples for a model the pack cannot ship (the RAD authors' FFHQ model): the file their loader picks."""
 
 
-def test_at_least_the_five_examples():
+def test_at_least_the_seven_examples():
     assert {"rad_basic_inpaint", "rad_perlin_masks", "rad_soft_mask_strength", "rad_large_photo_crop",
-            "rad_core_mask_nodes"} <= set(EXAMPLES)
+            "rad_core_mask_nodes", "rad_large_hole_tiles", "rad_outpaint"} <= set(EXAMPLES)
+
+
+def test_the_big_hole_and_outpainting_examples_go_region_by_region():
+    tiles = json.loads((WORKFLOWS / "api" / "rad_large_hole_tiles.json").read_text())
+    assert {n["inputs"]["fit"] for n in tiles.values() if n["class_type"] == "RADSampler"} == {"tiles"}
+    outpaint = json.loads((WORKFLOWS / "api" / "rad_outpaint.json").read_text())
+    pad = next(k for k, n in outpaint.items() if n["class_type"] == "ImagePadForOutpaint")
+    schedule = next(n for n in outpaint.values() if n["class_type"] == "RADSpatialSchedule")
+    sampler = next(n for n in outpaint.values() if n["class_type"] == "RADSampler")
+    assert schedule["inputs"]["mask"] == [pad, 1] and schedule["inputs"]["mask_mode"] == "soft"  # the feathering
+    assert sampler["inputs"]["image"] == [pad, 0]
+
+
+def test_templates_are_found_where_comfyui_looks_first():
+    """example_workflows/ (ComfyUI's first folder name; it lists the *.json directly inside as templates, so the
+    api/ twins in a subfolder are not offered as templates)."""
+    assert WORKFLOWS.name == "example_workflows" and not (WORKFLOWS.parent / "workflows").exists()
+    assert all((WORKFLOWS / f"{name}.jpg").exists() for name in EXAMPLES)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
