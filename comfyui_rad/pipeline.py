@@ -79,13 +79,14 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
     """Inpaint ``image`` [B,3,H,W] in [0,1] (CPU) where ``mask`` (1 = inpaint, read as given) is above 0.
 
     ``steps``: default ``sampling.DEFAULT_STEPS[sampler]``. The batches follow ``match_batches``; the model's
-    resolution is met by ``fit`` (crop / resize / pad, see ``imaging.FIT_MODES``; tiles, region by region at
-    native resolution, see ``comfyui_rad.tiles``, with ``tile_settings``; crop switches to tiles where a hole does
-    not fit, ``resolve_fit``), and the result is stitched back: pixels with mask 0 are bit-identical to the input. Noise comes from a CPU generator seeded with ``seed``, so a
-    seed gives the same result on any device. ``curves``: Phase 1's noise curves, default the model's
-    (``rad_info(model).curves``). ``callback`` gets the sampler's dict every step. ``options``: further keywords for
-    the sampler (repaint: ``jump_length``, ``jump_n_sample``; ddpm and ddim: ``resample``, ``jump``). ``embedding``: how the network takes its timesteps,
-    as ``sampling.RADDenoiser`` (auto: as it was trained; the one denoiser is built here).
+    resolution is met by ``fit`` (crop / resize / pad, see ``imaging.FIT_MODES``; tiles, region by region at native
+    resolution, see ``comfyui_rad.tiles``, with ``tile_settings``; crop switches to tiles where a hole does not fit,
+    ``resolve_fit``), and the result is stitched back: pixels with mask 0 are bit-identical to the input. Noise
+    comes from a CPU generator seeded with ``seed``, so a seed gives the same result on any device. ``curves``:
+    Phase 1's noise curves, default the model's (``rad_info(model).curves``). ``callback`` gets the sampler's dict
+    every step. ``options``: further keywords for the sampler (repaint: ``jump_length``, ``jump_n_sample``; ddpm and
+    ddim: ``resample``, ``jump``). ``embedding``: how the network takes its timesteps, as ``sampling.RADDenoiser``
+    (auto: as it was trained; the one denoiser is built here).
     Returns (result [B,3,H,W] in [0,1] on the CPU, the mask used [B,H,W]).
     """
     if sampler not in SAMPLERS:

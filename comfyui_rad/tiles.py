@@ -52,7 +52,8 @@ class TileSettings:
     """How a hole is covered. ``overlap`` / ``context``: pixels (None: a quarter of the model's window).
     ``soft``: the highest mask value of generated pixels in a later window's overlap (0 = frozen, hard-edged).
     ``coarse``: a downscaled pass of the whole hole first (default), whose result is the windows' start at
-    ``coarse_strength``; not for RePaint and replace (binary masks only). ``independent``: naive tiling, each window from the input alone (for comparisons)."""
+    ``coarse_strength``; not for RePaint and replace (binary masks only). ``independent``: naive tiling, each
+    window from the input alone (for comparisons)."""
 
     overlap: int | None = None
     context: int | None = None
@@ -161,7 +162,8 @@ def plan_tiles(mask: torch.Tensor, size: int, settings: TileSettings = TileSetti
     return TilePlan(size, tuple(windows if settings.independent else _order(hole, windows)))
 
 
-def plan_batch(mask: torch.Tensor, size: int, settings: TileSettings = TileSettings()) -> list[tuple[list[int], TilePlan]]:
+def plan_batch(mask: torch.Tensor, size: int,
+               settings: TileSettings = TileSettings()) -> list[tuple[list[int], TilePlan]]:
     """Images of mask [B,H,W] grouped by their plan (each group is sampled as one batch), in batch order:
     [(image indices, plan), ...]. One mask for many images makes one group."""
     groups: dict[TilePlan, list[int]] = {}
@@ -317,12 +319,14 @@ def inpaint_tiles(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tenso
                   options: dict | None = None, settings: TileSettings = TileSettings(),
                   size: int | None = None) -> torch.Tensor:
     """Inpaint image [B,3,H,W] in [0,1] where mask [B,H,W] (1 = inpaint) is above 0, region by region at the
-    model's resolution ``size`` (default ``model.config.image_size``). Images that share a plan are sampled as one batch; noise
-    comes from ``generator`` in plan, window, step order. ``callback`` gets the sampler's dict with ``step`` and
-    ``total`` over all network calls of all windows, ``window`` / ``windows``, and ``pred_x0`` the whole picture.
+    model's resolution ``size`` (default the model's ``config.image_size``). ``model``: an ADM or a
+    ``sampling.RADDenoiser`` around one (``pipeline.inpaint`` passes its denoiser). Images that share a plan are
+    sampled as one batch; noise comes from ``generator`` in plan, window, step order. ``callback`` gets the
+    sampler's dict with ``step`` and ``total`` over all network calls of all windows, ``window`` / ``windows``,
+    and ``pred_x0`` the whole picture.
     Returns [B,3,H,W] in [0,1]: pixels with mask 0 bit-identical to ``image``.
     """
-    size = size or model.config.image_size
+    size = size or getattr(model, "model", model).config.image_size
     settings = settings.resolved(size)
     options = options or {}
     if sampler in BASELINE_SAMPLERS and settings.soft > 0:  # RePaint and replace take binary masks only

@@ -38,8 +38,8 @@ import torch
 
 from comfyui_rad import imaging, metrics, tiles
 from comfyui_rad.checkpoints import DEFAULT_MODEL, load_adm
-from comfyui_rad.pipeline import inpaint, sampling_model
-from comfyui_rad.sampling import SAMPLERS
+from comfyui_rad.pipeline import inpaint
+from comfyui_rad.sampling import SAMPLERS, RADDenoiser
 from comfyui_rad.schedule import SpatialSchedule
 
 log = logging.getLogger("tiles_seams")
@@ -58,7 +58,7 @@ PICTURED = ("downscale", "naive", "tiles", "tiles+coarse")
 def downscaled(model, image, mask, steps: int, sampler: str, seed: int) -> torch.Tensor:
     """fit="crop" before tiles: one window around the hole, downscaled to the model, upscaled back."""
     model_image, model_mask, fitted = imaging.fit_crop(image, mask, model.config.image_size)
-    result = SAMPLERS[sampler](sampling_model(model), imaging.to_model_range(model_image),
+    result = SAMPLERS[sampler](RADDenoiser(model), imaging.to_model_range(model_image),
                                SpatialSchedule(model_mask[:, None]), steps, torch.Generator().manual_seed(seed), None)
     return imaging.stitch(imaging.from_model_range(result.float().cpu()), image, mask, fitted)
 
@@ -84,7 +84,8 @@ def measure(result, image, mask, owners) -> dict:
     hole = mask[0] > 0
     window = float(metrics.region_seam(result, image, owners, hole)[0])
     inside = float(metrics.region_seam(result, image, owners, hole, across=False)[0])
-    return {"psnr": float(metrics.hole_psnr(result, image, mask)[0]), "border_seam": float(metrics.seam(result, image, mask)[0]),
+    return {"psnr": float(metrics.hole_psnr(result, image, mask)[0]),
+            "border_seam": float(metrics.seam(result, image, mask)[0]),
             "window_seam": window, "inside": inside, "ratio": window / inside if inside > 0 else math.nan,
             "detail": detail(result, image, hole)}
 
@@ -142,11 +143,12 @@ def table(results: dict, args) -> str:
     lines = [f"Hole: a centred square of {args.hole}x the model's window; {args.sampler}, {args.steps} steps, seed "
              f"{args.seed}. Seams in 0..1 units (lower is better); ratio = window / inside (1: no grid).", ""]
     for photo, rows in results.items():
-        lines += [f"### {photo}", "", "| method | windows | calls | hole PSNR (dB) | border seam | window seam | inside "
-                  "| ratio | detail | s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"### {photo}", "", "| method | windows | calls | hole PSNR (dB) | border seam | window seam "
+                  "| inside | ratio | detail | s |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in rows.items():
             lines.append(f"| {name} | {r['windows']} | {r['calls']} | {r['psnr']:.2f} | {r['border_seam']:.4f} | "
-                         f"{r['window_seam']:.4f} | {r['inside']:.4f} | {r['ratio']:.2f} | {r['detail']:.2f} | {r['seconds']} |")
+                         f"{r['window_seam']:.4f} | {r['inside']:.4f} | {r['ratio']:.2f} | {r['detail']:.2f} | "
+                         f"{r['seconds']} |")
         lines.append("")
     return "\n".join(lines)
 
