@@ -238,3 +238,12 @@ def test_owner_map_marks_the_last_window_to_regenerate_each_pixel():
         mask[max(first.top, 0):first.top + SIZE, max(first.left, 0):first.left + SIZE] > 0] == 0).all()
     soft = owner_map(mask, plan, TileSettings(soft=0.5))
     assert (soft >= hard).all() and (soft > hard).any()  # the ramp hands overlap pixels to later windows
+
+
+def test_calls_count_rad_resampling_in_every_window():
+    from comfyui_rad.sampling import rad_calls
+
+    mask = big_hole()
+    windows, calls = count_calls(mask, SIZE, "ddpm", 10, {"resample": 1, "jump": 2})
+    assert calls == (windows + 1) * rad_calls(10, 1, 2) and rad_calls(10, 1, 2) > 10
+    assert network_calls(SIZE, picture(), mask, steps=10, fit="tiles", options={"resample": 1, "jump": 2}) == calls
