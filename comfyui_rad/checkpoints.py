@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from . import diffusers_format
 from .adm import ADM, ADMConfig, AttentionBlock, ResBlock
+from .checks import check_real
 from .devices import resolve_dtype
 from .fileio import CheckpointError, atomic_write, read_state_dict
 from .schedule import TAU_CONVENTIONS, NoiseCurves, RADInfo, rad_info
@@ -617,6 +618,7 @@ def merge_adapter(state_dict: Mapping[str, Tensor], adapter: Adapter | str | os.
 
     Computed in float32, cast back to each base tensor's dtype; untouched tensors are shared, not copied.
     """
+    strength = check_real(strength, "strength", 0.0, 2.0)
     if not isinstance(adapter, Adapter):
         adapter = read_adapter(adapter)
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
@@ -750,6 +752,7 @@ def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | Non
     """
     path = Path(path)
     _check_override_names(overrides)
+    strength = check_real(strength, "strength", 0.0, 2.0)
     if adapter is not None:
         adapter = adapter if isinstance(adapter, Adapter) else read_adapter(adapter)
     if diffusers_format.is_diffusers_source(path):

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 
 from . import imaging, masks
 from .checkpoints import DEFAULT_MODEL
+from .checks import EXIT_STATUS, SEED_MAX, ArgumentParser, Int, Real, check_outputs, describe_error
 from .devices import DTYPES, resolve_device, resolve_dtype
 from .masks import GENERATED_MASKS, MASK_MODES
 from .pipeline import FITS, inpaint
-from .sampling import DEFAULT_JUMP, DEFAULT_STEPS, SAMPLERS, check_resample, rad_calls
+from .sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_STEPS, SAMPLERS, check_resample, rad_calls
 
 log = logging.getLogger("comfyui_rad")
 
@@ -25,56 +26,64 @@ class CLIError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="rad-inpaint",
         description="Inpaint an image with RAD (region-aware diffusion): one reverse pass, about 100 network calls.",
+        epilog=EXIT_STATUS,
     )
     p.add_argument("--model", type=Path, default=None,
                    help="guided-diffusion ADM checkpoint (.pt or .safetensors), a full RAD model, or the RAD "
                         "authors' checkpoint-N folder (default: the pack's built-in rad_default.safetensors)")
     p.add_argument("--ema", action="store_true", help="with an authors' checkpoint-N folder: use its unet_ema/")
     p.add_argument("--adapter", type=Path, help="RAD adapter .safetensors made for this base (from rad-train)")
-    p.add_argument("--strength", type=float, default=1.0, help="adapter strength (default 1.0)")
+    p.add_argument("--strength", type=Real(0, 2), default=1.0, help="adapter strength in [0, 2] (default 1.0)")
     p.add_argument("--image", required=True, type=Path, help="image to inpaint (png/jpg/webp), any size")
     p.add_argument("--mask",
                    help="mask image (white or transparent = inpaint), or one of: " + ", ".join(GENERATED_MASKS)
-                        + " (optional with --outpaint)")
+                        + " (optional with --outpaint). A file without transparency that looks like a photo (colour, "
+                        "or many grey levels) is refused in binary mode (a JPEG passed as its own mask) and warned "
+                        "about in soft mode")
     p.add_argument("--outpaint", metavar="LEFT,TOP,RIGHT,BOTTOM",
                    help="extend the canvas by these many pixels on each side (e.g. 0,0,256,0) and fill the new "
                         "border; with --mask, the mask also applies inside the original picture")
     p.add_argument("--invert-mask", action="store_true", help="the mask file uses black = inpaint")
     p.add_argument("--mask-mode", choices=MASK_MODES, default="binary",
                    help="binary: threshold the mask (default); soft: a mask value is how much a pixel is regenerated")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--threshold", type=Real(0, 1, hi_open=True), default=0.5,
                    help="binary mode: mask values above this are inpainted, in [0, 1) (0 = any nonzero pixel; "
                         "default 0.5)")
-    p.add_argument("--output", "-o", required=True, type=Path, help="where to write the result (png/jpg/webp)")
+    p.add_argument("--output", "-o", required=True, type=Path,
+                   help="where to write the result (png/jpg/webp); never one of the input files, nor --save-mask")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--save-mask", type=Path, help="also write the mask that was used")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm",
                    help="ddpm (default, the paper's), ddim, or the baselines for any ADM: repaint (2,410 network "
                         "calls at 250) and replace (plain DDPM, the known region replaced after each step)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=Int(1, 1000), default=None,
                    help="reverse steps (default " + ", ".join(f"{n} {k}" for k, n in DEFAULT_STEPS.items()) + ")")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--resample", type=int, default=0,
+    p.add_argument("--eta", type=Real(0, 1), default=0.0, help="DDIM eta in [0, 1] (0 = deterministic)")
+    p.add_argument("--resample", type=Int(0, 100), default=0,
                    help="ddpm/ddim: RAD with resampling: every --jump steps the hole goes back up --jump steps of "
                         "its own schedule and is denoised again, this many times (default 0 = off; 1 with "
                         "--jump 10 at 100 steps makes 190 network calls)")
-    p.add_argument("--jump", type=int, default=DEFAULT_JUMP,
+    p.add_argument("--jump", type=Int(1, 1000), default=DEFAULT_JUMP,
                    help=f"with --resample: steps each jump goes back up, below --steps (default {DEFAULT_JUMP})")
-    p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same result anywhere")
-    p.add_argument("--samples", type=int, default=1, help="number of results (written as name_00000.png, ...)")
+    p.add_argument("--seed", type=Int(0, SEED_MAX), default=0,
+                   help="noise seed, 0 to 2**63-1: the same seed gives the same result anywhere")
+    p.add_argument("--samples", type=Int(1, 1000), default=1,
+                   help="number of results (written as name_00000.png, ...)")
     p.add_argument("--fit", choices=FITS, default="crop",
                    help="fit the model's resolution: crop a window around the mask and stitch back (default; a "
                         "hole larger than the window is filled region by region, as tiles), resize the whole image, "
                         "pad it to a square, or tiles: overlapping windows at the model's own resolution")
-    p.add_argument("--class-label", type=int, help="class label for class-conditional checkpoints")
+    p.add_argument("--class-label", type=Int(0), help="class label for class-conditional checkpoints")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps ...")
     p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                    help="weights' precision (auto: bf16/fp16 on GPU, fp32 on CPU)")
-    p.add_argument("--num-head-channels", type=int, help="attention head width (guided-diffusion's name; default 64)")
-    p.add_argument("--num-heads", type=int, help="attention head count (use with --num-head-channels -1)")
+    p.add_argument("--num-head-channels", type=Int(1, 4096, also=(-1,)),
+                   help="attention head width (guided-diffusion's name; default 64)")
+    p.add_argument("--num-heads", type=Int(1, 4096, also=(-1,)),
+                   help="attention head count (use with --num-head-channels -1)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return p
 
@@ -117,11 +126,56 @@ def _mask(args, height: int, width: int) -> torch.Tensor:
     else:
         path = Path(args.mask)
         if not path.exists():
-            raise CLIError(f"mask file {path} does not exist (or use one of: {', '.join(GENERATED_MASKS)})")
-        mask = imaging.normalize_mask(imaging.load_mask(path, invert=args.invert_mask), 1, height, width)
+            raise CLIError(f"--mask file {path} does not exist (or use one of: {', '.join(GENERATED_MASKS)})")
+        if path.is_dir():
+            raise CLIError(f"--mask {path} is a folder: give a mask image file")
+        _check_photo_mask(path, args.mask_mode)
+        mask = imaging.load_mask(path, invert=args.invert_mask)
+        mask = imaging.normalize_mask(mask, 1, height, width)  # warns when the aspect ratio differs
     if args.mask_mode == "binary":
         masks.check_threshold(args.threshold, "--threshold")
-    return masks.prepare(mask, args.mask_mode, args.threshold)
+    mask = masks.prepare(mask, args.mask_mode, args.threshold)
+    if args.sampler in BASELINE_SAMPLERS and not masks.is_binary(mask):
+        raise CLIError(f"--sampler {args.sampler} needs a binary mask, but --mask-mode soft left values between 0 "
+                       "and 1: use --mask-mode binary (with --threshold)")
+    return mask
+
+
+def _check_photo_mask(path: Path, mode: str) -> None:
+    """Refuse (binary mode) or warn about (soft mode) a mask file without transparency that looks like a photo."""
+    reason = imaging.photo_mask_reason(path)
+    if reason is None:
+        return
+    text = (f"--mask {path} has no transparent pixels and looks like a photo, not a mask ({reason}): white = "
+            "inpaint, so its bright pixels would be inpainted")
+    if mode == "soft":
+        log.warning("%s; --mask-mode soft takes its grey levels as how much to regenerate", text)
+        return
+    raise CLIError(f"{text}. Give a black-and-white mask, or a PNG/WEBP whose transparent pixels are the hole; "
+                   "if its grey levels are meant as a soft mask, pass --mask-mode soft")
+
+
+def _check_outputs(args) -> None:
+    """Every output path is writable, differs from the others and from every input: before any work."""
+    outputs = [("--output", p) for p in imaging.output_paths(args.output, args.samples)]
+    if args.save_mask is not None:
+        outputs.append(("--save-mask", args.save_mask))
+    mask_file = None if args.mask in GENERATED_MASKS else args.mask
+    check_outputs(outputs, [("--image", args.image), ("--mask", mask_file), ("--model", args.model),
+                            ("--adapter", args.adapter)])
+    imaging.check_writable(args.output, args.samples, force=args.force)
+    if args.save_mask is not None:
+        imaging.check_writable(args.save_mask, force=args.force)
+
+
+def _check_class_label(model, label: int | None) -> None:
+    classes = model.config.num_classes
+    if classes is None and label is not None:
+        raise CLIError(f"--class-label {label}: this model is unconditional (no classes): leave --class-label out")
+    if classes is not None and label is None:
+        raise CLIError(f"this model is class-conditional ({classes} classes): pass --class-label 0..{classes - 1}")
+    if classes is not None and label >= classes:
+        raise CLIError(f"--class-label {label} is out of range: this model has classes 0..{classes - 1}")
 
 
 class Progress:
@@ -164,9 +218,6 @@ def run(args: argparse.Namespace) -> list[Path]:
     """Inpaint as the arguments say; returns the written paths."""
     from .checkpoints import load_adm
 
-    if args.samples < 1:
-        raise CLIError(f"--samples must be at least 1, got {args.samples}")
-    imaging.check_writable(args.output, args.samples, force=args.force)  # fail before minutes of sampling
     if args.model is None:
         if not DEFAULT_MODEL.exists():
             raise CLIError(f"no --model given and the built-in default model is not installed ({DEFAULT_MODEL}): "
@@ -175,6 +226,10 @@ def run(args: argparse.Namespace) -> list[Path]:
     for path, what in ((args.model, "--model"), (args.image, "--image"), (args.adapter, "--adapter")):
         if path is not None and not path.exists():
             raise CLIError(f"{what} file {path} does not exist")
+        if path is not None and path.is_dir() and what != "--model":  # --model: the authors' checkpoint-N folders
+            raise CLIError(f"{what} {path} is a folder, not a file: give the "
+                           + ("checkpoint file (.safetensors, .pt)" if what != "--image" else "image file"))
+    _check_outputs(args)  # fail before minutes of sampling
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
     options = _resample_options(args, steps)
     sides = parse_outpaint(args.outpaint) if args.outpaint is not None else None
@@ -196,6 +251,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                  if v is not None}
     model = load_adm(args.model, adapter=args.adapter, strength=args.strength, device=device,
                      dtype=resolve_dtype(args.dtype, device), ema=args.ema, **overrides)
+    _check_class_label(model, args.class_label)
     out, _ = inpaint(model, image, mask, steps=steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
                      fit=args.fit, callback=Progress(not args.quiet), y=args.class_label, options=options)
     written = imaging.save_image(out, args.output, force=args.force)
@@ -210,9 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in run(args):
             print(path)
-    except (CLIError, ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"rad-inpaint: error: {e}", file=sys.stderr)
+    except (CLIError, ValueError, OSError) as e:
+        print(f"rad-inpaint: error: {describe_error(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rad-inpaint: interrupted: stopped without writing a partial file", file=sys.stderr)
+        return 130
     return 0
 
 

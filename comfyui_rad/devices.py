@@ -48,6 +48,16 @@ def resolve_device(name: str | torch.device, flag: str = "--device") -> torch.de
         raise ValueError(f"unknown {flag} {name!r}: use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{flag} {name} asked for CUDA, but this torch has no CUDA device: use {flag} cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{flag} {name}: there are only {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{flag} {name} asked for Apple's MPS, which this machine or torch does not have: use "
+                         f"{flag} cpu (or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        backend = getattr(torch, device.type, None)
+        if not (hasattr(backend, "is_available") and backend.is_available()):
+            raise ValueError(f"{flag} {name}: no {device.type} device here: use {flag} auto, cpu or cuda")
     return device
 
 

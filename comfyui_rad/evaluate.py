@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from . import imaging, masks, metrics
+from .checks import EXIT_STATUS, SEED_MAX, ArgumentParser, Int, Real, check_outputs, describe_error
 from .devices import DTYPES
 from .fileio import atomic_write
 from .pipeline import inpaint
@@ -57,7 +58,16 @@ def load_images(folder: str | os.PathLike, size: int, limit: int | None = None) 
     """The images under ``folder`` (sorted, recursive; the first ``limit``), each its centre square resized to
     ``size``: (paths, float32 [N,3,S,S] in [0,1])."""
     paths = imaging.scan_images(folder, size, flag="--images")[:limit]
-    return paths, torch.stack([imaging.load_crop(p, size) for p in paths]).float() / 255
+    return paths, torch.stack([_decode(p, size) for p in paths]).float() / 255
+
+
+def _decode(path: Path, size: int) -> torch.Tensor:
+    """``imaging.load_crop`` of one held-out image; a DataError naming it (and --images) when it does not decode."""
+    try:
+        return imaging.load_crop(path, size)
+    except imaging.IMAGE_READ_ERRORS as err:
+        raise imaging.DataError(f"--images: cannot decode {path} ({str(err).splitlines()[0][:120]}): the file is "
+                                "truncated or damaged; replace it or remove it from the folder") from None
 
 
 def network_calls(sampler: str, steps: int, options: dict | None = None) -> int:
@@ -245,36 +255,38 @@ def write_json(data: dict, path: str | os.PathLike, force: bool = False) -> Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="rad-eval",
         description="Evaluate inpainting on held-out images: generated box/extreme/wide/perlin masks, one sampler, "
                     "per-image and mean hole PSNR/MSE, SSIM, seam, optional LPIPS and FID, seconds per image.",
+        epilog=EXIT_STATUS,
     )
     p.add_argument("--model", required=True, type=Path, help="guided-diffusion ADM checkpoint or RAD model")
     p.add_argument("--adapter", type=Path, help="RAD adapter .safetensors for --model (from rad-train)")
-    p.add_argument("--strength", type=float, default=1.0, help="adapter strength (default 1.0)")
+    p.add_argument("--strength", type=Real(0, 2), default=1.0, help="adapter strength in [0, 2] (default 1.0)")
     p.add_argument("--images", required=True, type=Path, help="folder of held-out images (recursive)")
     p.add_argument("--out", "-o", required=True, type=Path, help="results JSON to write")
     p.add_argument("--masks", default="box,extreme,wide",
                    help=f"comma-separated mask kinds of {', '.join(masks.GENERATED_MASKS)} (default box,extreme,wide)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm",
                    help="ddpm (RAD, default), ddim, repaint or replace (baselines on any ADM)")
-    p.add_argument("--steps", type=int, help="reverse steps (default 100 for ddpm and replace, 50 ddim, 250 repaint)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    p.add_argument("--jump-length", type=int, default=10, help="RePaint jump length (10)")
-    p.add_argument("--jump-n-sample", type=int, default=10, help="RePaint resamplings per jump point (10)")
-    p.add_argument("--resample", type=int, default=0,
+    p.add_argument("--steps", type=Int(1, 1000),
+                   help="reverse steps (default 100 for ddpm and replace, 50 ddim, 250 repaint)")
+    p.add_argument("--eta", type=Real(0, 1), default=0.0, help="DDIM eta in [0, 1]")
+    p.add_argument("--jump-length", type=Int(1, 1000), default=10, help="RePaint jump length (10)")
+    p.add_argument("--jump-n-sample", type=Int(1, 100), default=10, help="RePaint resamplings per jump point (10)")
+    p.add_argument("--resample", type=Int(0, 100), default=0,
                    help="ddpm/ddim: RAD with resampling, how often each stretch of --jump steps is denoised again "
                         "(default 0 = off)")
-    p.add_argument("--jump", type=int, default=DEFAULT_JUMP,
+    p.add_argument("--jump", type=Int(1, 1000), default=DEFAULT_JUMP,
                    help=f"ddpm/ddim with --resample: steps each jump goes back up (default {DEFAULT_JUMP})")
     p.add_argument("--embedding", choices=("auto", "spatial", "scalar"), default="auto",
                    help="how the model takes timesteps: auto (from its metadata), spatial, scalar (Cfg. 2)")
-    p.add_argument("--seed", type=int, default=0, help="mask and noise seed (default 0)")
-    p.add_argument("--limit", type=int, help="use only the first N images")
-    p.add_argument("--batch-size", type=int, default=16, help="images per sampler call (default 16)")
+    p.add_argument("--seed", type=Int(0, SEED_MAX), default=0, help="mask and noise seed, 0 to 2**63-1 (default 0)")
+    p.add_argument("--limit", type=Int(1), help="use only the first N images")
+    p.add_argument("--batch-size", type=Int(1, 4096), default=16, help="images per sampler call (default 16)")
     p.add_argument("--grids", type=Path, help="folder for sample grids: <mask>.png, masked | result | truth rows")
-    p.add_argument("--grid-rows", type=int, default=8, help="images per grid (default 8)")
+    p.add_argument("--grid-rows", type=Int(1, 1024), default=8, help="images per grid (default 8)")
     p.add_argument("--lpips-weights", type=Path, nargs="+",
                    help="local LPIPS (AlexNet v0.1) weights: one lpips state dict, or torchvision's AlexNet and "
                         "lpips's alex.pth heads (see comfyui_rad.perceptual)")
@@ -283,9 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                    help="model weights' precision (auto: bf16/fp16 on GPU, fp32 on CPU)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--num-head-channels", type=int, help="attention head width (guided-diffusion's; default 64)")
-    p.add_argument("--num-heads", type=int, help="attention head count (with --num-head-channels -1)")
+    p.add_argument("--threads", type=Int(0, 1024), default=0, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--num-head-channels", type=Int(1, 4096, also=(-1,)),
+                   help="attention head width (guided-diffusion's; default 64)")
+    p.add_argument("--num-heads", type=Int(1, 4096, also=(-1,)),
+                   help="attention head count (with --num-head-channels -1)")
     p.add_argument("--force", action="store_true", help="overwrite the results JSON and grids")
     p.add_argument("--quiet", "-q", action="store_true", help="only the results table")
     return p
@@ -302,15 +316,33 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.sampler == "repaint" and args.jump_n_sample > 1:
+        steps = args.steps if args.steps is not None else DEFAULT_STEPS["repaint"]
+        if args.jump_length >= steps:
+            raise ValueError(f"--jump-length {args.jump_length} must be below --steps {steps} to jump back: lower "
+                             "--jump-length, or pass --jump-n-sample 1 (no jumps)")
+    inputs = [("--model", args.model), ("--adapter", args.adapter), ("--fid-weights", args.fid_weights),
+              *(("--lpips-weights", p) for p in args.lpips_weights or [])]
+    for what, path in inputs:
+        if what == "--model" and path.is_dir():  # the RAD authors' checkpoint-N folders (load_adm says if not)
+            continue
+        if path is not None and path.is_dir():
+            raise ValueError(f"{what} {path} is a folder, not a file: give the weights file itself")
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"{what} file {path} does not exist")
+    if args.images.exists() and not args.images.is_dir():
+        raise ValueError(f"--images {args.images} is a file: point --images at a folder of held-out images")
+    outputs = [("--out", args.out)]
+    if args.grids is not None:
+        if args.grids.exists() and not args.grids.is_dir():
+            raise ValueError(f"--grids {args.grids} is a file: give a folder for the sample grids")
+        outputs += [("--grids", args.grids / f"{kind}.png") for kind in kinds]
+    check_outputs(outputs, inputs)
     if args.out.exists() and not args.force:
-        raise FileExistsError(f"{args.out} already exists: choose another name or pass --force")
+        raise FileExistsError(f"--out {args.out} already exists: choose another name or pass --force")
     if args.grids is not None:
         for kind in kinds:
             imaging.check_writable(args.grids / f"{kind}.png", force=args.force)
-    for path, what in ((args.model, "--model"), (args.adapter, "--adapter"), (args.fid_weights, "--fid-weights"),
-                       *((p, "--lpips-weights") for p in args.lpips_weights or [])):
-        if path is not None and not (path.is_file() or (what == "--model" and path.is_dir())):  # dir: authors'
-            raise FileNotFoundError(f"{what} file {path} does not exist")
     return kinds
 
 
@@ -393,9 +425,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out, _ = run(args)
-    except (ValueError, CheckpointError, WeightsError, FileExistsError, FileNotFoundError) as err:
-        print(f"rad-eval: error: {err}", file=sys.stderr)
+    except (ValueError, CheckpointError, WeightsError, OSError) as err:
+        print(f"rad-eval: error: {describe_error(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rad-eval: interrupted: no results written", file=sys.stderr)
+        return 130
     print(out)
     return 0
 

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-__all__ = ["CheckpointError", "TORCH_SUFFIXES", "atomic_write", "read_state_dict"]
+__all__ = ["CheckpointError", "TORCH_SUFFIXES", "atomic_write", "read_state_dict", "sniff"]
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,18 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     Unwraps ``{"ema"|"state_dict"|"model": {...}}`` and ``module.`` prefixes. Torch files have no metadata ({}).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: give the .safetensors or "
+                              f"{'/'.join(TORCH_SUFFIXES)} file itself")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     suffix = path.suffix.lower()
     if suffix != ".safetensors" and suffix not in TORCH_SUFFIXES:
         raise CheckpointError(f"{path}: unsupported extension {suffix!r}: use .safetensors, "
                               + ", ".join(TORCH_SUFFIXES))
+    kind = sniff(path)
+    if kind is not None and kind != ("safetensors" if suffix == ".safetensors" else "torch"):
+        raise CheckpointError(_misnamed(path, kind))
     try:
         if suffix == ".safetensors":
             with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -100,14 +106,65 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         # mmap needs the zip format of torch >= 1.6; older (legacy) files are read whole.
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:  # noqa: BLE001 - any reader error means the same thing to the user
-        raise CheckpointError(_unreadable(path, err)) from None
+        raise CheckpointError(_unreadable(path, err, kind)) from None
     return _unwrap(obj, path), {}
 
 
-def _unreadable(path: Path, err: Exception) -> str:
-    """One line saying why a reader failed (torch's messages are paragraphs)."""
+def sniff(path: str | os.PathLike) -> str | None:
+    """What a file is by its first bytes: "safetensors", "torch" (a zip with a data.pkl, or a legacy pickle),
+    "pickle" (a pickle that is not a torch file), "zip" (another zip), "html", "lfs" (a Git LFS pointer), "text",
+    or None when it is none of these (or cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (100 << 20):
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):  # a damaged zip (a truncated .pt): the reader says so
+            return None
+        return "torch" if any(n.endswith("data.pkl") for n in names) else "zip"
+    if head[:1] == b"\x80" and head[1:2] in bytes(range(2, 6)):
+        return "torch" if b"torch" in head or head[2:3] == b"\x8a" else "pickle"
+    text = head.lstrip()
+    if text.lower().startswith((b"<!doctype html", b"<html")):
+        return "html"
+    if text.startswith(b"version https://git-lfs"):
+        return "lfs"
+    if head and all(b in b"\t\n\r" or 32 <= b < 127 or b >= 128 for b in head):
+        try:
+            head.decode("utf-8")
+            return "text"
+        except UnicodeDecodeError:
+            pass
+    return None
+
+
+_KINDS = {
+    "safetensors": "a safetensors file: rename it to .safetensors",
+    "torch": "a torch checkpoint (pickle): rename it to .pt",
+    "pickle": "a plain Python pickle, not a torch checkpoint: comfyui-rad does not unpickle it",
+    "zip": "a zip archive that is not a torch checkpoint (no data.pkl inside): unpack it, or get the checkpoint itself",
+    "html": "a web page (a failed or blocked download?): download the checkpoint again",
+    "lfs": "a Git LFS pointer, not the file itself: fetch it with git lfs pull",
+    "text": "a text file, not a checkpoint",
+}
+
+
+def _misnamed(path: Path, kind: str) -> str:
+    """One line for a file that is not what its extension says."""
+    return f"{path} is not a {path.suffix} checkpoint: it is {_KINDS[kind]}"
+
+
+def _unreadable(path: Path, err: Exception, kind: str | None = None) -> str:
+    """One line saying why a reader failed (torch's messages are paragraphs); ``kind`` is ``sniff``'s. Only a file
+    that is a torch pickle is said to hold Python objects (never advise unsafe loading for anything else)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
-    if "Weights only load failed" in lines[0]:
+    if "Weights only load failed" in lines[0] and kind == "torch":
         hit = next((line for line in lines if "Unsupported global" in line), lines[-1])
         hit = hit.split(" was not an allowed global")[0]
         return (f"{path} holds Python objects besides tensors, which comfyui-rad does not unpickle for safety "

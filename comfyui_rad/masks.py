@@ -103,7 +103,7 @@ def _check_generator(generator: torch.Generator | None, caller: str) -> torch.Ge
 def _range(value: Range, name: str, low: float, high: float = math.inf) -> tuple[float, float]:
     """``value`` (a number or a (lo, hi) pair) as (lo, hi) with low <= lo <= hi <= high."""
     lo, hi = (value, value) if isinstance(value, numbers.Real) else tuple(value)
-    if not low <= lo <= high or not low <= hi <= high:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not low <= lo <= high or not low <= hi <= high:
         raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
     if lo > hi:
         raise ValueError(f"{name} range must be (low, high) with low <= high, got {value!r}: swap the two values")
@@ -184,8 +184,8 @@ def perlin_noise(
     _check_size(batch=batch, height=height, width=width, octaves=octaves)
     _check_generator(generator, "perlin_noise")
     cell = _cell_sizes(cell_size, batch)
-    if persistence < 0 or lacunarity <= 0:
-        raise ValueError(f"need persistence >= 0 and lacunarity > 0, got {persistence} and {lacunarity}")
+    if not (math.isfinite(persistence) and math.isfinite(lacunarity)) or persistence < 0 or lacunarity <= 0:
+        raise ValueError(f"need finite persistence >= 0 and lacunarity > 0, got {persistence} and {lacunarity}")
     amplitudes = [persistence**k for k in range(octaves)]
     noise = sum(
         a * _perlin_octave((cell / lacunarity**k).clamp_min(1.0), height, width, generator)
@@ -245,8 +245,8 @@ def perlin_mask(
     _check_generator(generator, "perlin_mask")
     cell_lo, cell_hi = _range((1.0, float(height)) if cell_size is None else cell_size, "cell_size", 0.0)
     cover_lo, cover_hi = _range((0.0, 1.0) if coverage is None else coverage, "coverage", 0.0, 1.0)
-    if softness < 0:
-        raise ValueError(f"softness must be >= 0 pixels, got {softness}")
+    if not math.isfinite(softness) or softness < 0:
+        raise ValueError(f"softness must be a finite number >= 0 pixels, got {softness}")
     cell = _uniform(cell_lo, cell_hi, batch, generator)
     noise = perlin_noise(batch, height, width, cell, generator=generator, octaves=octaves,
                          persistence=persistence, lacunarity=lacunarity)

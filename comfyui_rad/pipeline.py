@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import imaging, tiles
+from .checks import check_image, check_int, check_mask, check_real
 from .masks import as_bhw
 from .sampling import BASELINE_SAMPLERS, DEFAULT_STEPS, SAMPLERS, RADDenoiser
 from .schedule import NoiseCurves, SpatialSchedule, rad_info
@@ -40,10 +41,6 @@ def match_batches(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     batch = max(ib, mb)
     if ib not in (1, batch) or mb not in (1, batch):
         raise ValueError(f"{ib} images and {mb} masks: give one image, one mask, or as many images as masks")
-    mh, mw = mask.shape[1:]
-    if abs(mw / mh - width / height) > 0.01 * width / height:
-        log.warning("mask is %dx%d but image is %dx%d (another aspect ratio): the mask is stretched to fit",
-                    mw, mh, width, height)
     return image.expand(batch, -1, -1, -1), imaging.normalize_mask(mask, batch, height, width)
 
 
@@ -78,6 +75,10 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint ``image`` [B,3,H,W] in [0,1] (CPU) where ``mask`` (1 = inpaint, read as given) is above 0.
 
+    Refused with a ValueError naming the argument: images or masks that are empty, hold NaN/inf or lie outside
+    [0, 1] (0..255 data: divide by 255), eta outside [0, 1], a seed torch cannot take, a model whose output turns
+    non-finite while sampling (``sampling.NonFiniteOutput``, naming the model).
+
     ``steps``: default ``sampling.DEFAULT_STEPS[sampler]``. The batches follow ``match_batches``; the model's
     resolution is met by ``fit`` (crop / resize / pad, see ``imaging.FIT_MODES``; tiles, region by region at native
     resolution, see ``comfyui_rad.tiles``, with ``tile_settings``; crop switches to tiles where a hole does not fit,
@@ -91,6 +92,9 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(sorted(SAMPLERS))}")
+    check_image(image, "image")  # [0, 1]: finite, not empty, not 0..255
+    check_mask(mask, "mask")
+    eta, seed = check_real(eta, "eta", 0.0, 1.0), check_int(seed, "seed", -2**63, 2**64 - 1)
     if fit not in FITS:
         raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(FITS)}")
     steps = DEFAULT_STEPS[sampler] if steps is None else steps

@@ -27,11 +27,12 @@ from typing import Callable
 
 import torch
 
+from .checks import check_image
 from .schedule import EMBEDDINGS, NoiseCurves, SpatialSchedule, rad_info
 
-__all__ = ["DEFAULT_STEPS", "DEFAULT_JUMP", "RADDenoiser", "sample_ddpm", "sample_ddim", "sample_repaint",
-           "sample_replace", "repaint_times", "repaint_calls", "check_resample", "rad_times", "rad_calls", "SAMPLERS",
-           "BASELINE_SAMPLERS"]
+__all__ = ["DEFAULT_STEPS", "DEFAULT_JUMP", "FINITE_CHECK_EVERY", "NonFiniteOutput", "RADDenoiser", "sample_ddpm",
+           "sample_ddim", "sample_repaint", "sample_replace", "repaint_times", "repaint_calls", "check_resample",
+           "rad_times", "rad_calls", "SAMPLERS", "BASELINE_SAMPLERS"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,14 @@ the paper's 100 DDPM steps, DDIM's usual 50, RePaint's 250."""
 
 DEFAULT_JUMP = 10
 """RAD resampling's jump length when none is given (RePaint's 10); resampling itself is off by default."""
+
+
+FINITE_CHECK_EVERY = 10
+"""Network calls between two reads of the denoiser's "outputs finite" flag (one device sync each)."""
+
+
+class NonFiniteOutput(ValueError):
+    """The network gave NaN or infinite outputs while sampling; the message names the model."""
 
 
 class RADDenoiser:
@@ -68,6 +77,21 @@ class RADDenoiser:
         self.embedding = info.embedding if embedding == "auto" else embedding
         param = next(model.parameters(), torch.empty(0))  # a network without parameters: float32 on the CPU
         self.device, self.dtype = param.device, param.dtype
+        self.name = " + ".join(n for n in (info.base, info.adapter) if n) or type(model).__name__
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new sampling run: no call made, every output so far finite."""
+        self.calls, self._finite = 0, torch.ones((), dtype=torch.bool, device=self.device)
+
+    def check_finite(self) -> None:
+        """Raise ``NonFiniteOutput`` naming the model if any output since ``reset`` held NaN or inf (one device
+        sync; the network calls it every ``FINITE_CHECK_EVERY`` calls and the samplers at the end)."""
+        if not bool(self._finite):
+            raise NonFiniteOutput(
+                f"the model {self.name} gave NaN or infinite outputs (found after {self.calls} network call(s)): "
+                "its weights are damaged (NaN/inf) or the adapter merge exploded; check the file, or load the "
+                "adapter at a lower strength")
 
     def timesteps(self, abar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The network's timesteps for images x [B,C,H,W] at levels ``abar`` (broadcast to x): [B,1,H,W] (spatial)
@@ -79,6 +103,10 @@ class RADDenoiser:
     def __call__(self, x: torch.Tensor, abar: torch.Tensor,
                  y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.model(x.to(self.dtype), self.timesteps(abar, x), y=y).float()
+        self._finite &= torch.isfinite(out).all()  # stays on the device: read by check_finite
+        self.calls += 1
+        if self.calls % FINITE_CHECK_EVERY == 0:
+            self.check_finite()
         c = x.shape[1]
         return out[:, :c], (out[:, c:2 * c] if out.shape[1] == 2 * c else None)
 
@@ -92,6 +120,7 @@ def _prepare(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int, 
     """Checks inputs; returns (denoiser, schedule on the model's device, the first x_t, the step pairs)."""
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image has shape {tuple(image.shape)}, expected [B, 3, H, W] in [-1, 1]")
+    check_image(image, "image", -1.0, 1.0)
     b, _, h, w = image.shape
     mb, _, mh, mw = schedule.mask.shape
     if (mh, mw) != (h, w):
@@ -99,6 +128,7 @@ def _prepare(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int, 
     if mb not in (1, b):
         raise ValueError(f"mask batch {mb} does not match image batch {b}: give one mask or one per image")
     denoiser = _denoiser(model, schedule.curves)
+    denoiser.reset()
     schedule = schedule.to(denoiser.device)
     pairs = schedule.steps(steps)
     image = image.to(denoiser.device, torch.float32)
@@ -149,6 +179,7 @@ def _loop(model, image, schedule, steps, generator, callback, update, y=None, re
             callback({"step": call, "total": total, "t": level(cur), "x": x,
                       "pred_x0": torch.where(noisy, x0.float(), x)})
         call += 1
+    denoiser.check_finite()
     return x
 
 
@@ -322,6 +353,7 @@ def sample_repaint(model, image: torch.Tensor, schedule: SpatialSchedule, steps:
             callback({"step": call, "total": total, "t": ts[cur], "x": x,
                       "pred_x0": torch.where(hole, x0.float(), known)})
         call += 1
+    denoiser.check_finite()
     return torch.where(hole, x, known)  # 4. the known region is the input, bit for bit
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import CheckpointError
+from ..checks import EXIT_STATUS, SEED_MAX, ArgumentParser, Int, Real, check_outputs, describe_error
 from ..devices import DTYPES
 from .distributed import CollectiveError
 from .export import export_checkpoint
@@ -41,8 +42,9 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rad-train", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = ArgumentParser(
+        prog="rad-train", epilog=EXAMPLES + "\n" + EXIT_STATUS.replace("Ctrl-C:", "Ctrl-C: --resume continues;"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train RAD (region-aware diffusion) inpainting: LoRA on a guided-diffusion ADM (--base) or a "
                     "fresh model (--preset), with the paper's two-phase per-pixel noise and Perlin masks.",
     )
@@ -51,25 +53,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", type=Path, help="folder of training images (recursive; png/jpg/jpeg/webp)")
     g.add_argument("--resize", action="store_true",
                    help="use each image whole: centre square resized to the resolution (default: random crops)")
-    g.add_argument("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=d.scale_range,
+    g.add_argument("--scale-range", type=Real(0, 1, lo_open=True),
+                   nargs=2, metavar=("LOW", "HIGH"), default=d.scale_range,
                    help="random crops span this fraction of the image's short side, uniformly (never fewer source "
                         "pixels than the resolution), then are resized: a random downscale (default 0.5 1.0)")
     g.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
-    g.add_argument("--holdout", type=int, default=d.holdout,
+    g.add_argument("--holdout", type=Int(0, 1024), default=d.holdout,
                    help=f"images held out for previews, never trained on (default {d.holdout})")
-    g.add_argument("--workers", type=int, default=d.workers,
+    g.add_argument("--workers", type=Int(0, 256), default=d.workers,
                    help=f"threads decoding images (default {d.workers}; 0 = in the training thread)")
 
     g = p.add_argument_group("model")
     g.add_argument("--base", type=Path, help="guided-diffusion ADM checkpoint to fine-tune with LoRA")
     g.add_argument("--preset", choices=sorted(PRESETS), help="train a fresh model of this layout instead")
-    g.add_argument("--resolution", type=int, help="training image size (default: the model's image_size)")
-    g.add_argument("--num-head-channels", type=int, help="attention head width (default 64 for --base)")
-    g.add_argument("--num-heads", type=int, help="attention head count (guided-diffusion's num_heads)")
+    g.add_argument("--resolution", type=Int(8, 4096), help="training image size (default: the model's image_size)")
+    g.add_argument("--num-head-channels", type=Int(1, 4096, also=(-1,)),
+                   help="attention head width (default 64 for --base)")
+    g.add_argument("--num-heads", type=Int(1, 4096, also=(-1,)),
+                   help="attention head count (guided-diffusion's num_heads)")
     g.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false",
                    help="fresh models predict eps only (3 outputs, MSE loss; default: eps and variance)")
-    g.add_argument("--lora-rank", type=int, default=d.lora_rank, help=f"LoRA rank (default {d.lora_rank})")
-    g.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha:g})")
+    g.add_argument("--lora-rank", type=Int(1, 4096), default=d.lora_rank, help=f"LoRA rank (default {d.lora_rank})")
+    g.add_argument("--lora-alpha", type=Real(0, 1e4, lo_open=True), default=d.lora_alpha,
+                   help=f"LoRA alpha (default {d.lora_alpha:g})")
 
     g = p.add_argument_group("RAD recipe")
     g.add_argument("--embedding", choices=EMBEDDINGS, default=d.embedding,
@@ -80,22 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "and spatial spread drawn separately (AsyncPatch-style soft states); mixed: half each; "
                         "full: every pixel at one uniform step, i.e. plain DDPM training (a non-RAD base model, "
                         "the paper's pretrained ADM)")
-    g.add_argument("--vlb-weight", type=float, default=d.vlb_weight,
+    g.add_argument("--vlb-weight", type=Real(0, 1e3), default=d.vlb_weight,
                    help=f"weight of the variance VLB term in bits/dim (default {d.vlb_weight:g}, guided-diffusion's; "
                         "0 = eps MSE only)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps in total (default {d.steps})")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per micro-batch ({d.batch_size})")
-    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimiser step (1)")
-    g.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+    g.add_argument("--steps", type=Int(1, 10**9), default=d.steps, help=f"optimiser steps in total (default {d.steps})")
+    g.add_argument("--batch-size", type=Int(1, 65536), default=d.batch_size,
+                   help=f"images per micro-batch ({d.batch_size})")
+    g.add_argument("--grad-accum", type=Int(1, 65536), default=d.grad_accum,
+                   help="micro-batches per optimiser step (1)")
+    g.add_argument("--lr", type=Real(0, 1, lo_open=True), default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
+    g.add_argument("--weight-decay", type=Real(0, 10), default=d.weight_decay,
                    help=f"AdamW weight decay ({d.weight_decay:g})")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient norm clip (1.0; 0 = off)")
-    g.add_argument("--ema", type=float, default=d.ema, help=f"EMA decay (default {d.ema:g}; 0 = off)")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of everything random (default 0)")
+    g.add_argument("--grad-clip", type=Real(0, 1e6), default=d.grad_clip, help="gradient norm clip (1.0; 0 = off)")
+    g.add_argument("--ema", type=Real(0, 1, hi_open=True), default=d.ema,
+                   help=f"EMA decay (default {d.ema:g}; 0 = off)")
+    g.add_argument("--seed", type=Int(0, SEED_MAX), default=d.seed, help="seed of everything random (default 0)")
     g.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:N")
-    g.add_argument("--threads", type=int, default=0,
+    g.add_argument("--threads", type=Int(0, 1024), default=0,
                    help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine)")
     g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="autocast dtype: auto = bf16 on CUDA when supported, else fp32; fp16 uses a grad scaler")
@@ -108,10 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NHWC memory format (default: on for CUDA, off on the CPU)")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW on CUDA")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA with triton; off by default)")
-    g.add_argument("--dist-timeout", type=float, default=d.dist_timeout,
+    g.add_argument("--dist-timeout", type=Real(0, 1e6, lo_open=True), default=d.dist_timeout,
                    help=f"seconds a process waits for the others before it stops with an error (default "
                         f"{d.dist_timeout:g}); torchrun only")
-    g.add_argument("--dry-run", nargs="?", type=int, const=5, default=0, metavar="STEPS",
+    g.add_argument("--dry-run", nargs="?", type=Int(0, 10**6), const=5, default=0, metavar="STEPS",
                    help="build everything, train STEPS steps (default 5), print the throughput, memory peak and the "
                         "time projected for --steps; writes nothing")
 
@@ -119,16 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, help="run folder: checkpoints/, previews/, metrics.jsonl")
     g.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                    help="continue the run in --out (its newest checkpoint, or this one) up to --steps")
-    g.add_argument("--save-every", type=int, default=d.save_every,
+    g.add_argument("--save-every", type=Int(0), default=d.save_every,
                    help=f"checkpoint period in steps ({d.save_every}; 0 = at the end only)")
-    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+    g.add_argument("--keep-checkpoints", type=Int(0), default=d.keep_checkpoints,
                    help=f"newest checkpoints kept (default {d.keep_checkpoints}; 0 = all)")
-    g.add_argument("--preview-every", type=int, default=d.preview_every,
+    g.add_argument("--preview-every", type=Int(0), default=d.preview_every,
                    help=f"preview grid period ({d.preview_every}; 0 = none): masked | result | truth per "
                         "held-out image")
-    g.add_argument("--preview-steps", type=int, default=d.preview_steps,
+    g.add_argument("--preview-steps", type=Int(1, 1000), default=d.preview_steps,
                    help=f"DDIM steps of previews ({d.preview_steps})")
-    g.add_argument("--log-every", type=int, default=d.log_every, help=f"metrics.jsonl period ({d.log_every})")
+    g.add_argument("--log-every", type=Int(0), default=d.log_every, help=f"metrics.jsonl period ({d.log_every})")
     g.add_argument("--force", action="store_true", help="overwrite an existing run in --out and the --export file")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
 
@@ -191,6 +200,10 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.export_from:
         if args.export is None:
             raise ValueError("--export-from needs --export PATH.safetensors: where to write the export")
+        check_outputs([("--export", args.export)], [("--export-from", args.export_from), ("--base", args.base)])
+        if args.export.exists() and not args.force:
+            raise FileExistsError(f"--export {args.export} already exists: pass --force to overwrite it, or choose "
+                                  "another name")
         return [export_checkpoint(args.export_from, args.export, base=args.base, dtype=args.export_dtype,
                                   use_ema=args.use_ema, force=args.force)]
     if args.threads < 0:
@@ -220,9 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in run(args):
             print(path)
-    except (ValueError, CheckpointError, FileExistsError, FileNotFoundError, ImportError, CollectiveError,
-            FloatingPointError) as err:
-        print(f"rad-train: {where}error: {err}", file=sys.stderr)
+    except (ValueError, CheckpointError, OSError, ImportError, CollectiveError, FloatingPointError) as err:
+        print(f"rad-train: {where}error: {describe_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

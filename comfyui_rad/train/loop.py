@@ -29,8 +29,9 @@ import torch
 
 from .. import masks
 from ..checkpoints import file_sha256, load_adm
+from ..checks import SEED_MAX, check_int, check_outputs, check_real
 from ..devices import DTYPES, resolve_device
-from ..imaging import load_crop, save_image, scan_images
+from ..imaging import IMAGE_READ_ERRORS, load_crop, save_image, scan_images
 from ..sampling import sample_ddim
 from ..schedule import EMBEDDINGS, NoiseCurves, RADInfo, SpatialSchedule
 from .data import split_holdout
@@ -108,6 +109,8 @@ class TrainOptions:
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option."""
+        _check_numbers(self)
+        _check_paths(self)
         if (self.base is None) == (self.preset is None):
             raise ValueError("give exactly one of --base CKPT (LoRA fine-tuning of a guided-diffusion ADM) or "
                              f"--preset NAME (a fresh model: {', '.join(PRESETS)})")
@@ -141,6 +144,45 @@ class TrainOptions:
         if self.export is not None and Path(self.export).suffix.lower() != ".safetensors":
             raise ValueError(f"--export {self.export}: exports are .safetensors files: use a name ending in "
                              ".safetensors")
+
+
+_REALS = {"lr": ("--lr", 0.0, 1.0, True, False), "weight_decay": ("--weight-decay", 0.0, 10.0, False, False),
+          "grad_clip": ("--grad-clip", 0.0, 1e6, False, False), "ema": ("--ema", 0.0, 1.0, False, True),
+          "vlb_weight": ("--vlb-weight", 0.0, 1e3, False, False), "lora_alpha": ("--lora-alpha", 0.0, 1e4, True, False)}
+"""Float options -> (flag, low, high, low excluded, high excluded): the ranges rad-train's argparse types use."""
+
+
+def _check_numbers(opts: TrainOptions) -> None:
+    """Every float option finite and in its range (NaN passes ``value < 0`` checks), the seed one torch takes, the
+    scale range inside (0, 1]: ValueError naming the rad-train flag."""
+    for name, (flag, lo, hi, lo_open, hi_open) in _REALS.items():
+        check_real(getattr(opts, name), flag, lo, hi, lo_open=lo_open, hi_open=hi_open)
+    check_int(opts.seed, "--seed", 0, SEED_MAX)
+    for value in opts.scale_range:
+        check_real(value, "--scale-range", 0.0, 1.0, lo_open=True)
+
+
+def _check_paths(opts: TrainOptions) -> None:
+    """--out a folder (not a file), --export a file name that is not an input: ValueError naming the flags, before
+    any work."""
+    if opts.out is not None and Path(opts.out).exists() and not Path(opts.out).is_dir():
+        raise ValueError(f"--out {opts.out} is a file: give a folder for the run (checkpoints, previews, metrics)")
+    if opts.export is not None:
+        check_outputs([("--export", opts.export)], [("--base", opts.base), ("--data", opts.data)])
+
+
+def _decodable_holdout(paths: list[Path], size: int) -> list[Path]:
+    """The held-out images that decode (previews need them all); each one that does not is dropped here, when the
+    set is drawn, with a warning naming it, so that no preview and no resumed run dies on it later."""
+    good = []
+    for path in paths:
+        try:
+            load_crop(path, size)
+            good.append(path)
+        except IMAGE_READ_ERRORS as err:
+            log.warning("held-out image %s cannot be decoded (%s): left out of the previews (and of training); "
+                        "replace or remove it", path, str(err).splitlines()[0][:120])
+    return good
 
 
 def _precision(name: str, device: torch.device) -> torch.dtype:
@@ -259,6 +301,7 @@ class Trainer:
         self.size = self.run["model_config"]["image_size"]
         paths = scan_images(opts.data, self.size, opts.workers)
         train, self.holdout = split_holdout(paths, opts.holdout, opts.seed, Path(opts.data))
+        self.holdout = _decodable_holdout(self.holdout, self.size)
         log.info("%d training image(s) in %s, %d held out; %dx%d %s", len(train), opts.data, len(self.holdout),
                  self.size, self.size, "resized" if opts.resize else f"crops, scale {opts.scale_range}")
         per_pixel = opts.embedding == "spatial" and opts.mask_sampling != "full"  # plain DDPM maps are uniform
