@@ -148,7 +148,8 @@ class TrainOptions:
 
 _REALS = {"lr": ("--lr", 0.0, 1.0, True, False), "weight_decay": ("--weight-decay", 0.0, 10.0, False, False),
           "grad_clip": ("--grad-clip", 0.0, 1e6, False, False), "ema": ("--ema", 0.0, 1.0, False, True),
-          "vlb_weight": ("--vlb-weight", 0.0, 1e3, False, False), "lora_alpha": ("--lora-alpha", 0.0, 1e4, True, False)}
+          "vlb_weight": ("--vlb-weight", 0.0, 1e3, False, False), "lora_alpha": ("--lora-alpha", 0.0, 1e4, True, False),
+          "dist_timeout": ("--dist-timeout", 0.0, 1e6, True, False)}
 """Float options -> (flag, low, high, low excluded, high excluded): the ranges rad-train's argparse types use."""
 
 
