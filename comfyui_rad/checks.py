@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["EXIT_STATUS", "SEED_MAX", "Real", "Int", "check_real", "check_int", "check_image", "check_mask",
-           "same_file", "check_outputs", "describe_error", "ArgumentParser"]
+           "same_file", "check_folder", "check_outputs", "describe_error", "ArgumentParser"]
 
 EXIT_STATUS = ("exit status: 0 done; 2 bad input (one line on stderr naming the flag); 130 interrupted (Ctrl-C: "
                "no file is left half-written)")
@@ -199,6 +199,19 @@ def _check_target(path: Path, flag: str) -> None:
     if path.is_dir():
         example = path / ("result" + (path.suffix or ".png"))
         raise ValueError(f"{flag} {path} is a folder: give a file name, e.g. {example}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {path}: {parent} is a file, not a folder: choose another path")
+            break
+
+
+def check_folder(path: str | os.PathLike, flag: str) -> None:
+    """A folder can be made (or used) at ``path``: it is not a file, and no file stands where a folder above it must
+    be. ValueError naming ``flag`` otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file: give a folder")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from . import imaging, masks, metrics
-from .checks import EXIT_STATUS, SEED_MAX, ArgumentParser, Int, Real, check_outputs, describe_error
+from .checks import EXIT_STATUS, SEED_MAX, ArgumentParser, Int, Real, check_folder, check_outputs, describe_error
 from .devices import DTYPES
 from .fileio import atomic_write
 from .pipeline import inpaint
@@ -334,8 +334,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"--images {args.images} is a file: point --images at a folder of held-out images")
     outputs = [("--out", args.out)]
     if args.grids is not None:
-        if args.grids.exists() and not args.grids.is_dir():
-            raise ValueError(f"--grids {args.grids} is a file: give a folder for the sample grids")
+        check_folder(args.grids, "--grids")
         outputs += [("--grids", args.grids / f"{kind}.png") for kind in kinds]
     check_outputs(outputs, inputs)
     if args.out.exists() and not args.force:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,28 @@ def test_16bit_images_and_masks_are_read_at_their_scale(files, tmp_path, capsys)
     assert inpaint_cli(files, "--mask", str(tmp_path / "mask16.png"), "-o", str(out)) == 2
     one_line_error(capsys, "rad-inpaint", "the mask is empty")
     assert not out.exists()
+
+
+def png_rgb48(path: Path, pixels: np.ndarray) -> Path:
+    """A 16-bit-per-channel RGB PNG (colour type 2, depth 16) written by hand: Pillow cannot write one."""
+    height, width, _ = pixels.shape
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    rows = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(height))
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_48bit_rgb_png_is_read_at_its_scale(tmp_path):
+    pixels = np.zeros((6, 5, 3), np.uint16)
+    pixels[..., 0], pixels[..., 1], pixels[..., 2] = 65535, 32896, 0  # 1.0, ~0.5, 0
+    image = imaging.load_image(png_rgb48(tmp_path / "rgb48.png", pixels))
+    assert image.shape == (1, 3, 6, 5)
+    assert torch.allclose(image[0, :, 0, 0], torch.tensor([1.0, 128 / 255, 0.0]), atol=1 / 255)
 
 
 def test_decompression_bomb_is_one_line(files, tmp_path, capsys, monkeypatch):
@@ -346,6 +369,10 @@ def test_output_paths_that_cannot_be_files(files, tmp_path, capsys):
     assert (files / "base.pt").read_bytes() == base_before
     assert train_cli.main(["--data", str(files / "data"), "--preset", "tiny", "--out", str(blocker), "-q"]) == 2
     one_line_error(capsys, "rad-train", "--out", "is a file")
+    assert train_cli.main(["--data", str(files / "data"), "--preset", "tiny", "--out", str(blocker / "r"), "-q"]) == 2
+    assert "Errno" not in one_line_error(capsys, "rad-train", "--out", "is a file, not a folder")
+    assert evaluate.main([*args, "--out", str(tmp_path / "r.json"), "--grids", str(blocker / "g")]) == 2
+    one_line_error(capsys, "rad-eval", "--grids", "is a file, not a folder")
     assert train_cli.main(["--export-from", str(tmp_path), "--export", str(existing := blocker)]) == 2
     one_line_error(capsys, "rad-train", "--export", "already exists", "--force")
     assert existing.read_text() == "x"

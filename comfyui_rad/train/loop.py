@@ -29,7 +29,7 @@ import torch
 
 from .. import masks
 from ..checkpoints import file_sha256, load_adm
-from ..checks import SEED_MAX, check_int, check_outputs, check_real
+from ..checks import SEED_MAX, check_folder, check_int, check_outputs, check_real
 from ..devices import DTYPES, resolve_device
 from ..imaging import IMAGE_READ_ERRORS, load_crop, save_image, scan_images
 from ..sampling import sample_ddim
@@ -166,8 +166,8 @@ def _check_numbers(opts: TrainOptions) -> None:
 def _check_paths(opts: TrainOptions) -> None:
     """--out a folder (not a file), --export a file name that is not an input: ValueError naming the flags, before
     any work."""
-    if opts.out is not None and Path(opts.out).exists() and not Path(opts.out).is_dir():
-        raise ValueError(f"--out {opts.out} is a file: give a folder for the run (checkpoints, previews, metrics)")
+    if opts.out is not None:
+        check_folder(opts.out, "--out")  # the run's folder: checkpoints, previews, metrics
     if opts.export is not None:
         check_outputs([("--export", opts.export)], [("--base", opts.base), ("--data", opts.data)])
 
