@@ -246,7 +246,7 @@ def perlin_mask(
     cell_lo, cell_hi = _range((1.0, float(height)) if cell_size is None else cell_size, "cell_size", 0.0)
     cover_lo, cover_hi = _range((0.0, 1.0) if coverage is None else coverage, "coverage", 0.0, 1.0)
     if not math.isfinite(softness) or softness < 0:
-        raise ValueError(f"softness must be a finite number >= 0 pixels, got {softness}")
+        raise ValueError(f"softness must be >= 0 pixels (a finite number), got {softness}")
     cell = _uniform(cell_lo, cell_hi, batch, generator)
     noise = perlin_noise(batch, height, width, cell, generator=generator, octaves=octaves,
                          persistence=persistence, lacunarity=lacunarity)
