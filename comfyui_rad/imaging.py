@@ -27,7 +27,8 @@ from .fileio import atomic_write
 from .masks import as_bhw, is_binary
 
 __all__ = [
-    "load_image", "save_image", "output_paths", "load_mask", "photo_mask_reason", "warn_if_stretched", "IMAGE_SUFFIXES",
+    "load_image", "save_image", "output_paths", "load_mask", "photo_mask_reason", "same_aspect", "warn_if_stretched",
+    "IMAGE_SUFFIXES",
     "IMAGE_READ_ERRORS", "DataError", "scan_images",
     "load_crop", "to_model_range", "from_model_range", "normalize_mask",
     "Window", "Fit", "fit_crop", "fit_resize", "fit_pad", "FIT_MODES", "stitch",
@@ -312,12 +313,18 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
+def same_aspect(mask_height: int, mask_width: int, height: int, width: int) -> bool:
+    """Whether a mask of mask_width x mask_height meets an image of width x height by resizing alone: aspect ratios
+    within 1 % (a half-size mask of an odd-sized image passes)."""
+    return abs(mask_width / mask_height - width / height) <= 0.01 * width / height
+
+
 def warn_if_stretched(mask_height: int, mask_width: int, height: int, width: int) -> bool:
     """Warn (and return True) when a mask of mask_width x mask_height has another aspect ratio than the image of
-    width x height it is resized to (more than 1 % apart): the mask gets stretched."""
+    width x height it is resized to (``same_aspect``): the mask gets stretched."""
     if min(mask_height, mask_width, height, width) < 1:
         raise ValueError(f"mask {mask_width}x{mask_height} or image {width}x{height} has no pixels")
-    if abs(mask_width / mask_height - width / height) <= 0.01 * width / height:
+    if same_aspect(mask_height, mask_width, height, width):
         return False
     log.warning("the mask is %dx%d but the image is %dx%d (another aspect ratio): the mask is stretched to fit",
                 mask_width, mask_height, width, height)

@@ -17,6 +17,7 @@ import torch
 from comfy_api.latest import io
 from PIL import Image
 
+from comfyui_rad.imaging import same_aspect
 from comfyui_rad.masks import as_bhw
 from comfyui_rad.pipeline import FITS
 from comfyui_rad.schedule import NoiseCurves
@@ -149,3 +150,21 @@ def sampler_outputs() -> list:
 def check_schedule(schedule) -> None:
     if not isinstance(schedule, MaskSchedule):
         raise TypeError(f"schedule must come from Spatial Noise Schedule (RAD), got {type(schedule).__name__}")
+
+
+def check_image_and_mask(image: torch.Tensor, mask: torch.Tensor) -> None:
+    """Before a sampler node loads its model: ``image`` [B,3,H,W] and the schedule's ``mask`` [B,H,W] pair up (one
+    image, one mask, or as many of each) and the mask has the image's aspect ratio.
+
+    The engine stretches a mask of another aspect ratio with a warning in the log; a node refuses it, since the
+    person at the canvas never sees the log and the hole would land elsewhere than painted."""
+    (images, _, height, width), (masks, mask_height, mask_width) = image.shape, mask.shape
+    if 1 not in (images, masks) and images != masks:
+        raise ValueError(f"the image input has {images} images and the schedule's mask has {masks} masks: give one "
+                         "image, one mask, or as many images as masks (e.g. set the mask node's batch_size)")
+    if not same_aspect(mask_height, mask_width, height, width):
+        raise ValueError(
+            f"the schedule's mask is {mask_width}x{mask_height} but the image input is {width}x{height}, another "
+            "aspect ratio: stretched, the hole would not be where it was painted. Connect a mask made for this "
+            f"image (its Load Image mask, or Solid Mask / Perlin Mask (RAD) at width {width}, height {height}), or "
+            "resize the mask yourself first (Convert Mask to Image > Upscale Image > Convert Image to Mask).")

@@ -11,8 +11,8 @@ from comfyui_rad.pipeline import inpaint, network_calls
 from comfyui_rad.sampling import repaint_calls
 
 from .common import (
-    CATEGORY, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule, progress, RADModel,
-    RADSchedule, sampler_outputs,
+    CATEGORY, check_image_and_mask, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule,
+    progress, RADModel, RADSchedule, sampler_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,10 @@ class RADRePaintSampler(io.ComfyNode):
     def execute(cls, rad_model, image, schedule: MaskSchedule, seed: int, steps: int, jump_length: int,
                 jump_n_sample: int, fit: str, class_label: int) -> io.NodeOutput:
         check_schedule(schedule)
+        image = image_to_bchw(image)
+        check_image_and_mask(image, schedule.mask)
         repaint_calls(steps, jump_length, jump_n_sample)  # checks the jump settings before loading
         jumps = {"jump_length": jump_length, "jump_n_sample": jump_n_sample}
-        image = image_to_bchw(image)
         calls = network_calls(rad_model.model.config.image_size, image, schedule.mask, steps=steps,
                               sampler="repaint", fit=fit, options=jumps)
         comfy.model_management.load_models_gpu([rad_model], force_full_load=True)

@@ -11,8 +11,8 @@ from comfyui_rad.pipeline import inpaint, network_calls
 from comfyui_rad.sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, SAMPLERS, check_resample
 
 from .common import (
-    CATEGORY, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule, progress, RADModel,
-    RADSchedule, sampler_outputs,
+    CATEGORY, check_image_and_mask, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule,
+    progress, RADModel, RADSchedule, sampler_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,12 @@ class RADSampler(io.ComfyNode):
     def execute(cls, rad_model, image, schedule: MaskSchedule, seed: int, steps: int, sampler: str, eta: float,
                 fit: str, class_label: int, resample: int = 0, jump: int = DEFAULT_JUMP) -> io.NodeOutput:
         check_schedule(schedule)
+        image = image_to_bchw(image)
+        check_image_and_mask(image, schedule.mask)
         steps = steps or schedule.steps
         check_resample(resample, jump, steps)  # before loading: names the node's inputs
         comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
         comfy.model_management.throw_exception_if_processing_interrupted()
-        image = image_to_bchw(image)
         options = {"resample": resample, "jump": jump} if resample else None
         calls = network_calls(rad_model.model.config.image_size, image, schedule.mask, steps=steps, sampler=sampler,
                               fit=fit, options=options)

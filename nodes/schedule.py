@@ -28,8 +28,8 @@ class RADSpatialSchedule(io.ComfyNode):
                         "kept exactly. The preview shows the noise each pixel gets along the steps (white = pure "
                         "noise), first step on the left.",
             inputs=[
-                io.Mask.Input("mask", tooltip="What to inpaint: 1 (white) = regenerate, 0 = keep. Any size; it is "
-                                              "resized to the image in the sampler."),
+                io.Mask.Input("mask", tooltip="What to inpaint: 1 (white) = regenerate, 0 = keep. Any size of the "
+                                              "image's aspect ratio; it is resized to the image in the sampler."),
                 io.Combo.Input("mask_mode", options=list(MASK_MODES), default="binary",
                                tooltip="binary: a pixel is regenerated when its mask value is above the threshold "
                                        "(robust to JPEG and blurred edges). soft: the mask value is how much of the "

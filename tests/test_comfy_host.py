@@ -46,8 +46,8 @@ EXAMPLES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 
 
 class Server:
-    def __init__(self, url: str, base: Path, log: Path):
-        self.url, self.base, self.log = url, base, log
+    def __init__(self, url: str, base: Path, log: Path, pid: int | None = None):
+        self.url, self.base, self.log, self.pid = url, base, log, pid
 
     def get(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
@@ -130,7 +130,7 @@ def server(tmp_path_factory):
                 time.sleep(0.5)
         else:
             pytest.fail(f"ComfyUI did not answer in 120 s:\n{log.read_text()[-4000:]}")
-        yield Server(url, base, log)
+        yield Server(url, base, log, process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         try:

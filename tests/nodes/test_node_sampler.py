@@ -115,9 +115,27 @@ def test_batch_rules(host, rad_model, images, masks, batch):
     assert kept_equal(out, image.expand(batch, -1, -1, -1), used)
 
 
-def test_batch_mismatch_is_refused(host, rad_model):
-    with pytest.raises(ValueError, match="2 images and 3 masks"):
+def test_batch_mismatch_is_refused_naming_the_inputs_before_loading(host, rad_model, state):
+    with pytest.raises(ValueError, match="the image input has 2 images and the schedule's mask has 3 masks"):
         sample(host, rad_model, photo(2, 24, 36), box(3, 24, 36))
+    assert state.loaded == []
+
+
+@pytest.mark.parametrize("node", ["RADSampler", "RADRePaintSampler"])
+def test_a_mask_of_another_aspect_ratio_is_refused_before_loading(host, rad_model, state, node):
+    schedule = host.nodes.RADSpatialSchedule.execute(box(1, 36, 36), "binary", 0.5, 3)[0]
+    args = dict(seed=0, steps=3, fit="crop", class_label=-1)
+    args |= dict(sampler="ddpm", eta=0.0) if node == "RADSampler" else dict(jump_length=1, jump_n_sample=1)
+    with pytest.raises(ValueError, match=r"the schedule's mask is 36x36 but the image input is 36x24, another aspect "
+                                         r"ratio: .* width 36, height 24"):
+        getattr(host.nodes, node).execute(rad_model, photo(1, 24, 36), schedule, **args)
+    assert state.loaded == []
+
+
+def test_a_mask_within_one_percent_of_the_aspect_ratio_is_resized(host, rad_model):
+    image, mask = photo(1, 100, 151), box(1, 50, 75)  # half size of an odd width: 1.50 against 1.51
+    out, used = sample(host, rad_model, image, mask)
+    assert used.shape == (1, 100, 151) and kept_equal(out, image, used)
 
 
 def test_image_much_larger_than_the_model_non_square(host, rad_model):
