@@ -29,10 +29,11 @@ AFTER_CANCEL = 10
 RSS_BOUND_MB = 64.0
 """How far the server's resident memory may rise over the session: the median over the last round of examples
 against the median over the second round (every example has run once before it, so first-time allocations are in
-the baseline). Measured (docs/SOAK.md): single readings swing by up to 60 MB with the workflow that ran last (the
-cache holds its outputs: 50 MB after the 1200x800 photo) and the medians rose 26 MB as the allocator met every
-combination of example, fit and sampler (a 30-prompt cycle), then stayed. A leak of one 1200x800 float result per
-prompt would add 11 MB a prompt (600 MB over the session), one copy of the built-in model 4 MB a prompt (220 MB)."""
+the baseline), 50 prompts apart. Measured (docs/SOAK.md): 1 MB with one torch thread, 26 MB with two threads on a
+contended CPU (the allocator settling over the 30-prompt cycle of example, fit and sampler, then flat); single
+readings swing by 30-60 MB with the workflow that ran last (the cache holds the 1200x800 photo's outputs). A leak of
+1.3 MB a prompt fails it; one 1200x800 float result kept per prompt would add 550 MB, one copy of the built-in
+model 190 MB."""
 FITS = ("crop", "resize", "pad")
 SAMPLERS = ("ddpm", "ddim")
 
