@@ -4,8 +4,9 @@ pack's own message, each followed by a prompt that runs.
 
 Opt-in like ``test_comfy_host.py`` (same ``COMFYUI_DIR`` / ``COMFYUI_PYTHON``, same server fixture, its own server),
 and marked ``soak`` so ``-m "not soak"`` leaves it out: it takes minutes. ``RAD_SOAK_REPORT=path.json`` writes the
-measured series (per prompt: workflow, seconds, the server's VmRSS) there; docs/SOAK.md reports a run. On a
-shared CPU, ``OMP_NUM_THREADS=1`` (passed on to the server) keeps torch's threads from waiting on each other.
+measured series (per prompt: workflow, seconds, the server's VmRSS) there; docs/SOAK.md reports runs. The fixture
+runs the server on one torch thread unless ``OMP_NUM_THREADS`` says otherwise (on shared cores two threads wait on
+each other: 10-15x slower here).
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ AFTER_CANCEL = 10
 RSS_BOUND_MB = 64.0
 """How far the server's resident memory may rise over the session: the median over the last round of examples
 against the median over the second round (every example has run once before it, so first-time allocations are in
-the baseline), 50 prompts apart. Measured (docs/SOAK.md): 1-3 MB with one torch thread, 26 MB with two threads on a
-contended CPU (the allocator settling over the 30-prompt cycle of example, fit and sampler, then flat); single
-readings swing by 30-60 MB with the workflow that ran last (the cache holds the 1200x800 photo's outputs). A leak of
-1.3 MB a prompt fails it; one 1200x800 float result kept per prompt would add 550 MB, one copy of the built-in
-model 190 MB."""
+the baseline), about 50 prompts apart. Measured (docs/SOAK.md): -7 to 3 MB with one torch thread, 26 MB with two
+threads on a contended CPU (the allocator settling over the 30-prompt cycle of example, fit and sampler, then
+flat); single readings swing by 30-90 MB with the workflow that ran last (the cache holds its outputs). A leak of
+about 1.3 MB a prompt fails it; one 1200x800 float result kept per prompt would add 550 MB, one copy of the
+built-in model 190 MB."""
 FITS = ("crop", "resize", "pad")
 BUILTIN = [name for name in EXAMPLES if all(node["inputs"]["base_model"] == BUILTIN_DEFAULT.name
                                             for node in _api(name).values() if node["class_type"] == "RADModelLoader")]
