@@ -83,10 +83,11 @@ def _foreign_kind(sd: Mapping[str, Any], metadata: Mapping[str, str]) -> str | N
     if any(k.startswith(("lora_unet_", "lora_te")) or any(m in k for m in lora_marks) for k in keys):
         return ("this is a LoRA file (lora_* keys), not a model: a LoRA needs its base model, and comfyui-rad only "
                 "takes its own adapters (format comfyui-rad.adapter) on top of a guided-diffusion ADM")
-    if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner."))
-           for k in keys):
-        return ("this is a Stable Diffusion checkpoint (model.diffusion_model.*), not a guided-diffusion ADM: "
-                "load it with ComfyUI's checkpoint loader")
+    ldm = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
+    found = sorted({prefix for prefix in ldm for k in keys if k.startswith(prefix)})
+    if found:
+        return (f"this is a Stable Diffusion checkpoint ({', '.join(p + '*' for p in found)} keys), not a "
+                "guided-diffusion ADM: load it with ComfyUI's checkpoint loader")
     missing = [k for k in ("time_embed.0.weight", "input_blocks.0.0.weight") if k not in sd]
     if missing:
         return f"not a guided-diffusion ADM: no {' / '.join(missing)} (its first keys: {', '.join(keys[:3])})"

@@ -209,7 +209,8 @@ def test_many_missing_keys_are_counted():
 @pytest.mark.parametrize("sd,what", [
     ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1), "first_stage_model.x": torch.zeros(1)},
      "Stable Diffusion checkpoint"),
-    ({"conditioner.embedders.0.x": torch.zeros(1)}, "Stable Diffusion checkpoint"),
+    ({"conditioner.embedders.0.x": torch.zeros(1)}, r"Stable Diffusion checkpoint \(conditioner\.\* keys\)"),
+    ({"first_stage_model.decoder.x": torch.zeros(1)}, r"Stable Diffusion checkpoint \(first_stage_model\.\* keys\)"),
     ({"lora_unet_down_blocks_0_attn.lora_down.weight": torch.zeros(1)}, "LoRA file"),
     ({"input_blocks.0.0.lora_A.weight": torch.zeros(1)}, "LoRA file"),
     ({"lora_te_text_model.alpha": torch.zeros(1)}, "LoRA file"),
