@@ -194,16 +194,21 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-def _check_target(path: Path, flag: str) -> None:
-    """A file can be written at ``path``: not a folder, and no existing file where a folder of it must be."""
-    if path.is_dir():
-        example = path / ("result" + (path.suffix or ".png"))
-        raise ValueError(f"{flag} {path} is a folder: give a file name, e.g. {example}")
+def _check_parents(path: Path, flag: str) -> None:
+    """No existing file stands where a folder above ``path`` must be (the nearest existing parent is a folder)."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise ValueError(f"{flag} {path}: {parent} is a file, not a folder: choose another path")
             break
+
+
+def _check_target(path: Path, flag: str) -> None:
+    """A file can be written at ``path``: not a folder, and no existing file where a folder of it must be."""
+    if path.is_dir():
+        example = path / ("result" + (path.suffix or ".png"))
+        raise ValueError(f"{flag} {path} is a folder: give a file name, e.g. {example}")
+    _check_parents(path, flag)
 
 
 def check_folder(path: str | os.PathLike, flag: str) -> None:
@@ -212,11 +217,7 @@ def check_folder(path: str | os.PathLike, flag: str) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {path} is a file: give a folder")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{flag} {path}: {parent} is a file, not a folder: choose another path")
-            break
+    _check_parents(path, flag)
 
 
 def check_outputs(outputs: Iterable[tuple[str, str | os.PathLike]],
