@@ -29,6 +29,11 @@ TRAIN = {
     "camera": (data.camera, "CC0, Lav Varshney"),
     "clock": (data.clock, "public domain, Stefan van der Walt"),
     "coins": (data.coins, "no known copyright restrictions"),
+    # added for the second built-in model (issue 15); the licences as their docstrings state them
+    "cell": (data.cell, "CC0 1.0, Paul Müller et al."),
+    "microaneurysms": (data.microaneurysms, "CC0, Andreas Maier (HRF database)"),
+    "text": (data.text, "public domain (Wikipedia, File:Corner.png)"),
+    "horse": (data.horse, "CC0, Andreas Preuss (openclipart)"),
 }
 HELDOUT = {
     "coffee": (data.coffee, "CC0, Rachel Michetti"),
@@ -41,6 +46,8 @@ def export(images: dict, folder: Path) -> list[str]:
     lines = []
     for name, (load, licence) in images.items():
         pixels = np.asarray(load())
+        if pixels.dtype == bool:  # the horse silhouette
+            pixels = pixels.astype(np.uint8) * 255
         if pixels.ndim == 2:
             pixels = np.repeat(pixels[..., None], 3, axis=2)
         Image.fromarray(pixels[..., :3].astype(np.uint8)).save(folder / f"{name}.png")

@@ -221,6 +221,43 @@ def test_fresh_preset_export_loads_with_load_adm(files):
     assert (load_adm(half)(x, tau) - expected).abs().max() < 0.05
 
 
+def test_init_warm_starts_every_parameter_and_refuses_another_layout(files):
+    """--init copies a trained model's weights into the --preset model: step 0 equals the file; another layout,
+    or --init without --preset, is refused naming the flags."""
+    source = train(files, "init-src", preset="tiny", steps=2, lr=1e-3).export(files / "init-src.safetensors")
+    warm = Trainer(options(files, "init-warm", preset="tiny", steps=1, init=source))
+    x, tau = probe()
+    with torch.no_grad():
+        assert torch.equal(warm.model.eval()(x, tau), load_adm(source)(x, tau))
+    assert warm.run["init"]["name"] == "init-src.safetensors" and len(warm.run["init"]["sha256"]) == 64
+    warm.close()
+    cold = Trainer(options(files, "init-cold", preset="tiny", steps=1))
+    with torch.no_grad():
+        assert not torch.equal(cold.model.eval()(x, tau), load_adm(source)(x, tau))
+    cold.close()
+    with pytest.raises(ValueError, match=r"--init init-src.safetensors is not a 'digits32' model.*--preset"):
+        Trainer(options(files, "init-bad", preset="digits32", resolution=16, init=source))
+    with pytest.raises(ValueError, match="--init starts a --preset model.*--base"):
+        options(files, "init-none", init=source).check()
+
+
+def test_log_scale_sampling_spreads_zoom_levels(files):
+    """--scale-sampling log draws the crop side log-uniformly in --scale-range (median at the geometric mean);
+    uniform keeps the draws it always made (the same u), so old runs reproduce."""
+    paths = scan_images(files / "data", 16)
+    kw = dict(seed=3, batch=4, scale_range=(0.05, 1.0))
+    uniform = SampleStream(paths, 16, NoiseCurves(), **kw)
+    log_ = SampleStream(paths, 16, NoiseCurves(), scale_sampling="log", **kw)
+    sides = torch.tensor([[uniform.crop(s, k)[0], log_.crop(s, k)[0]] for s in range(50) for k in range(4)],
+                         dtype=torch.float64)
+    u = (sides[:, 0] - 0.05) / 0.95
+    assert torch.allclose(sides[:, 1], 0.05 * 20.0 ** u, rtol=1e-9)
+    assert abs(sides[:, 1].median().item() - 0.05 ** 0.5) < 0.06 and sides[:, 1].min() >= 0.05
+    assert (sides[:, 1] < 0.1).float().mean() > 0.15 > (sides[:, 0] < 0.1).float().mean()
+    with pytest.raises(DataError, match="--scale-sampling 'zoom'"):
+        SampleStream(paths, 16, NoiseCurves(), scale_sampling="zoom", **kw)
+
+
 def test_plain_ddpm_base_then_rad_lora_on_it(files):
     """--mask-sampling full makes a plain base (not RAD); a RAD adapter trained on its export records its recipe."""
     base = Trainer(options(files, "plain", preset="tiny", steps=1, mask_sampling="full"))

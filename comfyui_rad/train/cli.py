@@ -19,6 +19,7 @@ from .export import export_checkpoint
 from .loop import EMBEDDINGS, PRECISIONS, Trainer, TrainOptions, hms
 from .noising import MASK_SAMPLINGS
 from .presets import PRESETS
+from .stream import SCALE_SAMPLINGS
 
 log = logging.getLogger("comfyui_rad")
 
@@ -57,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                    nargs=2, metavar=("LOW", "HIGH"), default=d.scale_range,
                    help="random crops span this fraction of the image's short side, uniformly (never fewer source "
                         "pixels than the resolution), then are resized: a random downscale (default 0.5 1.0)")
+    g.add_argument("--scale-sampling", choices=SCALE_SAMPLINGS, default=d.scale_sampling,
+                   help="how the crop side is drawn in --scale-range: uniform (default), or log: log-uniformly, so "
+                        "every zoom level comes as often and a low bound under the resolution gives many crops at "
+                        "native resolution, the windows that fit=crop and tiles feed a model (e.g. --scale-range "
+                        "0.05 1 --scale-sampling log)")
     g.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
     g.add_argument("--holdout", type=Int(0, 1024), default=d.holdout,
                    help=f"images held out for previews, never trained on (default {d.holdout})")
@@ -66,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--base", type=Path, help="guided-diffusion ADM checkpoint to fine-tune with LoRA")
     g.add_argument("--preset", choices=sorted(PRESETS), help="train a fresh model of this layout instead")
+    g.add_argument("--init", type=Path, metavar="MODEL",
+                   help="start the --preset model from this trained one (same layout, e.g. the built-in "
+                        "rad_default.safetensors) and train every parameter: a warm start instead of a fresh init")
     g.add_argument("--resolution", type=Int(8, 4096), help="training image size (default: the model's image_size)")
     g.add_argument("--num-head-channels", type=Int(1, 4096, also=(-1,)),
                    help="attention head width (default 64 for --base)")

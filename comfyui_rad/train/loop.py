@@ -43,7 +43,7 @@ from .noising import MASK_SAMPLINGS
 from .presets import PRESETS, build_fresh, preset_config
 from .speed import compile_model, enable_grad_checkpoint, peak_memory_mib, reset_peak_memory, use_channels_last
 from .state import checkpoint_path, list_checkpoints, load_checkpoint, remove_partial_saves, save_checkpoint
-from .stream import SampleStream
+from .stream import SCALE_SAMPLINGS, SampleStream
 
 __all__ = ["TrainOptions", "Trainer", "EMBEDDINGS", "PRECISIONS"]
 
@@ -68,6 +68,7 @@ class TrainOptions:
     out: Path | None = None
     base: Path | None = None
     preset: str | None = None
+    init: Path | None = None
     resolution: int | None = None
     num_head_channels: int | None = None
     num_heads: int | None = None
@@ -91,6 +92,7 @@ class TrainOptions:
     holdout: int = 4
     resize: bool = False
     scale_range: tuple[float, float] = (0.5, 1.0)
+    scale_sampling: str = "uniform"
     flip: bool = True
     save_every: int = 1000
     keep_checkpoints: int = 3
@@ -114,6 +116,9 @@ class TrainOptions:
         if (self.base is None) == (self.preset is None):
             raise ValueError("give exactly one of --base CKPT (LoRA fine-tuning of a guided-diffusion ADM) or "
                              f"--preset NAME (a fresh model: {', '.join(PRESETS)})")
+        if self.init is not None and self.preset is None:
+            raise ValueError("--init starts a --preset model from a trained one: give --preset too (the layout of "
+                             f"{Path(self.init).name}); to fine-tune a guided-diffusion ADM with LoRA use --base")
         if self.data is None or self.out is None:
             raise ValueError("--data DIR and --out DIR are required to train")
         if self.resolution is not None and self.resolution < 1:
@@ -137,7 +142,8 @@ class TrainOptions:
         if not self.dist_timeout > 0:
             raise ValueError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
         choices = {"--embedding": (self.embedding, EMBEDDINGS), "--mask-sampling": (self.mask_sampling, MASK_SAMPLINGS),
-                   "--precision": (self.precision, PRECISIONS), "--export-dtype": (self.export_dtype, DTYPES)}
+                   "--precision": (self.precision, PRECISIONS), "--export-dtype": (self.export_dtype, DTYPES),
+                   "--scale-sampling": (self.scale_sampling, SCALE_SAMPLINGS)}
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
@@ -169,7 +175,27 @@ def _check_paths(opts: TrainOptions) -> None:
     if opts.out is not None:
         check_folder(opts.out, "--out")  # the run's folder: checkpoints, previews, metrics
     if opts.export is not None:
-        check_outputs([("--export", opts.export)], [("--base", opts.base), ("--data", opts.data)])
+        check_outputs([("--export", opts.export)], [("--base", opts.base), ("--init", opts.init),
+                                                    ("--data", opts.data)])
+
+
+def _warm_start(model: torch.nn.Module, path: Path, preset: str) -> dict[str, str]:
+    """Copy a trained model's weights (``--init``: same layout as ``--preset``) into the fresh ``model``; returns
+    what the run records of it (name and sha256)."""
+    trained = load_adm(path, device="cpu", dtype=torch.float32)
+    mine, theirs = model.config.to_dict(), trained.config.to_dict()
+    diffs = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if diffs:
+        raise ValueError(f"--init {path.name} is not a {preset!r} model: its {', '.join(diffs)} differ "
+                         f"({', '.join(f'{k} {theirs.get(k)!r} != {mine[k]!r}' for k in diffs[:3])}); "
+                         "give the --preset it was trained with (and its --resolution / head options)")
+    info = getattr(trained, "rad_info", None)
+    if info is not None and info.is_rad and info.tau_convention != TAU_CONVENTION:
+        raise ValueError(f"--init {path.name} uses tau convention {info.tau_convention!r}; rad-train trains "
+                         f"{TAU_CONVENTION!r}: convert it or start from a fresh --preset")
+    model.load_state_dict(trained.state_dict())
+    log.info("--init: every parameter starts from %s", path)
+    return {"name": path.name, "sha256": file_sha256(path)}
 
 
 def _decodable_holdout(paths: list[Path], size: int) -> list[Path]:
@@ -304,11 +330,12 @@ class Trainer:
         train, self.holdout = split_holdout(paths, opts.holdout, opts.seed, Path(opts.data))
         self.holdout = _decodable_holdout(self.holdout, self.size)
         log.info("%d training image(s) in %s, %d held out; %dx%d %s", len(train), opts.data, len(self.holdout),
-                 self.size, self.size, "resized" if opts.resize else f"crops, scale {opts.scale_range}")
+                 self.size, self.size, "resized" if opts.resize else f"crops, scale {opts.scale_range} ({opts.scale_sampling})")
         per_pixel = opts.embedding == "spatial" and opts.mask_sampling != "full"  # plain DDPM maps are uniform
         self.stream = SampleStream(train, self.size, self.curves, seed=opts.seed, batch=opts.batch_size,
                                    world=dist.world, rank=dist.rank, accum=opts.grad_accum, resize=opts.resize,
-                                   scale_range=tuple(opts.scale_range), flip=opts.flip,
+                                   scale_range=tuple(opts.scale_range), scale_sampling=opts.scale_sampling,
+                                   flip=opts.flip,
                                    mask_sampling=opts.mask_sampling, per_pixel_tau=per_pixel,
                                    tau_convention=TAU_CONVENTION, workers=opts.workers)
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -394,6 +421,8 @@ class Trainer:
                                       **{k: v for k, v in heads.items() if k != "image_size"})
             model = build_fresh(cfg, opts.seed)
             run.update(kind="full", preset=opts.preset)
+            if opts.init is not None:
+                run["init"] = _warm_start(model, Path(opts.init), opts.preset)
         factor = 2 ** (len(cfg.channel_mult) - 1)
         if cfg.image_size % factor:
             fit = cfg.image_size // factor * factor or factor

@@ -64,17 +64,24 @@ class MicroBatch:
                           StepTerms(**{k: move(v) for k, v in vars(self.terms).items()}))
 
 
+SCALE_SAMPLINGS = ("uniform", "log")
+"""How a crop's side is drawn inside ``--scale-range``: uniformly, or log-uniformly (every zoom level as often)."""
+
+
 class SampleStream:
     """This rank's micro-batches of the global sample stream (module doc), prepared ``ahead`` micro-batches in
     advance by ``workers`` threads (0: in the calling thread)."""
 
     def __init__(self, paths: list[Path], size: int, curves: NoiseCurves, *, seed: int, batch: int, world: int = 1,
                  rank: int = 0, accum: int = 1, resize: bool = False, scale_range: tuple[float, float] = (0.5, 1.0),
-                 flip: bool = True, mask_sampling: str = "perlin", per_pixel_tau: bool = True,
+                 scale_sampling: str = "uniform", flip: bool = True, mask_sampling: str = "perlin", per_pixel_tau: bool = True,
                  tau_convention: str = "gd", workers: int = 0, ahead: int = 2):
         lo, hi = scale_range
         if not 0 < lo <= hi <= 1:
             raise DataError(f"--scale-range must satisfy 0 < low <= high <= 1, got {lo} {hi}")
+        if scale_sampling not in SCALE_SAMPLINGS:
+            raise DataError(f"--scale-sampling {scale_sampling!r} is not one of {', '.join(SCALE_SAMPLINGS)}")
+        self.scale_sampling = scale_sampling
         self.paths, self.size, self.curves, self.seed = list(paths), size, curves, seed
         self.batch, self.world, self.rank, self.accum = batch, world, rank, accum
         self.resize, self.scale_range, self.flip = resize, (lo, hi), flip
@@ -112,7 +119,8 @@ class SampleStream:
     def crop(self, step: int, k: int) -> tuple[float, float, float, bool]:
         u = torch.rand(4, generator=sample_generator(self.seed, _CROP, step, k), dtype=torch.float64).tolist()
         lo, hi = self.scale_range
-        scale, fx, fy = (1.0, 0.5, 0.5) if self.resize else (lo + (hi - lo) * u[0], u[1], u[2])
+        side = lo * (hi / lo) ** u[0] if self.scale_sampling == "log" else lo + (hi - lo) * u[0]
+        scale, fx, fy = (1.0, 0.5, 0.5) if self.resize else (side, u[1], u[2])
         return scale, fx, fy, self.flip and u[3] < 0.5
 
     def _decode(self, step: int, k: int) -> torch.Tensor:
