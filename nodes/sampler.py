@@ -42,10 +42,13 @@ class RADSampler(io.ComfyNode):
                 io.Int.Input("steps", default=0, min=0, max=1000,
                              tooltip="Reverse steps; 0 = the schedule's steps."),
                 io.Combo.Input("sampler", options=RAD_SAMPLERS, default="ddpm",
-                               tooltip="ddpm: the paper's sampler (100 steps). ddim: fewer steps (25-50), "
-                                       "deterministic at eta 0."),
-                io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="ddim only: 0 = deterministic, 1 = as random as DDPM."),
+                               tooltip="ddpm: the paper's sampler (100 steps). ddim: fewer steps (25-50); at "
+                                       "eta 1 (default) DDIM-25 comes close to DDPM-100, at eta 0 it is "
+                                       "deterministic but much worse."),
+                io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="ddim only: 1 (the default; it was 0 before) = as random as DDPM, the noise washes out "
+                                       "model error; 0 = deterministic, which keeps every error (docs/EXPERIMENTS.md). "
+                                       "Workflows saved earlier keep the eta they saved."),
                 *fit_and_label_inputs(),
                 io.Int.Input("resample", default=0, min=0, max=100, optional=True,
                              tooltip="RAD with resampling: every `jump` steps the hole goes back up `jump` steps of "

@@ -1,20 +1,30 @@
 """Held-out results for the model card of the built-in default model (``comfyui_rad/weights/rad_default.md``).
 
-For each picture in ``--heldout`` (images the model never saw in training) and each mask kind, inpaint at the
-model's own resolution (the picture's centre square resized to it) with the CLI's defaults (DDPM, 100 steps,
-seed 0), and compare the hole with two fills that need no model: the mean colour of the kept pixels, and a
-harmonic fill (the kept pixels diffused into the hole, the smoothest fill there is). Writes a grid
-(masked input | harmonic | RAD | truth per row) and prints a markdown table of hole PSNR and time per image.
+Pictures in ``--heldout`` were never seen in training. Every model (``--model``, and ``--compare`` ones beside it)
+is measured in two uses, with the CLI's defaults (DDPM, 100 steps, seed 0) and against two fills that need no model:
+the mean colour of the kept pixels, and a harmonic fill (the kept pixels diffused into the hole, the smoothest fill
+there is):
 
-    python scripts/default_model_card.py --heldout /tmp/rad-data/heldout --grid docs/default_model_heldout.png
+- **model size**: the picture's centre square resized to the model's resolution (``fit=resize``), under a centred
+  box (25 %), LaMa's "wide" strokes and boxes, and a Perlin blob;
+- **native** (``--native``): the whole picture at its own resolution, as ``rad-inpaint`` and the sampler nodes run it
+  (``fit=crop``): 48-pixel boxes at three seeded places (inside one 64-pixel window) and one 128-pixel box (region
+  by region, ``tiles``).
+
+Measures over the hole: PSNR, SSIM (the hole's bounding box) and seam (``metrics.seam``). Prints markdown tables,
+writes the grids (masked input | harmonic | each model | truth per row) and, with ``--json``, every number.
+
+    python scripts/default_model_card.py --heldout /tmp/rad-data/heldout --grid docs/default_model_heldout.png \
+        --native --native-grid docs/default_model_native.png --compare old.safetensors --json card.json
 
 PSNR on the hole rewards blur, so the harmonic fill is a hard number to beat for any sampler that invents detail;
-the table is there to show where the model stands, not to flatter it.
+the tables are there to show where the model stands, not to flatter it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -60,49 +70,124 @@ def centre_square(image: torch.Tensor, size: int) -> torch.Tensor:
                          antialias=True, align_corners=False).clamp(0, 1)
 
 
+NATIVE = (("box48", 48, 0), ("box48", 48, 1), ("box48", 48, 2), ("box128", 128, 0))
+"""Native-resolution holes: (name, side, seed of the place)."""
+
+
+def native_mask(height: int, width: int, side: int, seed: int) -> torch.Tensor:
+    """A ``side`` x ``side`` box [1,H,W] (1 = inpaint) at a seeded place at least 8 px inside the picture."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    top = int(torch.randint(8, height - side - 8 + 1, (1,), generator=g))
+    left = int(torch.randint(8, width - side - 8 + 1, (1,), generator=g))
+    mask = torch.zeros(1, height, width)
+    mask[:, top:top + side, left:left + side] = 1
+    return mask
+
+
+def measures(fill: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    return {"psnr": float(metrics.hole_psnr(fill, truth, mask)), "ssim": float(metrics.ssim(fill, truth, mask)),
+            "seam": float(metrics.seam(fill, truth, mask))}
+
+
+def around(image: torch.Tensor, mask: torch.Tensor, size: int = 96) -> torch.Tensor:
+    """The square of twice the hole's side around it (inside the picture), resized to ``size`` for a grid."""
+    ys, xs = torch.nonzero(mask[0] > 0, as_tuple=True)
+    top, bottom, left, right = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    side = min(2 * max(bottom - top, right - left), *image.shape[-2:])
+    cy, cx = (top + bottom) // 2, (left + right) // 2
+    y0 = max(0, min(cy - side // 2, image.shape[-2] - side))
+    x0 = max(0, min(cx - side // 2, image.shape[-1] - side))
+    return F.interpolate(image[:, :, y0:y0 + side, x0:x0 + side], size=(size, size), mode="bilinear",
+                         antialias=True, align_corners=False).clamp(0, 1)
+
+
+def run_case(models: dict, truth: torch.Tensor, mask: torch.Tensor, fit: str, args) -> tuple[dict, list]:
+    """Every fill of one (picture, mask): measures per method, and the pictures (harmonic, each model)."""
+    smooth = harmonic_fill(truth, mask)
+    mean = harmonic_fill(truth, mask, iterations=0)
+    numbers = {"mean fill": measures(mean, truth, mask), "harmonic fill": measures(smooth, truth, mask)}
+    shown = [smooth]
+    for name, model in models.items():
+        tick = time.perf_counter()
+        result, _ = inpaint(model, truth, mask, steps=args.steps, seed=args.seed, fit=fit)
+        numbers[name] = {**measures(result, truth, mask), "seconds": time.perf_counter() - tick}
+        shown.append(result)
+    return numbers, shown
+
+
+def print_table(title: str, rows: list[dict], methods: list[str]) -> None:
+    print(f"\n### {title}\n")
+    print("| picture | mask | hole | " + " | ".join(f"{m} PSNR / SSIM / seam" for m in methods) + " |")
+    print("|---|---|---|" + "---|" * len(methods))
+    for r in rows:
+        cells = [f"{r[m]['psnr']:.2f} / {r[m]['ssim']:.3f} / {r[m]['seam']:.3f}" for m in methods]
+        print(f"| {r['picture']} | {r['mask']} | {r['hole']:.0%} | " + " | ".join(cells) + " |")
+    means = [f"{sum(r[m]['psnr'] for r in rows) / len(rows):.2f} / {sum(r[m]['ssim'] for r in rows) / len(rows):.3f}"
+             f" / {sum(r[m]['seam'] for r in rows) / len(rows):.3f}" for m in methods]
+    print("| **mean** | | | " + " | ".join(means) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--compare", type=Path, action="append", default=[],
+                        help="another model measured beside --model (repeatable), e.g. the previous built-in one")
     parser.add_argument("--heldout", type=Path, required=True, help="folder of held-out pictures")
-    parser.add_argument("--grid", type=Path, help="write the picture grid here (PNG, refuses to overwrite)")
+    parser.add_argument("--grid", type=Path, help="write the model-size grid here (PNG, refuses to overwrite)")
+    parser.add_argument("--native", action="store_true", help="also measure whole pictures at native resolution")
+    parser.add_argument("--native-grid", type=Path, help="write the native grid here (PNG, refuses to overwrite)")
+    parser.add_argument("--json", type=Path, help="write every number here (refuses to overwrite)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.grid is not None:
-        imaging.check_writable(args.grid, 1)
-    model = load_adm(args.model, device="cpu", dtype=torch.float32)
-    size = model.config.image_size
+    for path in (args.grid, args.native_grid, args.json):
+        if path is not None:
+            imaging.check_writable(path, 1)
+    models = {}
+    for path in (args.model, *args.compare):
+        name = path.stem if path.stem not in models else str(path)
+        models[name] = load_adm(path, device="cpu", dtype=torch.float32)
+    size = next(iter(models.values())).config.image_size
     files = sorted(p for p in args.heldout.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
     if not files:
         raise SystemExit(f"no pictures in {args.heldout}")
-    rows, tiles = [], []
+    methods = ["mean fill", "harmonic fill", *models]
+    small, native, small_tiles, native_tiles = [], [], [], []
     for path in files:
-        truth = centre_square(imaging.load_image(path), size)
+        picture = imaging.load_image(path)
+        truth = centre_square(picture, size)
         for kind in MASKS:
             mask = make_mask(kind, size, args.seed)
-            tick = time.perf_counter()
-            result, _ = inpaint(model, truth, mask, steps=args.steps, seed=args.seed, fit="resize")
-            seconds = time.perf_counter() - tick
-            smooth = harmonic_fill(truth, mask)
-            mean = harmonic_fill(truth, mask, iterations=0)
-            psnr = [float(metrics.hole_psnr(fill, truth, mask)) for fill in (mean, smooth, result)]
-            rows.append((path.stem, kind, float(mask.mean()), *psnr, seconds))
-            shown = truth * (1 - mask[:, None]) + 0.5 * mask[:, None]
-            tiles.append(torch.cat([shown, smooth, result, truth], dim=3))
-    print(f"model {args.model.name}, {size}x{size}, DDPM {args.steps} steps, seed {args.seed}, CPU "
-          f"{torch.get_num_threads()} thread(s)\n")
-    print("| picture | mask | hole | PSNR mean fill | PSNR harmonic fill | PSNR RAD | s/image |")
-    print("|---|---|---|---|---|---|---|")
-    for name, kind, cover, p_mean, p_smooth, p_rad, seconds in rows:
-        print(f"| {name} | {kind} | {cover:.0%} | {p_mean:.2f} | {p_smooth:.2f} | {p_rad:.2f} | {seconds:.1f} |")
-    if args.grid is not None:
-        grid = torch.cat(tiles, dim=2)
-        grid = F.interpolate(grid, scale_factor=3, mode="nearest")
-        for written in imaging.save_image(grid, args.grid):
-            print(written)
+            numbers, shown = run_case(models, truth, mask, "resize", args)
+            small.append({"picture": path.stem, "mask": kind, "hole": float(mask.mean()), **numbers})
+            masked = truth * (1 - mask[:, None]) + 0.5 * mask[:, None]
+            small_tiles.append(torch.cat([masked, *shown, truth], dim=3))
+        if not args.native:
+            continue
+        for kind, side, place in NATIVE:
+            mask = native_mask(picture.shape[-2], picture.shape[-1], side, place)
+            numbers, shown = run_case(models, picture, mask, "crop", args)
+            native.append({"picture": path.stem, "mask": f"{kind} #{place}", "hole": float(mask.mean()), **numbers})
+            masked = picture * (1 - mask[:, None]) + 0.5 * mask[:, None]
+            native_tiles.append(torch.cat([around(x, mask) for x in (masked, *shown, picture)], dim=3))
+            log_line = ", ".join(f"{m} {numbers[m]['psnr']:.2f}" for m in methods)
+            print(f"{path.stem} {kind} #{place}: {log_line}", file=sys.stderr)
+    print(f"models {', '.join(models)}; {size}x{size}; DDPM {args.steps} steps, seed {args.seed}, CPU "
+          f"{torch.get_num_threads()} thread(s); hole PSNR (dB) / SSIM / seam")
+    print_table("At the model's size (centre square resized, fit=resize)", small, methods)
+    if native:
+        print_table("At native resolution (whole picture, fit=crop)", native, methods)
+    for grid_path, tiles_, scale in ((args.grid, small_tiles, 3), (args.native_grid, native_tiles, 2)):
+        if grid_path is not None and tiles_:
+            grid = F.interpolate(torch.cat(tiles_, dim=2), scale_factor=scale, mode="nearest")
+            for written in imaging.save_image(grid, grid_path):
+                print(written)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"models": {k: str(p) for k, p in zip(models, (args.model, *args.compare))},
+                                         "model_size": small, "native": native}, indent=1) + "\n")
     return 0
 
 

@@ -106,6 +106,17 @@ def test_ddim(host, rad_model):
     assert kept_equal(out, image, mask)
 
 
+def test_eta_defaults_to_1_and_a_saved_eta_is_used_as_given(host, rad_model):
+    """Issue 15: DDIM at eta 1 comes close to DDPM, eta 0 does not, so new nodes start at 1; a workflow saved with
+    eta 0 passes 0, and gets eta 0's image, not the new default's."""
+    eta = next(i for i in host.nodes.RADSampler.define_schema().inputs if i.id == "eta")
+    assert eta.options["default"] == 1.0
+    image, mask = photo(1, 32, 32), box(1, 32, 32)
+    saved = sample(host, rad_model, image, mask, sampler="ddim", eta=0.0)[0]
+    assert torch.equal(saved, sample(host, rad_model, image, mask, sampler="ddim", eta=0.0)[0])
+    assert not torch.equal(saved, sample(host, rad_model, image, mask, sampler="ddim", eta=1.0)[0])
+
+
 @pytest.mark.parametrize("images,masks,batch", [(1, 3, 3), (3, 1, 3), (2, 2, 2)])
 def test_batch_rules(host, rad_model, images, masks, batch):
     image = photo(images, 24, 36)
