@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ddpm (RAD, default), ddim, repaint or replace (baselines on any ADM)")
     p.add_argument("--steps", type=Int(1, 1000),
                    help="reverse steps (default 100 for ddpm and replace, 50 ddim, 250 repaint)")
-    p.add_argument("--eta", type=Real(0, 1), default=0.0, help="DDIM eta in [0, 1]")
+    p.add_argument("--eta", type=Real(0, 1), default=1.0,
+                   help="DDIM eta in [0, 1] (default 1, as rad-inpaint; 0 = deterministic)")
     p.add_argument("--jump-length", type=Int(1, 1000), default=10, help="RePaint jump length (10)")
     p.add_argument("--jump-n-sample", type=Int(1, 100), default=10, help="RePaint resamplings per jump point (10)")
     p.add_argument("--resample", type=Int(0, 100), default=0,

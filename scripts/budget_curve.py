@@ -221,24 +221,28 @@ class Scorer:
 def jobs(b: Budget, quick: bool = False) -> list[tuple]:
     """The work in order, most informative first: ("train", run, steps) and ("score", method, stage, seed).
 
-    Per stage: both adapters, then RAD DDPM and Cfg. 2 at every seed; after the first stage the cheap baselines;
-    then the other RAD samplers at the first seed; RePaint at its paper settings (first seed) after the second stage
-    (or the last, with fewer). The other samplers' later seeds and RePaint's come last, once the curve stands."""
+    Per stage: both adapters, then RAD DDPM and Cfg. 2 at every seed (the curve itself); after the first stage the
+    cheap baselines. The other RAD samplers at the first seed come with the first two stages; RePaint at its paper
+    settings (first seed) after the second (or the last, with fewer). Once the curve stands to the last stage: the
+    other samplers at the later stages, then every later seed of RePaint's and of the other samplers."""
     rows = methods(quick)
     rad_main, cfg2 = rows[0], next(m for m in rows if m.model == "cfg2")
     others = [m for m in rows if m.model == "rad" and m is not rad_main]
     base = [m for m in rows if m.model == "base"]
     cheap, paper = base[:-1], base[-1:]
     first, later = b.eval_seeds[:1], b.eval_seeds[1:]
+    early = min(1, len(b.stages) - 1)
     out: list[tuple] = [("train", "base", b.digits.base_steps)]
     for i, stage in enumerate(b.stages):
         out += [("train", "rad", stage), ("train", "cfg2", stage)]
         out += [("score", m, stage, seed) for seed in b.eval_seeds for m in (rad_main, cfg2)]
         if i == 0:
             out += [("score", m, None, seed) for seed in b.eval_seeds for m in cheap]
-        out += [("score", m, stage, seed) for seed in first for m in others]
-        if i == min(1, len(b.stages) - 1):
+        if i <= early:
+            out += [("score", m, stage, seed) for seed in first for m in others]
+        if i == early:
             out += [("score", m, None, seed) for seed in first for m in paper]
+    out += [("score", m, stage, seed) for stage in b.stages[early + 1:] for seed in first for m in others]
     out += [("score", m, None, seed) for seed in later for m in paper]
     out += [("score", m, stage, seed) for stage in b.stages for seed in later for m in others]
     return out
