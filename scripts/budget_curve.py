@@ -171,6 +171,9 @@ def train_stage(out: Path, b: Budget, args: argparse.Namespace, run: str, steps:
         trainer.fit()
     finally:
         trainer.close()
+    if trainer.interrupted:  # stopped short of the stage (SIGTERM, Ctrl-C): its checkpoint resumes, no export
+        raise SystemExit(f"{run} stopped at step {trainer.step} before stage {steps} ({trainer.interrupted}): "
+                         "run the same command again to continue")
     return trainer.export(export)
 
 
@@ -221,10 +224,10 @@ class Scorer:
 def jobs(b: Budget, quick: bool = False) -> list[tuple]:
     """The work in order, most informative first: ("train", run, steps) and ("score", method, stage, seed).
 
-    Per stage: both adapters, then RAD DDPM and Cfg. 2 at every seed (the curve itself); after the first stage the
-    cheap baselines. The other RAD samplers at the first seed come with the first two stages; RePaint at its paper
-    settings (first seed) after the second (or the last, with fewer). Once the curve stands to the last stage: the
-    other samplers at the later stages, then every later seed of RePaint's and of the other samplers."""
+    Per stage: the RAD adapter and its DDPM-100 at every seed, then the same for Cfg. 2 (the curve itself); after
+    the first stage the cheap baselines. The other RAD samplers at the first seed come with the first two stages;
+    RePaint at its paper settings (first seed) after the second (or the last, with fewer). Once the curve stands to
+    the last stage: the other samplers at the later stages, then every later seed of RePaint's and of the others."""
     rows = methods(quick)
     rad_main, cfg2 = rows[0], next(m for m in rows if m.model == "cfg2")
     others = [m for m in rows if m.model == "rad" and m is not rad_main]
@@ -234,8 +237,8 @@ def jobs(b: Budget, quick: bool = False) -> list[tuple]:
     early = min(1, len(b.stages) - 1)
     out: list[tuple] = [("train", "base", b.digits.base_steps)]
     for i, stage in enumerate(b.stages):
-        out += [("train", "rad", stage), ("train", "cfg2", stage)]
-        out += [("score", m, stage, seed) for seed in b.eval_seeds for m in (rad_main, cfg2)]
+        for run, main in (("rad", rad_main), ("cfg2", cfg2)):  # RAD's point of the curve before Cfg. 2 trains
+            out += [("train", run, stage)] + [("score", main, stage, seed) for seed in b.eval_seeds]
         if i == 0:
             out += [("score", m, None, seed) for seed in b.eval_seeds for m in cheap]
         if i <= early:

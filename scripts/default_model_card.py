@@ -85,8 +85,11 @@ def native_mask(height: int, width: int, side: int, seed: int) -> torch.Tensor:
 
 
 def measures(fill: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    return {"psnr": float(metrics.hole_psnr(fill, truth, mask)), "ssim": float(metrics.ssim(fill, truth, mask)),
-            "seam": float(metrics.seam(fill, truth, mask))}
+    """Hole PSNR, SSIM and seam, each the mean over the batch of ``fill`` (samples of one picture)."""
+    truth = truth.expand_as(fill)
+    return {"psnr": float(metrics.hole_psnr(fill, truth, mask).mean()),
+            "ssim": float(metrics.ssim(fill, truth, mask).mean()),
+            "seam": float(metrics.seam(fill, truth, mask).mean())}
 
 
 def around(image: torch.Tensor, mask: torch.Tensor, size: int = 96) -> torch.Tensor:
@@ -109,9 +112,10 @@ def run_case(models: dict, truth: torch.Tensor, mask: torch.Tensor, fit: str, ar
     shown = [smooth]
     for name, model in models.items():
         tick = time.perf_counter()
-        result, _ = inpaint(model, truth, mask, steps=args.steps, seed=args.seed, fit=fit)
+        batch = truth.expand(args.samples, -1, -1, -1).clone()  # independent samples: one batch, its own noise
+        result, _ = inpaint(model, batch, mask, steps=args.steps, seed=args.seed, fit=fit)
         numbers[name] = {**measures(result, truth, mask), "seconds": time.perf_counter() - tick}
-        shown.append(result)
+        shown.append(result[:1])
     return numbers, shown
 
 
@@ -139,13 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every number here (refuses to overwrite)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=4,
+                        help="samples per picture and mask, measured and averaged (default 4; one sample's hole "
+                             "PSNR swings by dB)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    for path in (args.grid, args.native_grid, args.json):
+    for path in (args.grid, args.native_grid):
         if path is not None:
             imaging.check_writable(path, 1)
+    if args.json is not None and args.json.exists():
+        raise SystemExit(f"--json {args.json} already exists: remove it or choose another name")
     models = {}
     for path in (args.model, *args.compare):
         name = path.stem if path.stem not in models else str(path)
@@ -175,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             native_tiles.append(torch.cat([around(x, mask) for x in (masked, *shown, picture)], dim=3))
             log_line = ", ".join(f"{m} {numbers[m]['psnr']:.2f}" for m in methods)
             print(f"{path.stem} {kind} #{place}: {log_line}", file=sys.stderr)
-    print(f"models {', '.join(models)}; {size}x{size}; DDPM {args.steps} steps, seed {args.seed}, CPU "
+    print(f"models {', '.join(models)}; {size}x{size}; DDPM {args.steps} steps, seed {args.seed}, "
+          f"mean of {args.samples} samples per case, CPU "
           f"{torch.get_num_threads()} thread(s); hole PSNR (dB) / SSIM / seam")
     print_table("At the model's size (centre square resized, fit=resize)", small, methods)
     if native:

@@ -144,7 +144,8 @@ def test_budget_jobs_train_before_they_score():
             assert (job[1].model, job[2]) in trained
     scores = [j for j in order if j[0] == "score"]
     assert len(scores) == 2 * (10 * 4 + 4) and len(set(scores)) == len(scores)
-    assert [j[1].name for j in scores[:4]] == ["RAD DDPM-100", "Cfg. 2 DDPM-100"] * 2
+    assert [j[1].name for j in scores[:4]] == ["RAD DDPM-100"] * 2 + ["Cfg. 2 DDPM-100"] * 2
+    assert order[1:5] == [("train", "rad", 700), scores[0], scores[1], ("train", "cfg2", 700)]
 
 
 def test_budget_quick_runs_resumes_and_skips_what_exists(tmp_path, monkeypatch):
@@ -186,3 +187,26 @@ def test_budget_report_marks_what_is_missing():
     assert "DDIM" not in text  # nothing measured, no row
     picture = bc.plot(scores, b)
     assert picture.size[0] > 1000 and picture.getextrema() != ((255, 255),) * 3
+
+
+def test_budget_stage_stopped_short_is_not_exported(tmp_path, monkeypatch):
+    """A SIGTERM mid-stage leaves its checkpoint to resume from; the stage's export must not be written from it."""
+    class Stopped:
+        def __init__(self, options):
+            self.step, self.interrupted = 3, "SIGTERM"
+
+        def fit(self):
+            pass
+
+        def close(self):
+            pass
+
+        def export(self, path):
+            raise AssertionError("exported a stage that was not reached")
+
+    monkeypatch.setattr(bc, "Trainer", Stopped)
+    monkeypatch.setattr(bc.de, "train_options", lambda *a: bc.de.TrainOptions())
+    export = tmp_path / "models" / "rad-00010.safetensors"
+    with pytest.raises(SystemExit, match="rad stopped at step 3 before stage 10"):
+        bc.train_stage(tmp_path, bc.QUICK, None, "rad", 10, export)
+    assert not export.exists()
