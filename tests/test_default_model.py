@@ -37,6 +37,14 @@ def test_ships_small_with_its_card_and_recipe():
     assert f"--steps {meta['train_steps']}" in CARD.read_text()  # the card's command is the one the file records
 
 
+def test_the_card_names_this_file():
+    """The card's sha256 is the shipped file's: a retrained model cannot ship with the old card."""
+    import hashlib
+
+    digest = hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
+    assert f"| sha256 | `{digest}` |" in CARD.read_text()
+
+
 def test_is_the_micro64_rad_model(model):
     assert model.config == preset_config("micro64")
     assert model.rad_info.is_rad and model.rad_info.tau_convention == "gd"
