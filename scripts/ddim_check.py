@@ -109,18 +109,17 @@ def digits_part(budget: Path, stage: int, threads: int, seed: int = 0) -> list[d
             or k.startswith("DDIM-25 ")}
     rows = []
     for kind in bc.MASK_KINDS:
-        mask = eval_masks(kind, truth.shape[0], bc.SIZE, seed)
-        m = mask[:, None] if mask.ndim == 3 else mask
-        rows.append({"kind": kind, "sampler": "truth", **hole_stats(truth * 2 - 1, m[:, 0])})
+        mask = eval_masks(kind, truth.shape[0], bc.SIZE, seed)  # [N,H,W]
+        hole = mask[:, None].expand_as(truth) >= 1
+        rows.append({"kind": kind, "sampler": "truth", **hole_stats(truth * 2 - 1, mask)})
         for name, (_, steps, eta) in runs.items():
             sampler = "ddpm" if eta is None else "ddim"
             tick = time.perf_counter()
             results, _ = inpaint_set(model, truth, mask, sampler=sampler, steps=steps, seed=seed,
                                      batch_size=b.digits.eval_batch, eta=eta or 0.0)
-            hole = m.expand_as(truth) >= 1
-            mse = ((results - truth)[hole] ** 2).mean().item()
+            mse = ((results - truth)[hole] ** 2).mean().item()  # pooled over every digit's hole (see the docs)
             rows.append({"kind": kind, "sampler": name, "hole_psnr": 10 * torch.log10(torch.tensor(1 / mse)).item(),
-                         **hole_stats(results * 2 - 1, m[:, 0]), "seconds": time.perf_counter() - tick})
+                         **hole_stats(results * 2 - 1, mask), "seconds": time.perf_counter() - tick})
             print(f"  {kind:8s} {name:16s} hole PSNR {rows[-1]['hole_psnr']:.2f}", file=sys.stderr)
     return rows
 

@@ -33,7 +33,7 @@ from ..checks import SEED_MAX, check_folder, check_int, check_outputs, check_rea
 from ..devices import DTYPES, resolve_device
 from ..imaging import IMAGE_READ_ERRORS, load_crop, save_image, scan_images
 from ..sampling import sample_ddim
-from ..schedule import EMBEDDINGS, NoiseCurves, RADInfo, SpatialSchedule
+from ..schedule import EMBEDDINGS, NoiseCurves, RADInfo, SpatialSchedule, rad_info
 from .data import split_holdout
 from .distributed import DEFAULT_TIMEOUT, Distributed, StopRequest, elastic_restart
 from .export import export_weights
@@ -189,8 +189,8 @@ def _warm_start(model: torch.nn.Module, path: Path, preset: str) -> dict[str, st
         raise ValueError(f"--init {path.name} is not a {preset!r} model: its {', '.join(diffs)} differ "
                          f"({', '.join(f'{k} {theirs.get(k)!r} != {mine[k]!r}' for k in diffs[:3])}); "
                          "give the --preset it was trained with (and its --resolution / head options)")
-    info = getattr(trained, "rad_info", None)
-    if info is not None and info.is_rad and info.tau_convention != TAU_CONVENTION:
+    info = rad_info(trained)
+    if info.is_rad and info.tau_convention != TAU_CONVENTION:
         raise ValueError(f"--init {path.name} uses tau convention {info.tau_convention!r}; rad-train trains "
                          f"{TAU_CONVENTION!r}: convert it or start from a fresh --preset")
     model.load_state_dict(trained.state_dict())
@@ -330,13 +330,13 @@ class Trainer:
         train, self.holdout = split_holdout(paths, opts.holdout, opts.seed, Path(opts.data))
         self.holdout = _decodable_holdout(self.holdout, self.size)
         log.info("%d training image(s) in %s, %d held out; %dx%d %s", len(train), opts.data, len(self.holdout),
-                 self.size, self.size, "resized" if opts.resize else f"crops, scale {opts.scale_range} ({opts.scale_sampling})")
+                 self.size, self.size,
+                 "resized" if opts.resize else f"crops, scale {opts.scale_range} ({opts.scale_sampling})")
         per_pixel = opts.embedding == "spatial" and opts.mask_sampling != "full"  # plain DDPM maps are uniform
         self.stream = SampleStream(train, self.size, self.curves, seed=opts.seed, batch=opts.batch_size,
                                    world=dist.world, rank=dist.rank, accum=opts.grad_accum, resize=opts.resize,
                                    scale_range=tuple(opts.scale_range), scale_sampling=opts.scale_sampling,
-                                   flip=opts.flip,
-                                   mask_sampling=opts.mask_sampling, per_pixel_tau=per_pixel,
+                                   flip=opts.flip, mask_sampling=opts.mask_sampling, per_pixel_tau=per_pixel,
                                    tau_convention=TAU_CONVENTION, workers=opts.workers)
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=opts.lr, weight_decay=opts.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)

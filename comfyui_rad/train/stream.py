@@ -74,8 +74,8 @@ class SampleStream:
 
     def __init__(self, paths: list[Path], size: int, curves: NoiseCurves, *, seed: int, batch: int, world: int = 1,
                  rank: int = 0, accum: int = 1, resize: bool = False, scale_range: tuple[float, float] = (0.5, 1.0),
-                 scale_sampling: str = "uniform", flip: bool = True, mask_sampling: str = "perlin", per_pixel_tau: bool = True,
-                 tau_convention: str = "gd", workers: int = 0, ahead: int = 2):
+                 scale_sampling: str = "uniform", flip: bool = True, mask_sampling: str = "perlin",
+                 per_pixel_tau: bool = True, tau_convention: str = "gd", workers: int = 0, ahead: int = 2):
         lo, hi = scale_range
         if not 0 < lo <= hi <= 1:
             raise DataError(f"--scale-range must satisfy 0 < low <= high <= 1, got {lo} {hi}")
