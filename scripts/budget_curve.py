@@ -251,6 +251,30 @@ def jobs(b: Budget, quick: bool = False) -> list[tuple]:
     return out
 
 
+def carry_jobs(b: Budget, quick: bool = False, cfg2_until: int = 3000) -> list[tuple]:
+    """The carried curve (issue 21): RAD's DDPM-100 at every stage and seed first, in stage order; then at the
+    stages from 6,000 on (the last two with fewer) DDIM-25 at eta 1 and the resampling rows, first seed; then
+    RePaint at its paper settings on every seed; Cfg. 2 (flat past 3,000) only up to ``cfg2_until``, last."""
+    rows = methods(quick)
+    rad_main = rows[0]
+    keep = ("DDIM-25 eta 1", "resample 3/")
+    others = [m for m in rows if m.model == "rad" and m is not rad_main and any(k in m.name for k in keep)]
+    if quick:
+        others = [m for m in rows if m.model == "rad" and m is not rad_main][-2:]
+    cfg2 = next(m for m in rows if m.model == "cfg2")
+    paper = [m for m in rows if m.model == "base"][-1:]
+    late = [s for s in b.stages if s >= 6000] or list(b.stages[-2:])
+    out: list[tuple] = [("train", "base", b.digits.base_steps)]
+    for stage in b.stages:
+        out += [("train", "rad", stage)] + [("score", rad_main, stage, seed) for seed in b.eval_seeds]
+        if stage in late:
+            out += [("score", m, stage, seed) for seed in b.eval_seeds[:1] for m in others]
+    out += [("score", m, None, seed) for seed in b.eval_seeds for m in paper]
+    for stage in (s for s in b.stages if s <= cfg2_until):
+        out += [("train", "cfg2", stage)] + [("score", cfg2, stage, seed) for seed in b.eval_seeds]
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ report
 
 
@@ -427,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the split and training, as digits_experiment (0)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument("--plan", choices=("full", "carry"), default="full",
+                   help="full (default): every row at its stages; carry: RAD DDPM-100 at every stage first, DDIM-25 "
+                        "eta 1 and resampling from 6,000 steps, RePaint 250/10/10 on every seed, Cfg. 2 to 3,000 last")
     p.add_argument("--quiet", "-q", action="store_true", help="warnings only")
     return p
 
@@ -476,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     data = de.prepare_data(out, b.digits, args.seed, reuse=True)
     net = classifier(out, data, b.digits, args.seed)
     scorer = None
-    for job in jobs(b, args.quick):
+    for job in (carry_jobs if args.plan == "carry" else jobs)(b, args.quick):
         if job[0] == "train":
             _, run, steps = job
             export = out / "models" / "base.safetensors" if run == "base" else stage_file(out, run, steps)
