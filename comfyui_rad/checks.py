@@ -4,8 +4,9 @@
   finite (no nan/inf), inside the flag's range, or one line naming the flag, the value and the range.
   ``check_real`` / ``check_int`` are the same rules for the Python API, naming the argument.
 - Tensors. ``check_image``: a non-empty float image, finite, in the range the function expects ([0,1] for
-  ``pipeline.inpaint``, [-1,1] for the samplers), with a "divide by 255" hint for 0..255 input. ``check_mask``: a
-  non-empty finite mask in [0, 1].
+  ``pipeline.inpaint``, [-1,1] for the samplers), with a "divide by 255" hint for 0..255 input. ``check_mask_values``:
+  a non-empty finite mask in [0, 1] (the same hint; NaN refused whatever the mask mode); ``check_mask`` adds the
+  layout.
 - Output paths. ``check_outputs``: every file a command will write is a file name (not a folder, not under a file),
   differs from every other output and from every input; checked before any work is done, whatever ``--force`` says.
 - ``ArgumentParser``: argparse whose errors are one line (``prog: error: ...``) instead of a usage block.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["EXIT_STATUS", "SEED_MAX", "Real", "Int", "check_real", "check_int", "check_image", "check_mask",
+__all__ = ["EXIT_STATUS", "SEED_MAX", "Real", "Int", "check_real", "check_int", "check_image", "check_mask_values", "check_mask",
            "same_file", "check_folder", "check_outputs", "describe_error", "ArgumentParser"]
 
 EXIT_STATUS = ("exit status: 0 done; 2 bad input (one line on stderr naming the flag); 130 interrupted (Ctrl-C: "
@@ -166,17 +167,24 @@ def check_image(image, name: str = "image", low: float = 0.0, high: float = 1.0)
     return image
 
 
+def check_mask_values(mask, name: str = "mask") -> torch.Tensor:
+    """``mask`` (any shape) when it is a non-empty tensor of finite values in [0, 1] (within 1e-3; 1 = inpaint), else
+    ValueError naming ``name``: the one rule for odd mask values (NaN in any mask mode, 0..255: divide by 255)."""
+    mask = _check_tensor(torch.as_tensor(mask) if not isinstance(mask, torch.Tensor) else mask, name)
+    lo, hi = (float(v) for v in torch.aminmax(mask.detach().float()))
+    if lo < -_SLACK or hi > 1 + _SLACK:
+        hint = " (it looks like 0..255: divide it by 255)" if hi > 1.5 and lo >= -_SLACK else ""
+        raise ValueError(f"{name} values must be in [0, 1] (1 = inpaint), got [{lo:g}, {hi:g}]{hint}")
+    return mask
+
+
 def check_mask(mask, name: str = "mask") -> torch.Tensor:
-    """``mask`` when it is a non-empty tensor of finite values in [0, 1] (1 = inpaint) with no size 0, else
+    """``mask`` when it follows ``check_mask_values`` and is [H,W], [B,H,W] or [B,1,H,W] with no size 0, else
     ValueError (0..255 masks: divide by 255)."""
-    _check_tensor(torch.as_tensor(mask) if not isinstance(mask, torch.Tensor) else mask, name)
+    mask = check_mask_values(mask, name)
     if 0 in mask.shape or mask.dim() < 2:
         raise ValueError(f"{name} has shape {tuple(mask.shape)}: give at least one pixel, as [H,W], [B,H,W] or "
                          "[B,1,H,W] (1 = inpaint)")
-    lo, hi = (float(v) for v in torch.aminmax(mask.detach().float()))
-    if lo < -_SLACK or hi > 1 + _SLACK:
-        hint = " (it looks like 0..255: divide it by 255)" if hi > 1.5 and lo >= 0 else ""
-        raise ValueError(f"{name} values must be in [0, 1] (1 = inpaint), got [{lo:g}, {hi:g}]{hint}")
     return mask
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from .checks import check_mask_values
+
 __all__ = ["MASK_MODES", "SOFT_SNAP", "as_bhw", "is_binary", "check_threshold", "binarize", "prepare",
            "perlin_noise", "perlin_mask", "blur_mask", "box_mask", "extreme_mask", "wide_mask", "GENERATED_MASKS",
            "generated_mask"]
@@ -67,17 +69,18 @@ def binarize(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return (mask > threshold).to(torch.float32)
 
 
-def prepare(mask: torch.Tensor, mode: str = "binary", threshold: float = 0.5) -> torch.Tensor:
+def prepare(mask: torch.Tensor, mode: str = "binary", threshold: float = 0.5, name: str = "mask") -> torch.Tensor:
     """A mask as RAD takes it, float32, same shape, values in [0,1] (1 = inpaint).
 
     ``binary``: 1 where mask > ``threshold`` (the rule of the module doc), else 0 ("almost 1" and "almost 0" pixels of
     a JPEG land on the right side). ``soft``: the value is how much of the pixel is regenerated; values within
     ``SOFT_SNAP`` of 0 or 1 are snapped, so JPEG noise neither leaves a trace of the original in a hole nor repaints
-    kept pixels a little.
+    kept pixels a little. Refused in either mode (ValueError naming ``name``): an empty mask, NaN or infinite values,
+    values outside [0, 1] (0..255 masks: divide by 255), as ``checks.check_mask_values``.
     """
     if mode not in MASK_MODES:
         raise ValueError(f"mask mode must be one of {', '.join(MASK_MODES)}, got {mode!r}")
-    mask = torch.as_tensor(mask).float().clamp(0, 1)
+    mask = check_mask_values(mask, name).float().clamp(0, 1)
     if mode == "binary":
         return binarize(mask, check_threshold(threshold))
     return torch.where(mask <= SOFT_SNAP, 0.0, torch.where(mask >= 1 - SOFT_SNAP, 1.0, mask))

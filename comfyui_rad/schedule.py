@@ -227,11 +227,12 @@ class SpatialSchedule:
 
     def __init__(self, mask: torch.Tensor, curves: NoiseCurves | None = None):
         mask = as_bhw(mask)[:, None]
-        if not torch.isfinite(mask).all() or float(mask.min()) < 0.0 or float(mask.max()) > 1.0:
-            raise ValueError(
-                f"mask values must lie in [0, 1] (1 = inpaint), got range [{float(mask.min()):g}, "
-                f"{float(mask.max()):g}]: normalise or clamp the mask"
-            )
+        if mask.numel() == 0:
+            raise ValueError(f"mask is empty (shape {tuple(mask.shape)}): give at least one pixel (1 = inpaint)")
+        lo, hi = (float(v) for v in torch.aminmax(mask))
+        if not torch.isfinite(mask).all() or lo < 0.0 or hi > 1.0:
+            hint = "divide it by 255" if hi > 1.5 and lo >= 0 else "normalise or clamp the mask"
+            raise ValueError(f"mask values must lie in [0, 1] (1 = inpaint), got range [{lo:g}, {hi:g}]: {hint}")
         self.mask = mask
         self.curves = curves or NoiseCurves()
 

@@ -63,12 +63,13 @@ class RADSpatialSchedule(io.ComfyNode):
     def execute(cls, mask, mask_mode: str, threshold: float, steps: int, curves: str = "model", T1: int = 1000,
                 beta_start: float = 0.0001, beta_end: float = 0.02) -> io.NodeOutput:
         mask = mask_to_bhw(mask)
+        prepared = prepare(mask, mask_mode, threshold)  # NaN, 0..255 or no pixel: refused before "empty"
         if not bool((mask > 0).any()):
             if tuple(mask.shape[-2:]) == (64, 64):
                 raise ValueError(EMPTY_LOADIMAGE)
             raise ValueError(f"the mask is empty ({mask.shape[-1]}x{mask.shape[-2]}, all zero): nothing to inpaint. "
                              "White (1) marks what to regenerate; invert the mask if yours is the other way round.")
-        mask = prepare(mask, mask_mode, threshold)
+        mask = prepared
         if not bool((mask > 0).any()):
             raise ValueError(f"no mask value is above the threshold {threshold:g}: lower the threshold or use soft "
                              "mode")

@@ -58,3 +58,17 @@ def test_custom_curves(host):
     assert out[0].curves.T1 == 500 and out[0].curves.beta_end == 0.03
     with pytest.raises(ValueError, match="cannot exceed T1"):
         schedule(host, box(1, 32, 40), steps=600, curves="custom", T1=500)
+
+
+def test_odd_mask_values_are_refused_in_both_modes(host):
+    one_nan = box(1, 32, 40)
+    one_nan[0, 0, 0] = float("nan")
+    for mode in ("binary", "soft"):
+        with pytest.raises(ValueError, match="mask has 1 NaN"):  # binary mode read NaN as "keep"
+            schedule(host, one_nan, mask_mode=mode)
+        with pytest.raises(ValueError, match="mask has 1280 NaN"):  # not "the mask is empty"
+            schedule(host, torch.full((1, 32, 40), float("nan")), mask_mode=mode)
+        with pytest.raises(ValueError, match="divide it by 255"):
+            schedule(host, box(1, 32, 40) * 255 + 0.5 * (box(1, 32, 40) == 0), mask_mode=mode)
+        with pytest.raises(ValueError, match="mask is empty"):
+            schedule(host, torch.zeros(0, 32, 40), mask_mode=mode)
