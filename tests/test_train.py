@@ -332,3 +332,58 @@ def test_unreadable_images_are_replaced_alike_on_every_rank(tmp_path, caplog):
     halves = [SampleStream(paths, 16, curves, seed=0, batch=4, world=2, rank=r).micro_batch(0, 0) for r in (0, 1)]
     assert torch.equal(one.x0, torch.cat([h.x0 for h in halves]))
     assert torch.equal(one.eps, torch.cat([h.eps for h in halves]))
+
+
+def test_color_augment_is_seeded_bounded_and_recolours(files):
+    """--color-augment palette: each crop's recolouring is a pure function of (seed, step, k) (so world-size
+    independent and exactly resumable), stays uint8 in range on the 8-bit grid, and moves channels; off leaves the
+    stream as it was, bit for bit."""
+    from comfyui_rad.train.stream import color_transform, sample_generator
+
+    paths = scan_images(files / "data", 16)
+    kw = dict(seed=5, batch=2, scale_range=(0.5, 1.0))
+    plain = SampleStream(paths, 16, NoiseCurves(), **kw)
+    off = SampleStream(paths, 16, NoiseCurves(), color_augment="off", **kw)
+    aug = SampleStream(paths, 16, NoiseCurves(), color_augment="palette", **kw)
+    again = SampleStream(paths, 16, NoiseCurves(), color_augment="palette", **kw)
+    changed = 0
+    for s, k in [(0, 0), (0, 1), (3, 1), (7, 0), (11, 1)]:
+        raw = plain._decode(s, k)
+        assert torch.equal(off.image(s, k), raw) and torch.equal(off.sample(s, k)[0], plain.sample(s, k)[0])
+        a = aug.image(s, k)
+        assert a.dtype == torch.uint8 and a.shape == raw.shape
+        assert torch.equal(a, again.image(s, k))  # in any order, any stream object: (seed, step, k) decides
+        assert torch.equal(a, color_transform(raw, sample_generator(5, 4, s, k)))
+        changed += not torch.equal(a, raw)
+        x0 = aug.sample(s, k)[0]
+        assert torch.equal(x0, a[None].float() / 127.5 - 1) and x0.min() >= -1 and x0.max() <= 1
+        assert torch.equal(aug.sample(s, k)[1], plain.sample(s, k)[1])  # eps and mask draws untouched
+    assert changed >= 4
+    # over many draws: every part fires, values stay in [0,255], a permutation or grey moves whole channels
+    image = torch.stack([torch.full((4, 4), 200), torch.full((4, 4), 60), torch.full((4, 4), 10)]).to(torch.uint8)
+    outs = torch.stack([color_transform(image, sample_generator(0, 4, i)) for i in range(400)])
+    spread = outs.float().std(dim=0).mean()
+    assert spread > 40  # the same reddish pixel comes out in very different colours
+    grey = (outs[:, 0] == outs[:, 1]).all(-1).all(-1) & (outs[:, 1] == outs[:, 2]).all(-1).all(-1)
+    assert 15 < grey.sum() < 80  # grey about 10 % of the time
+    dominant = outs.float().mean(dim=(2, 3)).argmax(dim=1)
+    assert all((dominant == c).sum() > 50 for c in range(3))  # red no longer dominates: any channel can
+    for i in range(400):  # each crop recoloured as a whole: one colour in, one colour out
+        assert (outs[i] == outs[i, :, :1, :1]).all()
+    with pytest.raises(DataError, match="--color-augment 'hue'"):
+        SampleStream(paths, 16, NoiseCurves(), color_augment="hue", **kw)
+
+
+def test_color_transform_parts():
+    """The hue rotation fixes greys and turns red to green to blue in thirds of a turn; values stay on [0,255]."""
+    from comfyui_rad.train.stream import _grey_axis_rotation, color_transform
+
+    r = _grey_axis_rotation(2 * torch.pi / 3)
+    assert torch.allclose(r @ torch.tensor([1.0, 0, 0], dtype=torch.float64),
+                          torch.tensor([0.0, 1, 0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(r @ torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(r @ r.T, torch.eye(3, dtype=torch.float64), atol=1e-12)
+    extreme = torch.tensor([[[0, 255]], [[255, 0]], [[255, 255]]], dtype=torch.uint8)
+    for i in range(200):
+        out = color_transform(extreme, torch.Generator().manual_seed(i))
+        assert out.dtype == torch.uint8 and out.shape == extreme.shape

@@ -19,7 +19,7 @@ from .export import export_checkpoint
 from .loop import EMBEDDINGS, PRECISIONS, Trainer, TrainOptions, hms
 from .noising import MASK_SAMPLINGS
 from .presets import PRESETS
-from .stream import SCALE_SAMPLINGS
+from .stream import COLOR_AUGMENTS, SCALE_SAMPLINGS
 
 log = logging.getLogger("comfyui_rad")
 
@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "every zoom level comes as often and a low bound under the resolution gives many crops at "
                         "native resolution, the windows that fit=crop and tiles feed a model (e.g. --scale-range "
                         "0.05 1 --scale-sampling log)")
+    g.add_argument("--color-augment", choices=COLOR_AUGMENTS, default=d.color_augment,
+                   help="off (default), or palette: recolour each crop as a whole (channel permutation, hue "
+                        "rotation, colour gains, gamma, grey, each at random) so that the model cannot learn the "
+                        "training pictures' palette and takes a hole's colours from the pixels around it")
     g.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
     g.add_argument("--holdout", type=Int(0, 1024), default=d.holdout,
                    help=f"images held out for previews, never trained on (default {d.holdout})")

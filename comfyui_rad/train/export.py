@@ -31,7 +31,7 @@ _LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 # The options written into an export's metadata: the recipe, not the machine's paths or devices.
 _RECIPE = ("preset", "resolution", "lora_rank", "lora_alpha", "lr", "weight_decay", "grad_clip", "ema", "batch_size",
            "grad_accum", "seed", "precision", "embedding", "mask_sampling", "vlb_weight", "resize", "scale_range",
-           "flip", "learn_sigma")
+           "scale_sampling", "color_augment", "flip", "learn_sigma")
 
 
 def _metadata(run: dict[str, Any], step: int, ema: bool) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from .noising import MASK_SAMPLINGS
 from .presets import PRESETS, build_fresh, preset_config
 from .speed import compile_model, enable_grad_checkpoint, peak_memory_mib, reset_peak_memory, use_channels_last
 from .state import checkpoint_path, list_checkpoints, load_checkpoint, remove_partial_saves, save_checkpoint
-from .stream import SCALE_SAMPLINGS, SampleStream
+from .stream import COLOR_AUGMENTS, SCALE_SAMPLINGS, SampleStream
 
 __all__ = ["TrainOptions", "Trainer", "EMBEDDINGS", "PRECISIONS"]
 
@@ -93,6 +93,7 @@ class TrainOptions:
     resize: bool = False
     scale_range: tuple[float, float] = (0.5, 1.0)
     scale_sampling: str = "uniform"
+    color_augment: str = "off"
     flip: bool = True
     save_every: int = 1000
     keep_checkpoints: int = 3
@@ -143,7 +144,8 @@ class TrainOptions:
             raise ValueError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
         choices = {"--embedding": (self.embedding, EMBEDDINGS), "--mask-sampling": (self.mask_sampling, MASK_SAMPLINGS),
                    "--precision": (self.precision, PRECISIONS), "--export-dtype": (self.export_dtype, DTYPES),
-                   "--scale-sampling": (self.scale_sampling, SCALE_SAMPLINGS)}
+                   "--scale-sampling": (self.scale_sampling, SCALE_SAMPLINGS),
+                   "--color-augment": (self.color_augment, COLOR_AUGMENTS)}
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
@@ -337,7 +339,8 @@ class Trainer:
                                    world=dist.world, rank=dist.rank, accum=opts.grad_accum, resize=opts.resize,
                                    scale_range=tuple(opts.scale_range), scale_sampling=opts.scale_sampling,
                                    flip=opts.flip, mask_sampling=opts.mask_sampling, per_pixel_tau=per_pixel,
-                                   tau_convention=TAU_CONVENTION, workers=opts.workers)
+                                   tau_convention=TAU_CONVENTION, color_augment=opts.color_augment,
+                                   workers=opts.workers)
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=opts.lr, weight_decay=opts.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         # the EMA lives where it is written: on rank 0

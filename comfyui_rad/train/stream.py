@@ -10,7 +10,9 @@ aside). Each sample is a pure function of (seed, s, k, its place n in the image 
   next position's (the same on every rank: decoding a file fails the same way everywhere);
 - the crop (scale, x, y, flip: four uniform draws), from a generator seeded (seed, "crop", s, k);
 - the noise state (mask and step, ``noising.sample_states`` for one image) and then eps, from a generator seeded
-  (seed, "noise", s, k).
+  (seed, "noise", s, k);
+- with ``--color-augment palette``, a colour transform of the whole crop (``color_transform``), from a generator
+  seeded (seed, "color", s, k).
 
 Seeds are mixed by ``numpy.random.SeedSequence``. Because nothing carries over from sample to sample, a resumed run
 needs only the step and the number of samples seen (and continues exactly under any number of processes whose
@@ -20,7 +22,9 @@ keeps the next micro-batches decoding (and their noise states computed) while th
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +37,11 @@ from ..schedule import NoiseCurves
 from .losses import StepTerms, step_terms
 from .noising import sample_states
 
-__all__ = ["sample_generator", "MicroBatch", "SampleStream"]
+__all__ = ["sample_generator", "color_transform", "MicroBatch", "SampleStream"]
 
 log = logging.getLogger(__name__)
 
-_ORDER, _CROP, _NOISE = 1, 2, 3
+_ORDER, _CROP, _NOISE, _COLOR = 1, 2, 3, 4
 
 
 def sample_generator(seed: int, *key: int) -> torch.Generator:
@@ -67,6 +71,47 @@ class MicroBatch:
 SCALE_SAMPLINGS = ("uniform", "log")
 """How a crop's side is drawn inside ``--scale-range``: uniformly, or log-uniformly (every zoom level as often)."""
 
+COLOR_AUGMENTS = ("off", "palette")
+"""``--color-augment``: off, or palette: every crop recoloured as a whole (``color_transform``), so that the training
+pictures' colours cannot be learnt and a hole's colours must come from the kept pixels around it."""
+
+_PERMUTATIONS = list(itertools.permutations(range(3)))
+_LUMA = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)  # Rec. 601, the Y of YIQ
+
+
+def _grey_axis_rotation(angle: float) -> torch.Tensor:
+    """[3,3] rotation by ``angle`` (radians) about the grey axis (1,1,1)/sqrt(3) (Rodrigues): greys stay put, hues
+    turn."""
+    k = torch.full((3, 3), 1 / 3, dtype=torch.float64)  # the projection onto the grey axis
+    cross = torch.tensor([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], dtype=torch.float64) / 3 ** 0.5
+    return k + math.cos(angle) * (torch.eye(3, dtype=torch.float64) - k) + math.sin(angle) * cross
+
+
+def color_transform(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random recolouring of the whole uint8 [3,H,W] ``image`` (``--color-augment palette``), uint8 [3,H,W] back,
+    on the 8-bit grid the VLB's decoder assumes.
+
+    Eleven uniform draws from ``generator``, each part applied with its probability, in this order: a permutation of
+    the channels (p 0.5), a rotation of the hue by a uniform angle about the grey axis (p 0.9), per-channel gains in
+    [0.6, 1.6] log-uniformly (p 0.5), clamping to [0,1], a gamma in [0.6, 1.6] log-uniformly (p 0.5), grey (Rec. 601
+    luma in all three channels, p 0.1).
+    """
+    u = torch.rand(11, generator=generator, dtype=torch.float64).tolist()
+    x = image.to(torch.float64) / 255
+    matrix = torch.eye(3, dtype=torch.float64)
+    if u[0] < 0.5:
+        matrix = matrix[list(_PERMUTATIONS[min(int(u[1] * 6), 5)])]
+    if u[2] < 0.9:
+        matrix = _grey_axis_rotation(2 * math.pi * u[3]) @ matrix
+    if u[4] < 0.5:
+        matrix = torch.diag(torch.tensor(u[5:8], dtype=torch.float64).mul(math.log(1.6 / 0.6)).exp().mul(0.6)) @ matrix
+    x = torch.einsum("ij,jhw->ihw", matrix, x).clamp(0, 1)
+    if u[8] < 0.5:
+        x = x ** (0.6 * (1.6 / 0.6) ** u[9])
+    if u[10] < 0.1:
+        x = torch.einsum("j,jhw->hw", _LUMA, x).expand_as(x)
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
 
 class SampleStream:
     """This rank's micro-batches of the global sample stream (module doc), prepared ``ahead`` micro-batches in
@@ -75,13 +120,16 @@ class SampleStream:
     def __init__(self, paths: list[Path], size: int, curves: NoiseCurves, *, seed: int, batch: int, world: int = 1,
                  rank: int = 0, accum: int = 1, resize: bool = False, scale_range: tuple[float, float] = (0.5, 1.0),
                  scale_sampling: str = "uniform", flip: bool = True, mask_sampling: str = "perlin",
-                 per_pixel_tau: bool = True, tau_convention: str = "gd", workers: int = 0, ahead: int = 2):
+                 per_pixel_tau: bool = True, tau_convention: str = "gd", color_augment: str = "off",
+                 workers: int = 0, ahead: int = 2):
         lo, hi = scale_range
         if not 0 < lo <= hi <= 1:
             raise DataError(f"--scale-range must satisfy 0 < low <= high <= 1, got {lo} {hi}")
         if scale_sampling not in SCALE_SAMPLINGS:
             raise DataError(f"--scale-sampling {scale_sampling!r} is not one of {', '.join(SCALE_SAMPLINGS)}")
-        self.scale_sampling = scale_sampling
+        if color_augment not in COLOR_AUGMENTS:
+            raise DataError(f"--color-augment {color_augment!r} is not one of {', '.join(COLOR_AUGMENTS)}")
+        self.scale_sampling, self.color_augment = scale_sampling, color_augment
         self.paths, self.size, self.curves, self.seed = list(paths), size, curves, seed
         self.batch, self.world, self.rank, self.accum = batch, world, rank, accum
         self.resize, self.scale_range, self.flip = resize, (lo, hi), flip
@@ -144,9 +192,16 @@ class SampleStream:
         mask, t = sample_states(1, self.size, self.size, self.curves, g, self.mask_sampling)
         return mask, t, torch.randn(1, 3, self.size, self.size, generator=g)
 
+    def image(self, step: int, k: int) -> torch.Tensor:
+        """uint8 [3,S,S]: the crop of global sample k of ``step``, recoloured under ``--color-augment palette``."""
+        crop = self._decode(step, k)
+        if self.color_augment == "palette":
+            crop = color_transform(crop, sample_generator(self.seed, _COLOR, step, k))
+        return crop
+
     def sample(self, step: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, StepTerms]:
         """(x0 [1,3,S,S] in [-1,1], eps, tau, terms) of global sample k of ``step``."""
-        x0 = self._decode(step, k)[None].float() / 127.5 - 1
+        x0 = self.image(step, k)[None].float() / 127.5 - 1
         mask, t, eps = self._noise(step, k)
         terms, abar = step_terms(self.curves, mask, t)
         if self.per_pixel_tau:
