@@ -8,7 +8,8 @@
   a non-empty finite mask in [0, 1] (the same hint; NaN refused whatever the mask mode); ``check_mask`` adds the
   layout.
 - Output paths. ``check_outputs``: every file a command will write is a file name (not a folder, not under a file),
-  differs from every other output and from every input; checked before any work is done, whatever ``--force`` says.
+  differs from every other output, is no input file and lies in no input folder (``check_not_inputs``, the one rule
+  of every CLI, output folders included); checked before any work is done, whatever ``--force`` says.
 - ``ArgumentParser``: argparse whose errors are one line (``prog: error: ...``) instead of a usage block.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["EXIT_STATUS", "SEED_MAX", "Real", "Int", "check_real", "check_int", "check_image", "check_mask_values", "check_mask",
-           "same_file", "check_folder", "check_outputs", "describe_error", "ArgumentParser"]
+           "same_file", "is_within", "check_folder", "check_not_inputs", "check_outputs", "describe_error", "ArgumentParser"]
 
 EXIT_STATUS = ("exit status: 0 done; 2 bad input (one line on stderr naming the flag); 130 interrupted (Ctrl-C: "
                "no file is left half-written)")
@@ -228,29 +229,48 @@ def check_folder(path: str | os.PathLike, flag: str) -> None:
     _check_parents(path, flag)
 
 
+def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """True when ``path`` is ``folder`` or lies anywhere below it, links resolved (``a/../b`` and symlinks too)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents
+
+
+def check_not_inputs(outputs: Iterable[tuple[str, str | os.PathLike]],
+                     inputs: Mapping[str, str | os.PathLike | None] | Iterable[tuple[str, str | os.PathLike | None]]
+                     ) -> None:
+    """The one rule for outputs and inputs: an output (file or folder) may not be an input file, nor be or lie
+    inside an input folder. ValueError naming both flags; --force never allows it."""
+    inputs = [(flag, Path(p)) for flag, p in (inputs.items() if isinstance(inputs, Mapping) else inputs)
+              if p is not None]
+    for flag, path in outputs:
+        for in_flag, source in inputs:
+            if not source.is_dir() and same_file(path, source):
+                raise ValueError(f"{flag} {path} is the {in_flag} file: writing it would destroy the input; "
+                                 "choose another output name")
+            if source.is_dir() and is_within(path, source):
+                raise ValueError(f"{flag} {path} is inside the {in_flag} folder {source}, which this run reads: "
+                                 "writing there would change the input; choose an output outside it")
+
+
 def check_outputs(outputs: Iterable[tuple[str, str | os.PathLike]],
                   inputs: Mapping[str, str | os.PathLike | None] | Iterable[tuple[str, str | os.PathLike | None]]
                   = ()) -> None:
     """Refuse, before any work, outputs that cannot be written or that would clobber each other or an input.
 
     ``outputs``: (flag, path) pairs, one per file a command writes (a flag may come many times, e.g. numbered
-    samples); ``inputs``: (flag, path) pairs of the files it reads (None skipped). Raises ValueError naming the flags
-    when a path is a folder or lies under a file, when two outputs are one file, or when an output is an input;
-    --force never allows these (it only allows replacing an older file of the user's).
+    samples); ``inputs``: (flag, path) pairs of the files and folders it reads (None skipped). Raises ValueError
+    naming the flags when a path is a folder or lies under a file, when two outputs are one file, or when an output
+    is an input or lies in an input folder (``check_not_inputs``); --force never allows these (it only allows
+    replacing an older file of the user's).
     """
     outputs = [(flag, Path(p)) for flag, p in outputs]
-    inputs = [(flag, Path(p)) for flag, p in (inputs.items() if isinstance(inputs, Mapping) else inputs)
-              if p is not None]
     for flag, path in outputs:
         _check_target(path, flag)
     for i, (flag, path) in enumerate(outputs):
         for other_flag, other in outputs[i + 1:]:
             if same_file(path, other):
                 raise ValueError(f"{flag} and {other_flag} both write {path}: give them different file names")
-        for in_flag, source in inputs:
-            if same_file(path, source):
-                raise ValueError(f"{flag} {path} is the {in_flag} file: writing it would destroy the input; "
-                                 "choose another output name")
+    check_not_inputs(outputs, inputs)
 
 
 def describe_error(error: BaseException) -> str:

@@ -5,7 +5,8 @@
 The file holds the merged weights under guided-diffusion's names and, in its metadata, the architecture (attention
 head order, GroupNorm eps and groups, the timestep embedding), the tau convention and the schedule, so
 ``load_adm`` (and the ComfyUI loader, from ``models/rad``) gives the same outputs as from the folder: bit-identical
-in fp32. Written atomically; an existing file is kept unless ``--force``.
+in fp32. Written atomically; an existing file is kept unless ``--force``; the source itself (or a file in its folder)
+is never written, even with ``--force``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from .checkpoints import load_adm, save_model
+from .checks import check_outputs
 from .devices import DTYPES
 from .schedule import rad_info
 
@@ -43,6 +45,7 @@ def convert(source: str | Path, output: str | Path, dtype: str = "fp32", ema: bo
                        "diffusion_pytorch_model.safetensors with its config.json")
     if output.suffix.lower() != ".safetensors":
         raise CLIError(f"-o {output}: the output must be a .safetensors file")
+    check_outputs([("-o", output)], [("source", source)])  # never onto or into the source, even with --force
     if output.exists() and not force:
         raise CLIError(f"{output} already exists: pass --force to overwrite it, or choose another -o")
     model = load_adm(source, ema=ema)  # float32: the LoRA merged exactly once

@@ -337,7 +337,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     if args.grids is not None:
         check_folder(args.grids, "--grids")
         outputs += [("--grids", args.grids / f"{kind}.png") for kind in kinds]
-    check_outputs(outputs, inputs)
+    check_outputs(outputs, [*inputs, ("--images", args.images)])  # nothing written into the held-out images
     if args.out.exists() and not args.force:
         raise FileExistsError(f"--out {args.out} already exists: choose another name or pass --force")
     if args.grids is not None:

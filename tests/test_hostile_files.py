@@ -5,15 +5,55 @@ One test (or one parametrised table) per class; the CLIs run in-process through 
 exit status 2 and no traceback.
 """
 
+import dataclasses
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from conftest import TINY, make_adm
+from PIL import Image
 
-from comfyui_rad import masks
-from comfyui_rad.checks import check_mask_values
+from comfyui_rad import evaluate, masks
+from comfyui_rad.checkpoints import save_model
+from comfyui_rad.checks import check_mask_values, check_not_inputs, is_within
+from comfyui_rad.cli import main as inpaint_main
+from comfyui_rad.convert import main as convert_main
 from comfyui_rad.pipeline import inpaint
 from comfyui_rad.schedule import SpatialSchedule
+from comfyui_rad.train import cli as train_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = dataclasses.replace(TINY, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile_files")
+    save_model(d / "tiny.safetensors", make_adm(SMALL))
+    rng = np.random.RandomState(0)
+    (d / "data").mkdir()
+    for i in range(5):
+        Image.fromarray((rng.rand(20, 20 + i, 3) * 255).astype(np.uint8)).save(d / "data" / f"img{i}.png")
+    (d / "authors").mkdir()  # an input folder (the authors' checkpoint-N): its contents are never written
+    (d / "authors" / "note.txt").write_text("read only")
+    return d
+
+
+def one_line_error(capsys, prog: str, *needles: str) -> str:
+    """The CLI's stderr: exactly one line, "prog: error: ...", holding every needle, no traceback."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ---------------------------------------------------------------------------------------------- 5. odd masks
@@ -56,3 +96,56 @@ def test_schedule_and_pipeline_masks_empty_or_0_255_are_clear(tiny_adm):
     with pytest.raises(ValueError, match="divide it by 255"):
         inpaint(tiny_adm, torch.rand(1, 3, 16, 16), noisy_255_mask(), steps=2)
     assert check_mask_values(torch.ones(3)) is not None
+
+
+# ------------------------------------------------------------------------------------ 3. outputs never on inputs
+
+
+def test_one_rule_output_is_not_and_is_not_inside_an_input(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"a")
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    assert is_within(tmp_path / "in" / "x" / "y.png", tmp_path / "in")
+    assert is_within(tmp_path / "link" / "y.png", tmp_path / "in")  # through a symlink
+    assert not is_within(tmp_path / "input.png", tmp_path / "in")  # a name prefix is not a folder
+    for out in (tmp_path / "in", tmp_path / "in" / "sub" / "r.json", tmp_path / "link" / "a.png",
+                tmp_path / "out" / ".." / "in" / "b.png"):
+        with pytest.raises(ValueError, match="inside the --images folder"):
+            check_not_inputs([("--out", out)], [("--images", tmp_path / "in")])
+    with pytest.raises(ValueError, match="is the --image file"):
+        check_not_inputs([("-o", tmp_path / "link" / "a.png")], [("--image", tmp_path / "in" / "a.png")])
+    check_not_inputs([("--out", tmp_path / "input.png")], [("--images", tmp_path / "in"), ("--x", None)])
+
+
+def test_every_cli_refuses_outputs_on_or_in_inputs_even_with_force(files, tmp_path, capsys):
+    model, data = files / "tiny.safetensors", files / "data"
+    (tmp_path / "checkpoints").mkdir()  # a run folder: --export-from reads its checkpoints/
+    before = snapshot(files)
+    evaluate_args = ["--model", str(model), "--images", str(data), "-q", "--force"]
+    train_args = ["--data", str(data), "--preset", "tiny", "--resolution", "16", "-q", "--force"]
+    cases = [
+        (convert_main, "rad-convert", [str(model), "-o", str(model), "--force", "-q"], "is the source file"),
+        (convert_main, "rad-convert", [str(files / "authors"), "-o", str(files / "authors" / "m.safetensors"),
+                                       "--force", "-q"], "inside the source folder"),
+        (evaluate.main, "rad-eval", [*evaluate_args, "--out", str(tmp_path / "r.json"), "--grids", str(data)],
+         "--grids"),
+        (evaluate.main, "rad-eval", [*evaluate_args, "--out", str(tmp_path / "r.json"), "--grids",
+                                     str(data / "grids")], "inside the --images folder"),
+        (evaluate.main, "rad-eval", [*evaluate_args, "--out", str(data / "img0.png")], "inside the --images folder"),
+        (inpaint_main, "rad-inpaint", ["--model", str(files / "authors"), "--image", str(data / "img0.png"),
+                                       "--mask", "box", "-o", str(files / "authors" / "x.png"), "--force", "-q"],
+         "inside the --model folder"),
+        (inpaint_main, "rad-inpaint", ["--model", str(model), "--image", str(data / "img0.png"), "--mask", "box",
+                                       "-o", str(data / "img0.png"), "--force", "-q"], "is the --image file"),
+        (train_cli.main, "rad-train", [*train_args, "--out", str(data / "run")], "--out"),
+        (train_cli.main, "rad-train", [*train_args, "--out", str(data)], "inside the --data folder"),
+        (train_cli.main, "rad-train", [*train_args, "--out", str(tmp_path / "run"), "--export",
+                                       str(data / "m.safetensors")], "inside the --data folder"),
+        (train_cli.main, "rad-train", ["--export-from", str(tmp_path), "--export",
+                                       str(tmp_path / "checkpoints" / "m.safetensors"), "--force", "-q"],
+         "inside the --export-from folder"),
+    ]
+    for main, prog, argv, needle in cases:
+        assert main(argv) == 2, argv
+        one_line_error(capsys, prog, needle)
+    assert snapshot(files) == before  # nothing written, nothing replaced

@@ -442,17 +442,19 @@ def test_checkpoints_that_are_not_pickles_say_what_they_are(files, tmp_path, cap
 
 
 def test_a_folder_as_model_says_it_is_a_folder(files, tmp_path, capsys):
-    assert inpaint_main(["--model", str(tmp_path), "--image", str(files / "in.png"), "--mask", "box", "-o",
+    folder = tmp_path / "model"  # the outputs lie outside it: nothing is written into an input folder (issue 20)
+    folder.mkdir()
+    assert inpaint_main(["--model", str(folder), "--image", str(files / "in.png"), "--mask", "box", "-o",
                          str(tmp_path / "o.png"), "-q"]) == 2
     one_line_error(capsys, "rad-inpaint", "is not a diffusers model folder", "checkpoint-N")  # what is accepted
     with pytest.raises(CheckpointError, match="is not a diffusers model folder"):
-        load_adm(tmp_path)
+        load_adm(folder)
     with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
-        read_state_dict(tmp_path)
-    assert evaluate.main(["--model", str(tmp_path), "--images", str(files / "data"), "--out",
+        read_state_dict(folder)
+    assert evaluate.main(["--model", str(folder), "--images", str(files / "data"), "--out",
                           str(tmp_path / "r.json"), "-q"]) == 2
     one_line_error(capsys, "rad-eval", "is not a diffusers model folder")
-    assert inpaint_cli(files, "--mask", "box", "--adapter", str(tmp_path), "-o", str(tmp_path / "o.png")) == 2
+    assert inpaint_cli(files, "--mask", "box", "--adapter", str(folder), "-o", str(tmp_path / "o.png")) == 2
     one_line_error(capsys, "rad-inpaint", "--adapter", "is a folder")
 
 

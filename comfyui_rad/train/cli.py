@@ -213,7 +213,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.export_from:
         if args.export is None:
             raise ValueError("--export-from needs --export PATH.safetensors: where to write the export")
-        check_outputs([("--export", args.export)], [("--export-from", args.export_from), ("--base", args.base)])
+        source = Path(args.export_from)
+        source = source / "checkpoints" if source.is_dir() else source  # what it reads
+        check_outputs([("--export", args.export)], [("--export-from", source), ("--base", args.base)])
         if args.export.exists() and not args.force:
             raise FileExistsError(f"--export {args.export} already exists: pass --force to overwrite it, or choose "
                                   "another name")

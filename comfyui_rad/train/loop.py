@@ -29,7 +29,7 @@ import torch
 
 from .. import masks
 from ..checkpoints import file_sha256, load_adm
-from ..checks import SEED_MAX, check_folder, check_int, check_outputs, check_real
+from ..checks import SEED_MAX, check_folder, check_int, check_not_inputs, check_outputs, check_real
 from ..devices import DTYPES, resolve_device
 from ..imaging import IMAGE_READ_ERRORS, load_crop, save_image, scan_images
 from ..sampling import sample_ddim
@@ -113,7 +113,6 @@ class TrainOptions:
     def check(self) -> None:
         """Raise ValueError naming the first bad option."""
         _check_numbers(self)
-        _check_paths(self)
         if (self.base is None) == (self.preset is None):
             raise ValueError("give exactly one of --base CKPT (LoRA fine-tuning of a guided-diffusion ADM) or "
                              f"--preset NAME (a fresh model: {', '.join(PRESETS)})")
@@ -122,6 +121,7 @@ class TrainOptions:
                              f"{Path(self.init).name}); to fine-tune a guided-diffusion ADM with LoRA use --base")
         if self.data is None or self.out is None:
             raise ValueError("--data DIR and --out DIR are required to train")
+        _check_paths(self)
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"--resolution must be a positive number of pixels, got {self.resolution}")
         positive = {"--steps": self.steps, "--batch-size": self.batch_size, "--grad-accum": self.grad_accum,
@@ -172,10 +172,12 @@ def _check_numbers(opts: TrainOptions) -> None:
 
 
 def _check_paths(opts: TrainOptions) -> None:
-    """--out a folder (not a file), --export a file name that is not an input: ValueError naming the flags, before
-    any work."""
+    """--out a folder (not a file) outside --data, --export a file name that is not an input: ValueError naming the
+    flags, before any work."""
     if opts.out is not None:
         check_folder(opts.out, "--out")  # the run's folder: checkpoints, previews, metrics
+        # inside --data the scan of a resumed run would train on its own preview grids
+        check_not_inputs([("--out", opts.out)], [("--data", opts.data), ("--base", opts.base), ("--init", opts.init)])
     if opts.export is not None:
         check_outputs([("--export", opts.export)], [("--base", opts.base), ("--init", opts.init),
                                                     ("--data", opts.data)])
