@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .architecture import channel_multiplier, config_from_state_dict
 from .fileio import CheckpointError, read_state_dict
 
 __all__ = ["AUTHORS_CLASS", "PLAIN_CLASS", "DiffusersADM", "is_diffusers_source", "weights_file", "read_diffusers"]
@@ -301,8 +302,6 @@ def _max_period(config: dict, authors: bool) -> float:
 
 def _config_for(sd: dict[str, Tensor], config: dict, authors: bool, source: str, overrides: dict):
     """The verified ADMConfig of renamed weights ``sd`` and their diffusers ``config``."""
-    from .checkpoints import _mult, config_from_state_dict  # checkpoints imports this module
-
     boc = [int(c) for c in config.get("block_out_channels") or []]
     nrb = config.get("layers_per_block")
     if not boc or not isinstance(nrb, int):
@@ -314,7 +313,7 @@ def _config_for(sd: dict[str, Tensor], config: dict, authors: bool, source: str,
     head_dim = config.get("attention_head_dim")
     legacy = bool(config.get("attention_legacy_order", False)) and not authors
     groups = int(config.get("norm_num_groups") or 32)
-    arch = {"num_res_blocks": nrb, "channel_mult": tuple(_mult(c, boc[0]) for c in boc),
+    arch = {"num_res_blocks": nrb, "channel_mult": tuple(channel_multiplier(c, boc[0]) for c in boc),
             "num_head_channels": int(head_dim) if head_dim else -1, "num_heads": 1,
             "use_new_attention_order": not legacy, "image_size": int(_first(config.get("sample_size"), 256)),
             "norm_eps": float(config.get("norm_eps", 1e-5)), "norm_num_groups": groups,

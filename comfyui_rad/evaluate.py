@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from . import imaging, masks, metrics
+from . import image_folders, imaging, masks, metrics
 from .checks import EXIT_STATUS, SEED_MAX, ArgumentParser, Int, Real, check_folder, check_outputs, describe_error
 from .devices import DTYPES
 from .fileio import atomic_write
@@ -57,17 +57,18 @@ def eval_masks(kind: str, count: int, size: int, seed: int) -> torch.Tensor:
 def load_images(folder: str | os.PathLike, size: int, limit: int | None = None) -> tuple[list[Path], torch.Tensor]:
     """The images under ``folder`` (sorted, recursive; the first ``limit``), each its centre square resized to
     ``size``: (paths, float32 [N,3,S,S] in [0,1])."""
-    paths = imaging.scan_images(folder, size, flag="--images")[:limit]
+    paths = image_folders.scan_images(folder, size, flag="--images")[:limit]
     return paths, torch.stack([_decode(p, size) for p in paths]).float() / 255
 
 
 def _decode(path: Path, size: int) -> torch.Tensor:
-    """``imaging.load_crop`` of one held-out image; a DataError naming it (and --images) when it does not decode."""
+    """``image_folders.load_crop`` of one held-out image; a DataError naming it (and --images) when it does not
+    decode."""
     try:
-        return imaging.load_crop(path, size)
-    except imaging.IMAGE_READ_ERRORS as err:
-        raise imaging.DataError(f"--images: cannot decode {path} ({str(err).splitlines()[0][:120]}): the file is "
-                                "truncated or damaged; replace it or remove it from the folder") from None
+        return image_folders.load_crop(path, size)
+    except image_folders.IMAGE_READ_ERRORS as err:
+        raise image_folders.DataError(f"--images: cannot decode {path} ({str(err).splitlines()[0][:120]}): the file "
+                                      "is truncated or damaged; replace it or remove it from the folder") from None
 
 
 def network_calls(sampler: str, steps: int, options: dict | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Files on disk: the one atomic writer and the one safe state-dict reader.
+"""Files on disk: the one atomic writer, the one safe state-dict reader, comfyui-rad's own files, and hashes.
 
 - ``atomic_write``: a new file appears whole or not at all: written to a temporary file in the same folder, fsync'd,
   given the mode any new file gets (the umask's), then moved over the target with ``os.replace``. An existing file
@@ -6,10 +6,17 @@
   training checkpoints, benchmark results).
 - ``read_state_dict``: tensors and metadata of a ``.safetensors`` or ``.pt/.pth/.ckpt/.bin`` file, never unpickling
   anything but tensors (``torch.load(weights_only=True)``, memory-mapped), with one-line errors (``CheckpointError``).
+- ``write_safetensors``: a comfyui-rad file (``MODEL_FORMAT`` or ``ADAPTER_FORMAT``, ``FORMAT_VERSION``), its
+  metadata headed by the format and closed by ``created_by``; what the formats hold is ``checkpoints``' and
+  ``adapters``' business.
+- ``file_sha256`` (a file's bytes) and ``weights_sha256`` (its tensors: the same for a .pt and its .safetensors
+  copy): how an adapter names its base. Cached per (path, size, mtime) for files.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import secrets
@@ -20,13 +27,22 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
-__all__ = ["CheckpointError", "TORCH_SUFFIXES", "atomic_write", "read_state_dict", "sniff"]
+from .version import CREATED_BY
+
+__all__ = [
+    "CheckpointError", "TORCH_SUFFIXES", "ADAPTER_FORMAT", "MODEL_FORMAT", "FORMAT_VERSION", "atomic_write",
+    "write_safetensors", "read_state_dict", "sniff", "file_sha256", "weights_sha256", "file_weights_sha256",
+]
 
 log = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+ADAPTER_FORMAT = "comfyui-rad.adapter"
+MODEL_FORMAT = "comfyui-rad.model"
+FORMAT_VERSION = "1"
 _WRAPPERS = ("ema", "state_dict", "model")
 
 
@@ -75,6 +91,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, force
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, Tensor], fmt: str, metadata: Mapping[str, str],
+                      *, extra: Mapping[str, Any] | None = None, force: bool = False,
+                      protect: tuple[str | os.PathLike | None, ...] = ()) -> Path:
+    """Write a comfyui-rad ``.safetensors`` file with ``atomic_write`` (never half a file; refused without ``force``).
+
+    Its metadata: ``format`` = ``fmt``, ``format_version``, ``metadata``, ``created_by``, then the caller's ``extra``
+    (``extra_metadata``: JSON for values that are not strings; it may not set a key of comfyui-rad's). ``protect``:
+    files the output must not be (a base checkpoint).
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"{path}: comfyui-rad writes .safetensors files: use a name ending in .safetensors")
+    if any(p is not None and Path(p).exists() and path.exists() and path.samefile(p) for p in protect):
+        raise FileExistsError(f"{path} is the base checkpoint itself: choose another output name")
+    header = {"format": fmt, "format_version": FORMAT_VERSION, **metadata, "created_by": CREATED_BY}
+    clash = sorted(set(extra or {}) & set(header))
+    if clash:
+        raise ValueError(f"extra_metadata may not set {', '.join(clash)}: these are written by comfyui-rad")
+    header.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
+    atomic_write(path, lambda tmp: save_file(dict(tensors), tmp, metadata=header), force=force, flag="force=True")
+    log.info("wrote %s (%d tensors)", path, len(tensors))
     return path
 
 
@@ -194,3 +234,44 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+# ------------------------------------------------------------------------------------------------------ hashes
+
+_HASHES: dict[tuple, str] = {}
+
+
+def _stat_key(kind: str, path: str | os.PathLike) -> tuple:
+    st = os.stat(path)
+    return kind, str(Path(path).resolve()), st.st_size, st.st_mtime_ns
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, cached in-process per (path, size, mtime)."""
+    key = _stat_key("file", path)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def weights_sha256(state_dict: Mapping[str, Tensor]) -> str:
+    """sha256 over sorted key names, shapes and float32 values: the same for a .pt and its .safetensors copy."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach()
+        h.update(json.dumps([key, list(t.shape)]).encode())
+        h.update(t.to("cpu", torch.float32).contiguous().reshape(-1).numpy())
+    return h.hexdigest()
+
+
+def file_weights_sha256(path: str | os.PathLike, state_dict: Mapping[str, Tensor] | None = None) -> str:
+    """``weights_sha256`` of the file at ``path`` (``state_dict``: its tensors, when already read), cached like
+    ``file_sha256``."""
+    key = _stat_key("weights", path)
+    if key not in _HASHES:
+        _HASHES[key] = weights_sha256(state_dict if state_dict is not None else read_state_dict(path)[0])
+    return _HASHES[key]

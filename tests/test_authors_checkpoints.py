@@ -15,8 +15,10 @@ from _authors import (FFHQ_LIKE, IMAGENET_LIKE, Reference, _plain, authors_state
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from comfyui_rad.checkpoints import CheckpointError, load_adm, save_adapter
+from comfyui_rad.adapters import save_adapter
+from comfyui_rad.checkpoints import load_adm
 from comfyui_rad.convert import main as convert_main
+from comfyui_rad.fileio import CheckpointError
 from comfyui_rad.pipeline import inpaint
 from comfyui_rad.schedule import rad_info
 

@@ -1,4 +1,5 @@
-"""Checkpoint reading, architecture inference, adapter files and merging (comfyui_rad.checkpoints).
+"""Checkpoint reading, architecture inference, adapter files and merging (comfyui_rad.architecture, .adapters,
+.checkpoints).
 
 Tiny random ADMs on CPU; weights come from ``_golden.random_state_dict`` so they depend only on a seed.
 """
@@ -18,13 +19,14 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _golden import random_state_dict  # noqa: E402
 
-from comfyui_rad import checkpoints as ck  # noqa: E402
-from comfyui_rad.adm import ADM, ADMConfig  # noqa: E402
-from comfyui_rad.checkpoints import (  # noqa: E402
-    Adapter, CheckpointError, config_from_state_dict, file_sha256, load_adm, lora_target_modules, merge_adapter,
-    read_adapter, save_adapter, save_model, time_layer_keys, weights_sha256,
+from comfyui_rad import fileio  # noqa: E402
+from comfyui_rad.adapters import (  # noqa: E402
+    Adapter, lora_target_modules, merge_adapter, read_adapter, save_adapter, time_layer_keys,
 )
-from comfyui_rad.fileio import read_state_dict  # noqa: E402
+from comfyui_rad.adm import ADM, ADMConfig  # noqa: E402
+from comfyui_rad.architecture import config_from_json, config_from_state_dict  # noqa: E402
+from comfyui_rad.checkpoints import load_adm, save_model  # noqa: E402
+from comfyui_rad.fileio import CheckpointError, file_sha256, read_state_dict, weights_sha256  # noqa: E402
 from comfyui_rad.schedule import NoiseCurves, RADInfo  # noqa: E402
 
 TINY = ADMConfig(model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_ds=(2,), num_head_channels=16)
@@ -298,7 +300,7 @@ def test_adapter_round_trip(tmp_path, base, adapter_file):
     assert meta["schedule"] == {"T1": 1000, "T2": 1000, "beta_start": 0.0001, "beta_end": 0.02}
     assert meta["tau_convention"] == "authors" and meta["note"] == "x"
     assert meta["target_modules"] == lora_target_modules(TINY) and meta["full_keys"] == sorted(full)
-    assert ck._config_from_json(meta["base_architecture"], "x") == TINY
+    assert config_from_json(meta["base_architecture"], "x") == TINY
     assert meta["created_by"].startswith("comfyui-rad")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.safetensors", "rad.safetensors"]  # no temp file
 
@@ -417,7 +419,7 @@ def test_save_adapter_failure_leaves_nothing(tmp_path, base, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck, "save_file", boom)
+    monkeypatch.setattr(fileio, "save_file", boom)  # the one safetensors writer
     lora, full = make_lora(TINY)
     with pytest.raises(OSError, match="disk full"):
         save_adapter(tmp_path / "a.safetensors", lora=lora, full=full, base_path=base, base_config=TINY,

@@ -7,8 +7,9 @@ import torch
 from conftest import TINY, make_adm
 from PIL import Image
 
+from comfyui_rad.adapters import lora_target_modules, save_adapter
 from comfyui_rad.adm import ADMConfig
-from comfyui_rad.checkpoints import lora_target_modules, save_adapter, save_model
+from comfyui_rad.checkpoints import save_model
 from comfyui_rad.cli import main
 
 

@@ -23,7 +23,7 @@ from conftest import TINY, make_adm
 from PIL import Image
 from safetensors.torch import save_file
 
-from comfyui_rad import checks, evaluate, imaging
+from comfyui_rad import checks, evaluate, image_folders, imaging
 from comfyui_rad.checkpoints import load_adm, save_model
 from comfyui_rad.cli import main as inpaint_main
 from comfyui_rad.fileio import CheckpointError, read_state_dict
@@ -105,7 +105,7 @@ def test_16bit_images_and_masks_are_read_at_their_scale(files, tmp_path, capsys)
     image = imaging.load_image(tmp_path / "gray16.png")
     assert image.shape == (1, 3, 24, 24)
     assert torch.allclose(image, torch.full_like(image, 30000 / 65535))  # not clipped to white
-    crop = imaging.load_crop(tmp_path / "gray16.png", 8)  # training and evaluation images
+    crop = image_folders.load_crop(tmp_path / "gray16.png", 8)  # training and evaluation images
     assert int(crop.min()) == int(crop.max()) == round(30000 / 65535 * 255)
     Image.fromarray(np.full((40, 40), 200, np.uint16)).save(tmp_path / "mask16.png")
     assert float(imaging.load_mask(tmp_path / "mask16.png").max()) == pytest.approx(200 / 65535)
@@ -173,7 +173,7 @@ def test_damaged_training_images_and_held_out_set(files, tmp_path, caplog):
     data.mkdir()
     for i in range(5):
         Image.fromarray((np.random.RandomState(i).rand(20, 20, 3) * 255).astype(np.uint8)).save(data / f"{i}.png")
-    paths = imaging.scan_images(data)
+    paths = image_folders.scan_images(data)
     train, held = split_holdout(paths, 1, 0)
     truncate(held[0])  # drawn into the held-out set: found when the set is drawn, not at the first preview
     truncate(train[0])  # in the training stream: skipped with a warning naming it

@@ -1,3 +1,4 @@
+import ast
 import importlib.util
 import re
 import subprocess
@@ -36,3 +37,97 @@ def test_inference_never_imports_the_trainer_or_a_cli():
     for path in (ROOT / "comfyui_rad").glob("*.py"):
         if path.name not in ("cli.py", "__main__.py"):
             assert not upward.search(path.read_text()), path
+
+
+# ------------------------------------------------------------------------------------------------ the import graph
+
+FRONT_ENDS = {"comfyui_rad.cli": "rad-inpaint", "comfyui_rad.__main__": "rad-inpaint",
+              "comfyui_rad.convert": "rad-convert", "comfyui_rad.evaluate": "rad-eval"}
+"""Modules above the engine besides train/ (rad-train) and nodes/: each a front end of its own."""
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> str:
+    """"engine", or the front end a module belongs to: rad-train, a CLI, or the nodes."""
+    if module.split(".")[0] == "nodes":
+        return "nodes"
+    if module == "comfyui_rad.train" or module.startswith("comfyui_rad.train."):
+        return "rad-train"
+    return FRONT_ENDS.get(module, "engine")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the modules of comfyui_rad/ and nodes/ it imports, at module level or inside functions (ast), a
+    package's ``__init__`` named by the package. ``from . import name`` is an arrow to the submodule ``name`` when
+    there is one, else to the package itself (its ``__init__`` runs its imports)."""
+    paths = [*(ROOT / "comfyui_rad").rglob("*.py"), *(ROOT / "nodes").rglob("*.py")]
+    modules = {_module_name(p): p for p in paths}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                base = ".".join(base + ([node.module] if node.module else []))
+                found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One closed path for each import circle (strongly connected component of more than one module)."""
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return circles
+
+
+def test_the_import_graph_is_read():
+    """The walker sees what it must: lazy imports, relative imports of names and of submodules, package faces."""
+    graph = import_graph()
+    assert {"comfyui_rad.architecture", "comfyui_rad.fileio"} <= graph["comfyui_rad.diffusers_format"]
+    assert "comfyui_rad.checkpoints" in graph["comfyui_rad.cli"]  # also imported lazily inside run()
+    assert "comfyui_rad.masks" in graph["comfyui_rad.train.noising"]  # from .. import masks
+    assert graph["comfyui_rad"] >= {"comfyui_rad.checkpoints", "comfyui_rad.version"}
+    assert "comfyui_rad.pipeline" in graph["nodes.sampler"] and "nodes.common" in graph["nodes.sampler"]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_circle():
+    """No modules import each other, not even through a function-level import (they hide a circle, not remove it)."""
+    assert _cycles(import_graph()) == []
+
+
+def test_imports_run_down_into_the_engine_only():
+    """The engine imports no front end (rad-train, the CLIs, the nodes); a front end imports the engine and its own
+    modules, never another front end (inference never imports the trainer)."""
+    upward = [f"{a} ({_layer(a)}) imports {b} ({_layer(b)})" for a, targets in import_graph().items() for b in targets
+              if _layer(b) not in ("engine", _layer(a))]
+    assert upward == []

@@ -8,7 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from comfyui_rad.adm import ADM, ADMConfig
-from comfyui_rad.checkpoints import MODEL_FORMAT, _config_json, load_adm, save_model
+from comfyui_rad.architecture import config_json
+from comfyui_rad.checkpoints import load_adm, save_model
+from comfyui_rad.fileio import MODEL_FORMAT
 from comfyui_rad.sampling import RADDenoiser
 from comfyui_rad.schedule import TAU_CONVENTIONS, NoiseCurves, RADInfo, rad_info
 
@@ -43,7 +45,7 @@ def test_bad_facts_are_refused():
 def test_an_old_model_file_still_loads_its_facts(tmp_path):
     """Metadata as rad-train wrote it before RADInfo: the 6-field schedule with nulls, the training record."""
     model = tiny()
-    old = {"format": MODEL_FORMAT, "format_version": "1", "architecture": _config_json(TINY),
+    old = {"format": MODEL_FORMAT, "format_version": "1", "architecture": config_json(TINY),
            "schedule": json.dumps({"T1": 1000, "T2": 1000, "beta_start": 0.0001, "beta_end": 0.02,
                                    "beta2_start": None, "beta2_end": None}, sort_keys=True),
            "tau_convention": "gd", "trainer": "rad-train", "train_embedding": "scalar", "train_mask_sampling": "perlin"}

@@ -15,12 +15,13 @@ import torch
 from conftest import TINY, make_adm
 from PIL import Image
 
-from comfyui_rad.checkpoints import CheckpointError, load_adm, read_adapter
-from comfyui_rad.fileio import read_state_dict
+from comfyui_rad.adapters import read_adapter
+from comfyui_rad.checkpoints import load_adm
+from comfyui_rad.fileio import CheckpointError, read_state_dict
+from comfyui_rad.image_folders import DataError, scan_images
 from comfyui_rad.schedule import NoiseCurves
 from comfyui_rad.train import Trainer, TrainOptions, build_fresh, export_checkpoint, preset_config
 from comfyui_rad.train.cli import main
-from comfyui_rad.imaging import DataError, scan_images
 from comfyui_rad.train.data import split_holdout
 from comfyui_rad.train.lora import require_peft
 from comfyui_rad.train.losses import q_sample, rad_loss, step_terms

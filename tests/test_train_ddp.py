@@ -23,7 +23,7 @@ import torch
 from conftest import TINY, make_adm
 from test_train import write_images
 
-from comfyui_rad.checkpoints import read_state_dict
+from comfyui_rad.fileio import read_state_dict
 from comfyui_rad.train import Trainer, TrainOptions
 from comfyui_rad.train.cli import main
 from comfyui_rad.train.state import list_checkpoints, load_checkpoint

@@ -1,5 +1,5 @@
-"""Training images: a held-out split. Folders are scanned and crops cut by ``imaging.scan_images`` /
-``imaging.load_crop`` (which rad-eval uses too); which image and crop each training sample gets is decided by
+"""Training images: a held-out split. Folders are scanned and crops cut by ``image_folders.scan_images`` /
+``image_folders.load_crop`` (which rad-eval uses too); which image and crop each training sample gets is decided by
 ``stream.SampleStream``. Images reach the trainer as float32 [B,3,S,S] in [-1,1] on the 8-bit grid (k / 127.5 - 1),
 which the discretised decoder likelihood of the VLB assumes.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..imaging import DataError
+from ..image_folders import DataError
 
 __all__ = ["split_holdout"]
 

@@ -1,6 +1,6 @@
 """Exports of a training run: a RAD adapter (LoRA runs) or a full comfyui-rad model (fresh presets).
 
-Both are written by ``checkpoints.save_adapter`` / ``checkpoints.save_model`` and load with ``load_adm`` as they are:
+Both are written by ``adapters.save_adapter`` / ``checkpoints.save_model`` and load with ``load_adm`` as they are:
 ``load_adm(base, adapter=path)`` and ``rad-inpaint --adapter`` for an adapter, ``load_adm(path)`` for a model. Their
 RAD facts (curves, tau convention, embedding: ``schedule.RADInfo``) travel in the metadata, so a scalar-embedding
 (Cfg. 2) model is sampled as trained everywhere.
@@ -18,8 +18,10 @@ from typing import Any
 import torch
 
 from ..adm import ADM, ADMConfig
-from ..checkpoints import CheckpointError, file_sha256, save_adapter, save_model
+from ..adapters import save_adapter
+from ..checkpoints import save_model
 from ..devices import DTYPES
+from ..fileio import CheckpointError, file_sha256
 from ..schedule import NoiseCurves, RADInfo
 from .state import load_checkpoint
 

@@ -28,10 +28,12 @@ from typing import Any, Callable
 import torch
 
 from .. import masks
-from ..checkpoints import file_sha256, load_adm
+from ..checkpoints import load_adm
 from ..checks import SEED_MAX, check_folder, check_int, check_not_inputs, check_outputs, check_real
 from ..devices import DTYPES, resolve_device
-from ..imaging import IMAGE_READ_ERRORS, load_crop, save_image, scan_images
+from ..fileio import file_sha256
+from ..image_folders import IMAGE_READ_ERRORS, load_crop, scan_images
+from ..imaging import save_image
 from ..sampling import sample_ddim
 from ..schedule import EMBEDDINGS, NoiseCurves, RADInfo, SpatialSchedule, rad_info
 from .data import split_holdout

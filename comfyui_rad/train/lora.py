@@ -1,7 +1,7 @@
 """LoRA on a guided-diffusion ADM through peft, and the trained tensors under the adapter file's key names.
 
-peft is imported here only, and only when a LoRA run is asked for. Targets are ``checkpoints.lora_target_modules``
-(RAD_NOTES §4); the time layers (``checkpoints.time_layer_keys``) are trained in full. Trainable tensors are named as
+peft is imported here only, and only when a LoRA run is asked for. Targets are ``adapters.lora_target_modules``
+(RAD_NOTES §4); the time layers (``adapters.time_layer_keys``) are trained in full. Trainable tensors are named as
 in an adapter file: ``<module>.lora_A.weight`` / ``<module>.lora_B.weight`` and plain ADM keys, so checkpoints and
 exports never depend on peft's naming (and exporting needs no peft).
 """
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..adm import ADM
-from ..checkpoints import lora_target_modules, time_layer_keys
+from ..adapters import lora_target_modules, time_layer_keys
 
 __all__ = ["require_peft", "add_lora", "trainable_parameters"]
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..imaging import IMAGE_READ_ERRORS, DataError, load_crop
+from ..image_folders import IMAGE_READ_ERRORS, DataError, load_crop
 from ..schedule import NoiseCurves
 from .losses import StepTerms, step_terms
 from .noising import sample_states

@@ -260,7 +260,8 @@ def describe(node_cls) -> dict:
 import pytest  # noqa: E402
 
 from comfyui_rad.adm import ADM, ADMConfig  # noqa: E402
-from comfyui_rad.checkpoints import lora_target_modules, save_adapter, save_model  # noqa: E402
+from comfyui_rad.adapters import lora_target_modules, save_adapter  # noqa: E402
+from comfyui_rad.checkpoints import save_model  # noqa: E402
 
 TINY = ADMConfig(model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_ds=(2,), num_head_channels=16,
                  image_size=32)
