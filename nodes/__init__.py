@@ -9,6 +9,7 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
+from .fill import RADFill
 from .model_loader import RADModelLoader, register_folder
 from .perlin_mask import RADPerlinMask
 from .repaint_sampler import RADRePaintSampler
@@ -18,7 +19,7 @@ from .schedule import RADSpatialSchedule
 log = logging.getLogger(__name__)
 
 NODES: list[type[io.ComfyNode]] = [RADPerlinMask, RADModelLoader, RADSpatialSchedule, RADSampler,
-                                   RADRePaintSampler]
+                                   RADRePaintSampler, RADFill]
 EXAMPLE_INPUTS = Path(__file__).resolve().parent.parent / "example_workflows" / "input"
 
 

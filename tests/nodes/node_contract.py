@@ -45,4 +45,10 @@ CONTRACT = {
         "outputs": [("image", "IMAGE"), ("mask", "MASK")],
         "widgets": ["seed", "control_after_generate", "steps", "jump_length", "jump_n_sample", "fit", "class_label"],
     },
+    "RADFill": {
+        "category": "inpaint/RAD",
+        "inputs": [("image", "IMAGE"), ("mask", "MASK"), ("method", "COMBO")],
+        "outputs": [("image", "IMAGE"), ("mask", "MASK")],
+        "widgets": ["method"],
+    },
 }
