@@ -24,6 +24,7 @@ from comfyui_rad.train import Trainer, TrainOptions, build_fresh, export_checkpo
 from comfyui_rad.train.cli import main
 from comfyui_rad.train.data import split_holdout
 from comfyui_rad.train.lora import require_peft
+from comfyui_rad.train.options import CLI
 from comfyui_rad.train.losses import q_sample, rad_loss, step_terms
 from comfyui_rad.train.state import list_checkpoints, load_checkpoint
 from comfyui_rad.train.stream import SampleStream
@@ -238,8 +239,10 @@ def test_init_warm_starts_every_parameter_and_refuses_another_layout(files):
     cold.close()
     with pytest.raises(ValueError, match=r"--init init-src.safetensors is not a 'digits32' model.*--preset"):
         Trainer(options(files, "init-bad", preset="digits32", resolution=16, init=source))
-    with pytest.raises(ValueError, match="--init starts a --preset model.*--base"):
+    with pytest.raises(ValueError, match="^init starts a preset model.*base"):  # the API names fields
         options(files, "init-none", init=source).check()
+    with pytest.raises(ValueError, match="--init starts a --preset model.*--base"):  # the CLI names flags
+        options(files, "init-none", init=source).check(CLI)
 
 
 def test_log_scale_sampling_spreads_zoom_levels(files):
@@ -278,8 +281,10 @@ def test_plain_ddpm_base_then_rad_lora_on_it(files):
 
 
 def test_refusals(files, monkeypatch):
-    with pytest.raises(ValueError, match="exactly one of --base"):
+    with pytest.raises(ValueError, match="exactly one of base"):
         TrainOptions(data=files, out=files / "x").check()
+    with pytest.raises(ValueError, match="exactly one of --base"):
+        TrainOptions(data=files, out=files / "x").check(CLI)
     with pytest.raises(FileExistsError, match="already holds a training run.*--resume.*--force"):
         Trainer(options(files, "fresh", preset="tiny"))
     state = load_checkpoint(files / "fresh")

@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import CheckpointError
-from ..checks import EXIT_STATUS, SEED_MAX, ArgumentParser, Int, Real, check_outputs, describe_error
+from ..checks import EXIT_STATUS, ArgumentParser, check_outputs, describe_error
 from ..devices import DTYPES
+from ..fileio import atomic_write
 from .distributed import CollectiveError
 from .export import export_checkpoint
 from .loop import EMBEDDINGS, PRECISIONS, Trainer, TrainOptions, hms
 from .noising import MASK_SAMPLINGS
+from .options import CLI, CONFIG_NAME, RANGES, config_text, read_config
 from .presets import PRESETS
 from .stream import COLOR_AUGMENTS, SCALE_SAMPLINGS
 
@@ -42,6 +44,11 @@ EXAMPLES = """examples:
 """
 
 
+def R(field: str):
+    """The argparse type of a numeric option, from the one range table (``options.RANGES``)."""
+    return RANGES[field].argtype()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="rad-train", epilog=EXAMPLES + "\n" + EXIT_STATUS.replace("Ctrl-C:", "Ctrl-C: --resume continues;"),
@@ -50,11 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "fresh model (--preset), with the paper's two-phase per-pixel noise and Perlin masks.",
     )
     d = TrainOptions()
+    g = p.add_argument_group("settings file")
+    g.add_argument("--config", type=Path, metavar="FILE.toml",
+                   help="read settings from this TOML file (any option, under its name with _ for -: batch_size = "
+                        "8); flags on the command line override it")
+    g.add_argument("--print-config", action="store_true",
+                   help="print a complete commented settings file (every option at its default) and exit: "
+                        "rad-train --print-config > run.toml")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, help="folder of training images (recursive; png/jpg/jpeg/webp)")
     g.add_argument("--resize", action="store_true",
                    help="use each image whole: centre square resized to the resolution (default: random crops)")
-    g.add_argument("--scale-range", type=Real(0, 1, lo_open=True),
+    g.add_argument("--scale-range", type=R("scale_range"),
                    nargs=2, metavar=("LOW", "HIGH"), default=d.scale_range,
                    help="random crops span this fraction of the image's short side, uniformly (never fewer source "
                         "pixels than the resolution), then are resized: a random downscale (default 0.5 1.0)")
@@ -68,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "rotation, colour gains, gamma, grey, each at random) so that the model cannot learn the "
                         "training pictures' palette and takes a hole's colours from the pixels around it")
     g.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
-    g.add_argument("--holdout", type=Int(0, 1024), default=d.holdout,
+    g.add_argument("--holdout", type=R("holdout"), default=d.holdout,
                    help=f"images held out for previews, never trained on (default {d.holdout})")
-    g.add_argument("--workers", type=Int(0, 256), default=d.workers,
+    g.add_argument("--workers", type=R("workers"), default=d.workers,
                    help=f"threads decoding images (default {d.workers}; 0 = in the training thread)")
 
     g = p.add_argument_group("model")
@@ -79,15 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", type=Path, metavar="MODEL",
                    help="start the --preset model from this trained one (same layout, e.g. the built-in "
                         "rad_default.safetensors) and train every parameter: a warm start instead of a fresh init")
-    g.add_argument("--resolution", type=Int(8, 4096), help="training image size (default: the model's image_size)")
-    g.add_argument("--num-head-channels", type=Int(1, 4096, also=(-1,)),
+    g.add_argument("--resolution", type=R("resolution"), help="training image size (default: the model's image_size)")
+    g.add_argument("--num-head-channels", type=R("num_head_channels"),
                    help="attention head width (default 64 for --base)")
-    g.add_argument("--num-heads", type=Int(1, 4096, also=(-1,)),
+    g.add_argument("--num-heads", type=R("num_heads"),
                    help="attention head count (guided-diffusion's num_heads)")
     g.add_argument("--no-learn-sigma", dest="learn_sigma", action="store_false",
                    help="fresh models predict eps only (3 outputs, MSE loss; default: eps and variance)")
-    g.add_argument("--lora-rank", type=Int(1, 4096), default=d.lora_rank, help=f"LoRA rank (default {d.lora_rank})")
-    g.add_argument("--lora-alpha", type=Real(0, 1e4, lo_open=True), default=d.lora_alpha,
+    g.add_argument("--lora-rank", type=R("lora_rank"), default=d.lora_rank, help=f"LoRA rank (default {d.lora_rank})")
+    g.add_argument("--lora-alpha", type=R("lora_alpha"), default=d.lora_alpha,
                    help=f"LoRA alpha (default {d.lora_alpha:g})")
 
     g = p.add_argument_group("RAD recipe")
@@ -99,25 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "and spatial spread drawn separately (AsyncPatch-style soft states); mixed: half each; "
                         "full: every pixel at one uniform step, i.e. plain DDPM training (a non-RAD base model, "
                         "the paper's pretrained ADM)")
-    g.add_argument("--vlb-weight", type=Real(0, 1e3), default=d.vlb_weight,
+    g.add_argument("--vlb-weight", type=R("vlb_weight"), default=d.vlb_weight,
                    help=f"weight of the variance VLB term in bits/dim (default {d.vlb_weight:g}, guided-diffusion's; "
                         "0 = eps MSE only)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=Int(1, 10**9), default=d.steps, help=f"optimiser steps in total (default {d.steps})")
-    g.add_argument("--batch-size", type=Int(1, 65536), default=d.batch_size,
+    g.add_argument("--steps", type=R("steps"), default=d.steps, help=f"optimiser steps in total (default {d.steps})")
+    g.add_argument("--batch-size", type=R("batch_size"), default=d.batch_size,
                    help=f"images per micro-batch ({d.batch_size})")
-    g.add_argument("--grad-accum", type=Int(1, 65536), default=d.grad_accum,
+    g.add_argument("--grad-accum", type=R("grad_accum"), default=d.grad_accum,
                    help="micro-batches per optimiser step (1)")
-    g.add_argument("--lr", type=Real(0, 1, lo_open=True), default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
-    g.add_argument("--weight-decay", type=Real(0, 10), default=d.weight_decay,
+    g.add_argument("--lr", type=R("lr"), default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
+    g.add_argument("--weight-decay", type=R("weight_decay"), default=d.weight_decay,
                    help=f"AdamW weight decay ({d.weight_decay:g})")
-    g.add_argument("--grad-clip", type=Real(0, 1e6), default=d.grad_clip, help="gradient norm clip (1.0; 0 = off)")
-    g.add_argument("--ema", type=Real(0, 1, hi_open=True), default=d.ema,
+    g.add_argument("--grad-clip", type=R("grad_clip"), default=d.grad_clip, help="gradient norm clip (1.0; 0 = off)")
+    g.add_argument("--ema", type=R("ema"), default=d.ema,
                    help=f"EMA decay (default {d.ema:g}; 0 = off)")
-    g.add_argument("--seed", type=Int(0, SEED_MAX), default=d.seed, help="seed of everything random (default 0)")
+    g.add_argument("--seed", type=R("seed"), default=d.seed, help="seed of everything random (default 0)")
     g.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:N")
-    g.add_argument("--threads", type=Int(0, 1024), default=0,
+    g.add_argument("--threads", type=R("threads"), default=0,
                    help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy machine)")
     g.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="autocast dtype: auto = bf16 on CUDA when supported, else fp32; fp16 uses a grad scaler")
@@ -130,10 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NHWC memory format (default: on for CUDA, off on the CPU)")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW on CUDA")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA with triton; off by default)")
-    g.add_argument("--dist-timeout", type=Real(0, 1e6, lo_open=True), default=d.dist_timeout,
+    g.add_argument("--dist-timeout", type=R("dist_timeout"), default=d.dist_timeout,
                    help=f"seconds a process waits for the others before it stops with an error (default "
                         f"{d.dist_timeout:g}); torchrun only")
-    g.add_argument("--dry-run", nargs="?", type=Int(0, 10**6), const=5, default=0, metavar="STEPS",
+    g.add_argument("--dry-run", nargs="?", type=R("dry_run"), const=5, default=0, metavar="STEPS",
                    help="build everything, train STEPS steps (default 5), print the throughput, memory peak and the "
                         "time projected for --steps; writes nothing")
 
@@ -141,16 +155,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, help="run folder: checkpoints/, previews/, metrics.jsonl")
     g.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                    help="continue the run in --out (its newest checkpoint, or this one) up to --steps")
-    g.add_argument("--save-every", type=Int(0), default=d.save_every,
+    g.add_argument("--save-every", type=R("save_every"), default=d.save_every,
                    help=f"checkpoint period in steps ({d.save_every}; 0 = at the end only)")
-    g.add_argument("--keep-checkpoints", type=Int(0), default=d.keep_checkpoints,
+    g.add_argument("--keep-checkpoints", type=R("keep_checkpoints"), default=d.keep_checkpoints,
                    help=f"newest checkpoints kept (default {d.keep_checkpoints}; 0 = all)")
-    g.add_argument("--preview-every", type=Int(0), default=d.preview_every,
+    g.add_argument("--preview-every", type=R("preview_every"), default=d.preview_every,
                    help=f"preview grid period ({d.preview_every}; 0 = none): masked | result | truth per "
                         "held-out image")
-    g.add_argument("--preview-steps", type=Int(1, 1000), default=d.preview_steps,
+    g.add_argument("--preview-steps", type=R("preview_steps"), default=d.preview_steps,
                    help=f"DDIM steps of previews ({d.preview_steps})")
-    g.add_argument("--log-every", type=Int(0), default=d.log_every, help=f"metrics.jsonl period ({d.log_every})")
+    g.add_argument("--log-every", type=R("log_every"), default=d.log_every,
+                   help=f"period of metrics.jsonl, TensorBoard scalars and the progress bar's loss ({d.log_every})")
+    g.add_argument("--log-dir", type=Path,
+                   help="TensorBoard event files (default <out>/tensorboard; view with tensorboard --logdir runs/)")
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="write no TensorBoard events (on by default when the tensorboard package is installed)")
+
+    g = p.add_argument_group("validation (EMA weights, fixed images, masks and seeds, DDIM eta 1)")
+    g.add_argument("--val-every", type=R("val_every"), default=d.val_every,
+                   help=f"validation period in steps ({d.val_every}; 0 = none): hole PSNR and SSIM per mask kind "
+                        "(box, extreme, wide, perlin) in metrics.jsonl and TensorBoard; the best step is kept")
+    g.add_argument("--val-data", type=Path,
+                   help="folder of validation images (default: the --holdout images)")
+    g.add_argument("--val-count", type=R("val_count"), default=d.val_count,
+                   help=f"images taken from --val-data (its first, sorted; default {d.val_count})")
+    g.add_argument("--val-steps", type=R("val_steps"), default=d.val_steps,
+                   help=f"DDIM steps of a validation sample (default {d.val_steps})")
+    g.add_argument("--val-batch", type=R("val_batch"), default=d.val_batch,
+                   help=f"images per validation batch (default {d.val_batch})")
     g.add_argument("--force", action="store_true", help="overwrite an existing run in --out and the --export file")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
 
@@ -161,7 +193,41 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--export-dtype", choices=sorted(DTYPES), default=d.export_dtype,
                    help="dtype of exported tensors (default fp32)")
     g.add_argument("--no-ema", dest="use_ema", action="store_false", help="export the raw weights, not the EMA")
+    g.add_argument("--export-best", action="store_true",
+                   help="export the step with the best validation score (checkpoints/best.pt) instead of the last")
     return p
+
+
+_NOT_SAVED = ("config", "print_config", "resume", "force", "dry_run", "export_from")
+"""Options of one command, not settings of the run: left out of <out>/config.toml."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line over the settings files: defaults < the run's <out>/config.toml (with --resume) < --config
+    FILE < flags on the command line. ValueError naming the file and key for a bad setting."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.print_config:
+        return args
+    layers = read_config(args.config, parser) if args.config is not None else {}
+    out = args.out if args.out is not None else layers.get("out")
+    resume = args.resume if args.resume is not None else layers.get("resume")
+    saved = Path(out) / CONFIG_NAME if out is not None else None
+    if resume is not None and saved is not None and saved.is_file():
+        layers = {**read_config(saved, parser), **layers}
+        log.info("--resume: settings from %s (flags and --config override them)", saved)
+    if layers:
+        parser.set_defaults(**layers)
+        args = parser.parse_args(argv)
+    return args
+
+
+def write_settings(path: Path, args: argparse.Namespace, step: int) -> Path:
+    """The resolved settings of a run (every option, commented) to ``path`` atomically: what --resume reads."""
+    header = (f"rad-train settings of the run in {args.out}, as resolved when it started (at step {step}).\n"
+              "rad-train --out DIR --resume reads them; flags and --config override them.")
+    text = config_text(build_parser(), vars(args), skip=_NOT_SAVED, header=header)
+    return atomic_write(path, lambda tmp: tmp.write_text(text), force=True)
 
 
 def _options(args: argparse.Namespace) -> TrainOptions:
@@ -225,8 +291,10 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    trainer = Trainer(_options(args))
+    trainer = Trainer(_options(args), names=CLI)
     try:
+        if trainer.writes:
+            write_settings(trainer.out / CONFIG_NAME, args, trainer.step)
         trainer.fit(TrainProgress(not args.quiet and trainer.is_main, args.log_every))
         if trainer.interrupted:
             raise KeyboardInterrupt
@@ -240,7 +308,16 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ValueError as err:
+        print(f"rad-train: error: {describe_error(err)}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(config_text(build_parser(), skip=_NOT_SAVED,
+                          header="rad-train settings: every option at its default. Edit, then: rad-train --config "
+                                 "run.toml (flags override it)."), end="")
+        return 0
     rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
     where = f"[rank {rank}] " if "WORLD_SIZE" in os.environ and os.environ["WORLD_SIZE"] != "1" else ""
     logging.basicConfig(level=logging.WARNING if args.quiet or rank else logging.INFO,

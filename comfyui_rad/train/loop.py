@@ -29,7 +29,7 @@ import torch
 
 from .. import masks
 from ..checkpoints import load_adm
-from ..checks import SEED_MAX, check_folder, check_int, check_not_inputs, check_outputs, check_real
+from ..checks import check_folder, check_not_inputs, check_outputs
 from ..devices import DTYPES, resolve_device
 from ..fileio import file_sha256
 from ..image_folders import IMAGE_READ_ERRORS, load_crop, scan_images
@@ -42,6 +42,7 @@ from .export import export_weights
 from .lora import add_lora, trainable_parameters
 from .losses import q_sample, rad_loss, step_terms
 from .noising import MASK_SAMPLINGS
+from .options import API, check_ranges, resume_changes
 from .presets import PRESETS, build_fresh, preset_config
 from .speed import compile_model, enable_grad_checkpoint, peak_memory_mib, reset_peak_memory, use_channels_last
 from .state import checkpoint_path, list_checkpoints, load_checkpoint, remove_partial_saves, save_checkpoint
@@ -56,10 +57,6 @@ TAU_CONVENTION = "gd"
 _LOGGED = ("loss", "mse", "vb", "grad_norm")  # the metrics of metrics.jsonl and the progress bar
 # What the trained tensors depend on: a checkpoint only resumes under the same values.
 _STRUCTURE = ("kind", "model_config", "lora_rank", "lora_alpha", "schedule", "tau_convention", "embedding")
-# Options that change how fast a run goes, not what it computes: changed silently on resume (batch size and
-# accumulation: the global batch is what counts, and the stream warns when that changes).
-_NOT_RECIPE = ("steps", "workers", "batch_size", "grad_accum", "grad_checkpoint", "channels_last", "compile",
-               "dist_timeout", "dry_run")
 
 
 @dataclass
@@ -112,77 +109,50 @@ class TrainOptions:
     dist_timeout: float = DEFAULT_TIMEOUT
     dry_run: int = 0
 
-    def check(self) -> None:
-        """Raise ValueError naming the first bad option."""
-        _check_numbers(self)
+    val_every: int = 1000
+    val_steps: int = 25
+    val_data: Path | None = None
+    val_count: int = 8
+    val_batch: int = 16
+    log_dir: Path | None = None
+    tensorboard: bool = True
+
+    def check(self, name: Callable[[str], str] = API) -> None:
+        """Raise ValueError naming the first bad option, as ``name`` spells it (``options.API``: the field, ``lr``;
+        ``options.CLI``: the flag, ``--lr``)."""
+        check_ranges(vars(self), name)
         if (self.base is None) == (self.preset is None):
-            raise ValueError("give exactly one of --base CKPT (LoRA fine-tuning of a guided-diffusion ADM) or "
-                             f"--preset NAME (a fresh model: {', '.join(PRESETS)})")
+            raise ValueError(f"give exactly one of {name('base')} (LoRA fine-tuning of a guided-diffusion ADM) or "
+                             f"{name('preset')} (a fresh model: {', '.join(PRESETS)})")
         if self.init is not None and self.preset is None:
-            raise ValueError("--init starts a --preset model from a trained one: give --preset too (the layout of "
-                             f"{Path(self.init).name}); to fine-tune a guided-diffusion ADM with LoRA use --base")
+            raise ValueError(f"{name('init')} starts a {name('preset')} model from a trained one: give "
+                             f"{name('preset')} too (the layout of {Path(self.init).name}); to fine-tune a "
+                             f"guided-diffusion ADM with LoRA use {name('base')}")
         if self.data is None or self.out is None:
-            raise ValueError("--data DIR and --out DIR are required to train")
-        _check_paths(self)
-        if self.resolution is not None and self.resolution < 1:
-            raise ValueError(f"--resolution must be a positive number of pixels, got {self.resolution}")
-        positive = {"--steps": self.steps, "--batch-size": self.batch_size, "--grad-accum": self.grad_accum,
-                    "--preview-steps": self.preview_steps, "--lora-rank": self.lora_rank}
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        for name, value in {"--save-every": self.save_every, "--preview-every": self.preview_every,
-                            "--log-every": self.log_every, "--workers": self.workers, "--holdout": self.holdout,
-                            "--keep-checkpoints": self.keep_checkpoints, "--vlb-weight": self.vlb_weight,
-                            "--weight-decay": self.weight_decay, "--grad-clip": self.grad_clip,
-                            "--dry-run": self.dry_run}.items():
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"--ema must be in [0, 1) (0 = off), got {self.ema}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
-        if not self.dist_timeout > 0:
-            raise ValueError(f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}")
-        choices = {"--embedding": (self.embedding, EMBEDDINGS), "--mask-sampling": (self.mask_sampling, MASK_SAMPLINGS),
-                   "--precision": (self.precision, PRECISIONS), "--export-dtype": (self.export_dtype, DTYPES),
-                   "--scale-sampling": (self.scale_sampling, SCALE_SAMPLINGS),
-                   "--color-augment": (self.color_augment, COLOR_AUGMENTS)}
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+            raise ValueError(f"{name('data')} and {name('out')} are required to train")
+        _check_paths(self, name)
+        choices = {"embedding": EMBEDDINGS, "mask_sampling": MASK_SAMPLINGS, "precision": PRECISIONS,
+                   "export_dtype": DTYPES, "scale_sampling": SCALE_SAMPLINGS,
+                   "color_augment": COLOR_AUGMENTS}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{name(field)} {getattr(self, field)!r} is not one of {', '.join(allowed)}")
         if self.export is not None and Path(self.export).suffix.lower() != ".safetensors":
-            raise ValueError(f"--export {self.export}: exports are .safetensors files: use a name ending in "
-                             ".safetensors")
+            raise ValueError(f"{name('export')} {self.export}: exports are .safetensors files: use a name ending "
+                             "in .safetensors")
 
 
-_REALS = {"lr": ("--lr", 0.0, 1.0, True, False), "weight_decay": ("--weight-decay", 0.0, 10.0, False, False),
-          "grad_clip": ("--grad-clip", 0.0, 1e6, False, False), "ema": ("--ema", 0.0, 1.0, False, True),
-          "vlb_weight": ("--vlb-weight", 0.0, 1e3, False, False), "lora_alpha": ("--lora-alpha", 0.0, 1e4, True, False),
-          "dist_timeout": ("--dist-timeout", 0.0, 1e6, True, False)}
-"""Float options -> (flag, low, high, low excluded, high excluded): the ranges rad-train's argparse types use."""
-
-
-def _check_numbers(opts: TrainOptions) -> None:
-    """Every float option finite and in its range (NaN passes ``value < 0`` checks), the seed one torch takes, the
-    scale range inside (0, 1]: ValueError naming the rad-train flag."""
-    for name, (flag, lo, hi, lo_open, hi_open) in _REALS.items():
-        check_real(getattr(opts, name), flag, lo, hi, lo_open=lo_open, hi_open=hi_open)
-    check_int(opts.seed, "--seed", 0, SEED_MAX)
-    for value in opts.scale_range:
-        check_real(value, "--scale-range", 0.0, 1.0, lo_open=True)
-
-
-def _check_paths(opts: TrainOptions) -> None:
-    """--out a folder (not a file) outside --data, --export a file name that is not an input: ValueError naming the
-    flags, before any work."""
-    if opts.out is not None:
-        check_folder(opts.out, "--out")  # the run's folder: checkpoints, previews, metrics
-        # inside --data the scan of a resumed run would train on its own preview grids
-        check_not_inputs([("--out", opts.out)], [("--data", opts.data), ("--base", opts.base), ("--init", opts.init)])
+def _check_paths(opts: TrainOptions, name: Callable[[str], str]) -> None:
+    """out a folder (not a file) outside data, export a file name that is not an input: ValueError naming them,
+    before any work."""
+    inputs = [(name(k), getattr(opts, k)) for k in ("data", "base", "init")]
+    for field in ("out", "log_dir"):
+        if getattr(opts, field) is not None:
+            check_folder(getattr(opts, field), name(field))  # the run's folder: checkpoints, previews, metrics
+            # inside data the scan of a resumed run would train on its own preview grids
+            check_not_inputs([(name(field), getattr(opts, field))], inputs)
     if opts.export is not None:
-        check_outputs([("--export", opts.export)], [("--base", opts.base), ("--init", opts.init),
-                                                    ("--data", opts.data)])
+        check_outputs([(name("export"), opts.export)], inputs)
 
 
 def _warm_start(model: torch.nn.Module, path: Path, preset: str) -> dict[str, str]:
@@ -294,9 +264,11 @@ class Throughput:
 class Trainer:
     """One training run: build (or resume) it with ``Trainer(options)``, then ``fit()``, then ``export(path)``."""
 
-    def __init__(self, options: TrainOptions):
-        options.check()
+    def __init__(self, options: TrainOptions, names: Callable[[str], str] = API):
+        """``names``: how errors name the options (``options.API``: fields; ``options.CLI``: flags)."""
+        options.check(names)
         self.opts = opts = options
+        self.name = names
         device = resolve_device(opts.device)
         self.dist = Distributed.from_env(device, opts.dist_timeout)
         try:
@@ -480,11 +452,17 @@ class Trainer:
             raise ValueError(f"checkpoint {state['path']} is from a run with other {', '.join(diffs)} than these "
                              "options: repeat the run's --base/--preset, --resolution, head, LoRA and --embedding "
                              "options, or start a new --out")
-        changed = {k: (v, self.run["options"].get(k)) for k, v in state["run"]["options"].items()
-                   if self.run["options"].get(k) != v and k not in _NOT_RECIPE}
-        if changed:
-            log.warning("resuming with changed options: %s",
-                        ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+        recipe, harmless = resume_changes(state["run"]["options"], self.run["options"])
+        n = self.name
+        listed = lambda changes: ", ".join(f"{n(k)} {a!r} -> {b!r}" for k, (a, b) in changes.items())  # noqa: E731
+        if recipe and not self.opts.force:
+            raise ValueError(f"resuming {self.out} with {listed(recipe)}: the run was trained with the first "
+                             "value(s), so it would not continue exactly; repeat them (rad-train --resume reads "
+                             f"them from {self.out / 'config.toml'} when the flags are left out), or pass "
+                             f"{n('force')} to continue with the change")
+        harmless.pop("steps", None)  # the usual way to continue a run: not worth a warning
+        if recipe or harmless:
+            log.warning("resuming with changed options: %s", listed({**recipe, **harmless}))
         if set(state["trainable"]) != set(self.params):
             raise ValueError(f"checkpoint {state['path']} holds other trained tensors than this model has")
         with torch.no_grad():
