@@ -53,7 +53,7 @@ def files(tmp_path_factory):
 
 def options(files, out, **kw):
     base = dict(data=files / "data", out=files / out, batch_size=2, steps=2, holdout=1, preview_every=0,
-                save_every=0, workers=0, seed=0, ema=0.0, log_every=1)
+                save_every=0, workers=0, seed=0, ema=0.0, log_every=1, val_every=0)
     if "preset" not in kw:
         base.update(base=files / "base.pt", num_head_channels=16, resolution=16, lora_rank=4, lora_alpha=8)
     return TrainOptions(**{**base, **kw})
@@ -303,7 +303,7 @@ def test_cli_smoke(files, capsys):
     out, export = files / "cli", files / "cli.safetensors"
     args = ["--data", str(files / "data"), "--preset", "tiny", "--out", str(out), "--steps", "3", "--batch-size",
             "2", "--holdout", "2", "--preview-every", "2", "--preview-steps", "2", "--save-every", "2",
-            "--embedding", "scalar", "--mask-sampling", "async", "--export", str(export), "-q"]
+            "--embedding", "scalar", "--mask-sampling", "async", "--val-steps", "2", "--export", str(export), "-q"]
     assert main(args) == 0
     assert capsys.readouterr().out.strip() == str(export)
     assert load_adm(export).config.image_size == 16

@@ -12,8 +12,10 @@ all (the first trains three runs, the second is killed and restarted): about hal
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +39,7 @@ TOL = 1e-5
 def common(files, out: str, *, preset: bool = True, steps: int = 20, batch: int = 8, **extra) -> list[str]:
     argv = ["--data", str(files / "data"), "--out", str(files / out), "--steps", str(steps), "--batch-size",
             str(batch), "--holdout", "1", "--preview-every", "0", "--log-every", "1", "--seed", "3", "--lr",
-            "5e-5" if preset else "1e-3", "--ema", "0.9", "-q"]
+            "5e-5" if preset else "1e-3", "--ema", "0.9", "--val-steps", "2", "-q"]
     argv += ["--preset", "tiny"] if preset else ["--base", str(files / "base.pt"), "--num-head-channels", "16",
                                                  "--resolution", "16", "--lora-rank", "4", "--lora-alpha", "8"]
     for key, value in extra.items():
@@ -52,9 +54,30 @@ def torchrun(files, jobs: list[dict], name: str, restarts: int = 0) -> subproces
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "--max-restarts", str(restarts), "--monitor-interval", "0.2", str(REPO / "tests" / "ddp_worker.py"),
            str(spec)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
+
+
+def accelerate_launch(files, jobs: list[dict], name: str) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes 2`` (on the CPU it starts torchrun's gloo processes)."""
+    spec = files / f"{name}.json"
+    spec.write_text(json.dumps(jobs))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1",
+           "HF_HOME": str(files / "hf-home")}  # no user accelerate config is read
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), str(REPO / "tests" / "ddp_worker.py"), str(spec)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def val_rows(files, out: str) -> list[dict]:
+    return [r for r in map(json.loads, (files / out / "metrics.jsonl").read_text().splitlines()) if "val" in r]
 
 
 def trained(files, out: str) -> dict:
@@ -109,8 +132,9 @@ def test_two_processes_train_the_same_model_as_one(two_processes, capsys):
     meta = read_state_dict(files / "ddp-lora.safetensors")[1]
     assert (meta["train_global_batch"], meta["train_world_size"]) == ("8", "2")
     # rank 0 alone wrote: one metrics row per step, checkpoints once each
-    rows = (files / "ddp-fresh" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["step"] for r in rows] == list(range(1, 21))
+    rows = [json.loads(r) for r in (files / "ddp-fresh" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 21))
+    assert [r["step"] for r in rows if "val" in r] == [20]  # and one validation, at the end
     assert [p.name for p in list_checkpoints(files / "ddp-fresh")] == ["step-0000010.pt", "step-0000020.pt"]
 
 
@@ -143,3 +167,30 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes_exactly(two_processes):
     assert killed["step"] == 20
     assert max_diff(trained(files, "ddp-fresh"), killed) == 0.0  # the same processes: bitwise
     assert not list((files / "ddp-killed" / "checkpoints").glob(".*.tmp"))
+
+
+def test_validation_scores_agree_across_world_sizes(two_processes):
+    """Validation (rank 0, EMA weights, fixed masks and seeds) of the 2-process run equals the 1-process run's up to
+    the 1e-5 the weights differ by (float reduction order); the scores are those of one set of weights."""
+    files = two_processes
+    if not (files / "one-fresh" / "metrics.jsonl").exists():
+        assert main(common(files, "one-fresh", workers=0)) == 0
+    one, two = val_rows(files, "one-fresh"), val_rows(files, "ddp-fresh")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [20]
+    for kind, means in one[0]["val"].items():
+        for measure, value in means.items():
+            assert abs(value - two[0]["val"][kind][measure]) < 1e-3, (kind, measure)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None,
+                    reason="accelerate is not installed (pip install accelerate): accelerate launch is not tested")
+def test_accelerate_launch_trains_exactly_as_torchrun(two_processes):
+    """accelerate launch sets the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT):
+    the same two processes train bitwise the same model, with the same validation scores."""
+    files = two_processes
+    accelerate_launch(files, [{"argv": common(files, "acc-fresh", batch=4, workers=1, save_every=10)}], "acc")
+    acc = trained(files, "acc-fresh")
+    assert acc["run"]["world_size"] == 2 and acc["step"] == 20
+    assert max_diff(trained(files, "ddp-fresh"), acc) == 0.0
+    assert val_rows(files, "acc-fresh") == [{**r, "val_seconds": val_rows(files, "acc-fresh")[0]["val_seconds"]}
+                                            for r in val_rows(files, "ddp-fresh")]

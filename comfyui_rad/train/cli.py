@@ -21,6 +21,7 @@ from .loop import EMBEDDINGS, PRECISIONS, Trainer, TrainOptions, hms
 from .noising import MASK_SAMPLINGS
 from .options import CLI, CONFIG_NAME, RANGES, config_text, read_config
 from .presets import PRESETS
+from .state import BEST_NAME
 from .stream import COLOR_AUGMENTS, SCALE_SAMPLINGS
 
 log = logging.getLogger("comfyui_rad")
@@ -238,8 +239,8 @@ def _options(args: argparse.Namespace) -> TrainOptions:
 
 
 class TrainProgress:
-    """A progress bar on stderr: global step, images/s, the smoothed loss (read at --log-every steps) and the time
-    left; redrawn in place (at most twice a second) on a terminal, one line every ``every`` steps otherwise."""
+    """A progress bar on stderr: global step, images/s, the loss of the last --log-every row of metrics.jsonl (its
+    mean over the steps since the one before) and the time left; redrawn in place (at most twice a second) on a terminal, one line every ``every`` steps otherwise."""
 
     def __init__(self, enabled: bool, every: int = 50):
         self.enabled, self.every, self.tty = enabled, max(1, every), sys.stderr.isatty()
@@ -250,7 +251,7 @@ class TrainProgress:
         rate = m["images"] / max(m["seconds"], 1e-9)
         self.rate = rate if self.rate is None else 0.9 * self.rate + 0.1 * rate
         if "loss" in m:
-            self.loss = m["loss"] if self.loss is None else 0.7 * self.loss + 0.3 * m["loss"]
+            self.loss = m["loss"]  # the mean since the last log step: metrics.jsonl's "loss" of this step
         step, steps = m["step"], m["steps"]
         now = time.perf_counter()
         due = step == steps or step % self.every == 0 or (self.tty and now - self.drawn > 0.5)
@@ -285,7 +286,13 @@ def run(args: argparse.Namespace) -> list[Path]:
         if args.export.exists() and not args.force:
             raise FileExistsError(f"--export {args.export} already exists: pass --force to overwrite it, or choose "
                                   "another name")
-        return [export_checkpoint(args.export_from, args.export, base=args.base, dtype=args.export_dtype,
+        source = Path(args.export_from)
+        if args.export_best and source.is_dir():
+            source = source / "checkpoints" / BEST_NAME
+            if not source.is_file():
+                raise FileNotFoundError(f"--export-best: {source} does not exist (the run recorded no validation "
+                                        "score): drop --export-best to export its newest checkpoint")
+        return [export_checkpoint(source, args.export, base=args.base, dtype=args.export_dtype,
                                   use_ema=args.use_ema, force=args.force)]
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
@@ -302,7 +309,9 @@ def run(args: argparse.Namespace) -> list[Path]:
             if trainer.is_main:
                 print_dry_run(trainer)
             return []
-        return [trainer.export(args.export, use_ema=args.use_ema)] if args.export and trainer.is_main else []
+        if not (args.export and trainer.is_main):
+            return []
+        return [trainer.export(args.export, use_ema=args.use_ema, best=args.export_best)]
     finally:
         trainer.close()
 

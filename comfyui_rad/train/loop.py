@@ -38,15 +38,18 @@ from ..sampling import sample_ddim
 from ..schedule import EMBEDDINGS, NoiseCurves, RADInfo, SpatialSchedule, rad_info
 from .data import split_holdout
 from .distributed import DEFAULT_TIMEOUT, Distributed, StopRequest, elastic_restart
-from .export import export_weights
+from .export import export_checkpoint, export_weights
 from .lora import add_lora, trainable_parameters
 from .losses import q_sample, rad_loss, step_terms
 from .noising import MASK_SAMPLINGS
 from .options import API, check_ranges, resume_changes
 from .presets import PRESETS, build_fresh, preset_config
 from .speed import compile_model, enable_grad_checkpoint, peak_memory_mib, reset_peak_memory, use_channels_last
-from .state import checkpoint_path, list_checkpoints, load_checkpoint, remove_partial_saves, save_checkpoint
+from .state import BEST_NAME, checkpoint_path, list_checkpoints, load_checkpoint, remove_partial_saves, save_checkpoint
 from .stream import COLOR_AUGMENTS, SCALE_SAMPLINGS, SampleStream
+from .tblog import EventLog
+from .validate import Validation
+from .validate import score as val_score
 
 __all__ = ["TrainOptions", "Trainer", "EMBEDDINGS", "PRECISIONS"]
 
@@ -325,9 +328,14 @@ class Trainer:
         self.interrupted: str | None = None
         self.report: dict[str, Any] = {}
         self._preview_batch = None
+        self.best: dict[str, Any] | None = None  # the best validation: step and score
+        self.clock: Throughput | None = None
         if state is not None:
             self._restore(state)
         self.forward = self._fast_model()
+        self.validation = self._validation(opts) if self.writes and opts.val_every else None
+        log_dir = Path(opts.log_dir) if opts.log_dir is not None else self.out / "tensorboard"
+        self.events = EventLog(log_dir, opts.tensorboard and self.writes, self.step)
 
     def _fast_model(self):
         """The module the steps call: the model with --grad-checkpoint / channels-last, in DDP, compiled."""
@@ -353,7 +361,7 @@ class Trainer:
     def _prepare_out(self, resumed: bool) -> None:
         """Refuse to mix with another run's files unless --resume (continue) or --force (its files are deleted)."""
         ours = list_checkpoints(self.out) + sorted((self.out / "previews").glob("step-*.png"))
-        ours += [p for p in (self.out / "metrics.jsonl",) if p.exists()]
+        ours += [p for p in (self.out / "metrics.jsonl", self.out / "checkpoints" / BEST_NAME) if p.exists()]
         if self.opts.dry_run:
             return  # writes nothing, refuses nothing: a dry run leaves the folder as it is
         if ours and not resumed:  # every rank checks (so that all stop alike); rank 0 alone deletes
@@ -432,7 +440,7 @@ class Trainer:
             "trainable": {k: p.detach().to("cpu", copy=True) for k, p in self.params.items()},
             "ema": {k: e.to("cpu", copy=True) for k, e in self.ema.items()},
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "data": self.stream.state_dict(self.step),
+            "data": self.stream.state_dict(self.step), "best": self.best,
         }
 
     def save(self) -> Path | None:
@@ -477,6 +485,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.stream.load_state_dict(state["data"])
         self.step = int(state["step"])
+        self.best = state.get("best")
         log.info("resumed %s at step %d", self.out, self.step)
 
     # ----------------------------------------------------------------------------------------------- training
@@ -533,8 +542,9 @@ class Trainer:
             return
         last = self.step + opts.dry_run if opts.dry_run else opts.steps
         self.clock = Throughput(self.step, opts.steps, self.global_batch, self.device)
+        self._log_validation_cost()
         window, in_window = None, 0  # sums of the metrics since the last log, and how many steps
-        saved = previewed = False
+        saved = previewed = validated = False
         reset_peak_memory(self.device)
         with StopRequest() as stop:
             while self.step < last:
@@ -559,6 +569,9 @@ class Trainer:
                 previewed = bool(opts.preview_every and self.step % opts.preview_every == 0)
                 if previewed and self.writes:
                     self.preview()
+                validated = bool(opts.val_every and self.step % opts.val_every == 0)
+                if validated:
+                    self.validate()
                 if self.dist.any(stop.requested is not None):
                     self.interrupted = stop.requested or "a stop request of another process"
                     break
@@ -577,6 +590,8 @@ class Trainer:
             self.save()
         if opts.preview_every and not previewed and self.writes:
             self.preview()
+        if not validated:
+            self.validate()
         log.info("%s", self.clock.summary())
 
     def _check_finite(self) -> None:
@@ -596,10 +611,10 @@ class Trainer:
                                      "last checkpoint")
         if self.writes:
             seconds = self.clock.since_log(self.step)
-            out = {"step": self.step, **row, "it_s": count / max(seconds, 1e-9),
-                   "images_s": count * self.global_batch / max(seconds, 1e-9)}
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(out) + "\n")
+            out = {"step": self.step, **row, "lr": self.optimizer.param_groups[0]["lr"], "ema_decay": self.opts.ema,
+                   "it_s": count / max(seconds, 1e-9), "images_s": count * self.global_batch / max(seconds, 1e-9)}
+            self._append_metrics(out)
+            self.events.scalars(self.step, {k: v for k, v in out.items() if k != "step"}, "train/")
         return row
 
     # ------------------------------------------------------------------------------------- previews and export
@@ -644,7 +659,69 @@ class Trainer:
         grid = torch.cat(list(rows), dim=-2)[None]
         path = self.out / "previews" / f"step-{self.step:07d}.png"
         save_image((grid + 1) / 2, path, force=True)
+        self.events.image("preview", (grid[0] + 1) / 2, self.step)
         return path
+
+    # ----------------------------------------------------------------------------------------------- validation
+
+    def _validation(self, opts: TrainOptions) -> Validation | None:
+        """The fixed validation set: --val-data's first --val-count images, else the held-out ones."""
+        if opts.val_data is not None:
+            paths = scan_images(opts.val_data, self.size, flag=self.name("val_data"))[:opts.val_count]
+        else:
+            paths = self.holdout
+        if not paths:
+            log.info("no validation scores: no held-out images (%s 0) and no %s", self.name("holdout"),
+                     self.name("val_data"))
+            return None
+        return Validation.from_files(paths, self.size, steps=opts.val_steps, seed=opts.seed, batch=opts.val_batch)
+
+    def _log_validation_cost(self) -> None:
+        """Say what one validation costs, in calls and (one call timed) seconds, before the first."""
+        v = self.validation
+        if v is None:
+            return
+        per_call = v.time_call(self.model, self._autocast)
+        self._val_estimate = per_call * v.calls
+        log.info("validation every %d steps: %d image(s) x %d mask kinds (%s), DDIM %d steps eta 1: %d network "
+                 "evaluations in %d batched calls, about %.1f s (one call: %.3f s)", self.opts.val_every,
+                 v.images.shape[0], len(v.kinds), ", ".join(v.kinds), v.steps, v.evaluations, v.calls,
+                 self._val_estimate, per_call)
+
+    def validate(self) -> dict[str, dict[str, float | None]] | None:
+        """Score the EMA weights on the validation set (rank 0); a new best step is saved as checkpoints/best.pt.
+        Returns mask kind -> means (None without a validation set)."""
+        if self.validation is None:
+            return None
+        tick = time.perf_counter()
+        with self.ema_weights() as model, self._autocast():
+            scores = self.validation.run(model)
+        seconds = time.perf_counter() - tick
+        value = val_score(scores)
+        improved = self.best is None or value > self.best["score"]
+        if improved:
+            self.best = {"step": self.step, "score": value}
+        self._append_metrics({"step": self.step, "val": scores, "val_score": value, "val_seconds": seconds,
+                              "best_step": self.best["step"]})
+        for kind, means in scores.items():
+            self.events.scalars(self.step, {f"{k}/{kind}": v for k, v in means.items()}, "val/")
+        self.events.scalars(self.step, {"score": value, "seconds": seconds}, "val/")
+        self.events.flush()
+        log.info("validation at step %d: hole PSNR %s dB, mean %.3f (best: step %d) in %.1f s", self.step,
+                 " / ".join(f"{k} {s['hole_psnr']:.2f}" for k, s in scores.items() if s["hole_psnr"] is not None),
+                 value, self.best["step"], seconds)
+        if not getattr(self, "_val_share_logged", False) and self.clock is not None and self.opts.val_every:
+            self._val_share_logged = True
+            train = self.opts.val_every / self.clock.steps_per_s()
+            log.info("one validation took %.1f s, %.1f%% of the training time between two (%d steps: %.1f s)",
+                     seconds, 100 * seconds / (train + seconds), self.opts.val_every, train)
+        if improved:
+            save_checkpoint(self.out / "checkpoints" / BEST_NAME, self.state_dict())
+        return scores
+
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def trained_tensors(self, use_ema: bool = True) -> dict[str, torch.Tensor]:
         """Adapter-file name -> trained tensor (EMA when on and ``use_ema``), on the CPU."""
@@ -652,14 +729,28 @@ class Trainer:
         return {k: v.to("cpu", copy=True) for k, v in source.items()}
 
     def export(self, path: str | Path, dtype: str | None = None, use_ema: bool = True,
-               force: bool | None = None) -> Path:
-        """Write the adapter (LoRA runs) or full model (fresh presets): EMA weights when on (``export.py``)."""
+               force: bool | None = None, best: bool = False) -> Path:
+        """Write the adapter (LoRA runs) or full model (fresh presets): EMA weights when on (``export.py``); with
+        ``best``, those of the step with the best validation score (checkpoints/best.pt), when there is one."""
+        force = self.opts.force if force is None else force
+        if best:
+            found = self.out / "checkpoints" / BEST_NAME
+            if found.is_file():
+                state = load_checkpoint(found)
+                log.info("exporting the best validated step %d (mean hole PSNR %.3f dB), not the last (%d)",
+                         state["step"], state["best"]["score"], self.step)
+                return export_checkpoint(found, path, dtype=dtype or self.opts.export_dtype, use_ema=use_ema,
+                                         force=force)
+            log.warning("no validation score recorded (no %s): exporting the last step, %d", found, self.step)
+        else:
+            log.info("exporting the last step, %d", self.step)
         return export_weights(path, self.run, self.trained_tensors(use_ema), step=self.step,
                               ema=bool(self.ema and use_ema), dtype=dtype or self.opts.export_dtype,
-                              force=self.opts.force if force is None else force)
+                              force=force)
 
     def close(self) -> None:
         """Stop the data threads and leave the process group."""
         self.stream.close()
+        self.events.close()
         self.dist.close()
 

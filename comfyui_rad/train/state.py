@@ -20,12 +20,14 @@ import torch
 from ..fileio import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "checkpoint_path", "list_checkpoints", "save_checkpoint", "load_checkpoint",
-           "remove_partial_saves"]
+           "remove_partial_saves", "BEST_NAME"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "comfyui-rad.train-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: the global sample stream (``stream.py``) replaced the stream generators
+BEST_NAME = "best.pt"
+"""The checkpoint of the best validation score, beside the step-N ones (``Trainer.validate``)."""
 _NAME = re.compile(r"^step-(\d{7,})\.pt$")
 
 
@@ -58,7 +60,7 @@ def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 0) -> Path:
 def remove_partial_saves(out: Path) -> int:
     """Delete the temporary files of saves that were killed before their rename; returns how many."""
     folder = Path(out) / "checkpoints"
-    stale = sorted(folder.glob(".step-*.pt.*.tmp")) if folder.is_dir() else []
+    stale = sorted([*folder.glob(".step-*.pt.*.tmp"), *folder.glob(f".{BEST_NAME}.*.tmp")]) if folder.is_dir() else []
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
