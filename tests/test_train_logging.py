@@ -10,6 +10,7 @@ import re
 import sys
 
 import pytest
+import torch
 from test_train import write_images
 
 from comfyui_rad.checkpoints import read_state_dict
@@ -118,3 +119,21 @@ def test_training_runs_without_tensorboard(data, tmp_path, monkeypatch, caplog):
     assert trainer.step == 2 and len(rows(tmp_path / "run")) == 2
     assert "TensorBoard logging is off: pip install tensorboard" in caplog.text
     assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_validation_scores_are_rad_evals():
+    """Validation measures what rad-eval measures: the same masks, seeds and sampler give the same means."""
+    from comfyui_rad import evaluate
+    from comfyui_rad.train import build_fresh, preset_config
+    from comfyui_rad.train.validate import Validation
+
+    model = build_fresh(preset_config("tiny"), seed=0).eval()
+
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    val = Validation(images, steps=2, seed=5, batch=2)
+    assert (val.evaluations, val.calls) == (3 * 4 * 2, 4 * 2 * 2)
+    runs = evaluate.evaluate(model, images, VAL_MASKS, sampler="ddim", steps=2, seed=5, batch_size=2, eta=1.0)
+    scores = val.run(model)
+    for kind, run in runs.items():
+        means = run.means()
+        assert scores[kind] == {k: means[k] for k in ("hole_psnr", "ssim", "ssim_hole")}

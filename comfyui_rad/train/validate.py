@@ -1,6 +1,7 @@
 """Validation scores during training: a fixed set of images, fixed masks and fixed seeds, sampled with the EMA
-weights by a fast sampler (DDIM, eta 1), measured as rad-eval measures (``evaluate.evaluate``: hole PSNR and SSIM
-per mask kind, box / extreme / wide as LaMa and the paper draw them, and Perlin).
+weights by a fast sampler (DDIM, eta 1) through ``pipeline.inpaint``, measured as rad-eval measures them (the
+masks of ``masks.generated_mask``: box / extreme / wide as LaMa and the paper draw them, and Perlin; batch k from
+image i uses noise seed ``seed + i``; hole PSNR and SSIM from ``metrics``).
 
 Everything random is seeded from the run's seed, and the noise comes from CPU generators, so two runs (or a run on
 one and on two processes) that reach the same weights get the same scores. The score that ranks steps is the mean
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .. import evaluate
-from ..imaging import load_crop
+from .. import masks, metrics
+from ..image_folders import load_crop
+from ..pipeline import inpaint
 
 __all__ = ["VAL_MASKS", "VAL_SAMPLER", "VAL_ETA", "Validation", "score"]
 
@@ -27,7 +29,6 @@ log = logging.getLogger(__name__)
 
 VAL_MASKS = ("box", "extreme", "wide", "perlin")
 VAL_SAMPLER, VAL_ETA = "ddim", 1.0
-_MEASURES = ("hole_psnr", "ssim", "ssim_hole")
 
 
 @contextlib.contextmanager
@@ -100,7 +101,24 @@ class Validation:
     def run(self, model: torch.nn.Module) -> dict[str, dict[str, float | None]]:
         """Mask kind -> mean hole_psnr, ssim, ssim_hole over the images (``model`` as it is: the caller swaps in the
         EMA weights)."""
-        with _quiet("comfyui_rad.evaluate", "comfyui_rad.pipeline"):  # their per-batch lines: not in a training log
-            runs = evaluate.evaluate(model, self.images, self.kinds, sampler=VAL_SAMPLER, steps=self.steps,
-                                     seed=self.seed, batch_size=self.batch, eta=VAL_ETA)
-        return {kind: {k: v for k, v in run.means().items() if k in _MEASURES} for kind, run in runs.items()}
+        scores = {}
+        with _quiet("comfyui_rad.pipeline"):  # its per-batch lines do not belong in a training log
+            for kind in self.kinds:
+                size = self.images.shape[-1]
+                mask = masks.generated_mask(kind, self.images.shape[0], size, size, self.seed)
+                results = torch.cat([
+                    inpaint(model, self.images[i:i + self.batch], mask[i:i + self.batch], steps=self.steps,
+                            sampler=VAL_SAMPLER, eta=VAL_ETA, seed=self.seed + i, fit="resize")[0]
+                    for i in range(0, self.images.shape[0], self.batch)])
+                scores[kind] = {
+                    "hole_psnr": _finite_mean(metrics.hole_psnr(results, self.images, mask)),
+                    "ssim": _finite_mean(metrics.ssim(results, self.images)),
+                    "ssim_hole": _finite_mean(metrics.ssim(results, self.images, mask)),
+                }
+        return scores
+
+
+def _finite_mean(values: torch.Tensor) -> float | None:
+    """The mean over the images where the measure is finite (a perfect hole's PSNR is infinite)."""
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if finite.numel() else None
