@@ -24,13 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import diffusers_format
+from . import diffusers_format, settings
 from .adm import ADM, ADMConfig, AttentionBlock, ResBlock
 from .architecture import (
     CONFIG_FIELDS, HEAD_FIELDS, adm_shapes, config_from_json, config_json, foreign_kind, overridden_fields,
     verify_config,
 )
-from .checks import check_real
 from .fileio import (
     ADAPTER_FORMAT, FORMAT_VERSION, MODEL_FORMAT, CheckpointError, file_sha256, file_weights_sha256, read_state_dict,
     write_safetensors,
@@ -300,7 +299,7 @@ def merge_adapter(state_dict: Mapping[str, Tensor], adapter: Adapter | str | os.
 
     Computed in float32, cast back to each base tensor's dtype; untouched tensors are shared, not copied.
     """
-    strength = check_real(strength, "strength", 0.0, 2.0)
+    strength = settings.check("strength", strength)
     if not isinstance(adapter, Adapter):
         adapter = read_adapter(adapter)
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}

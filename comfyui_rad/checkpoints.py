@@ -24,11 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import diffusers_format
+from . import diffusers_format, settings
 from .adapters import Adapter, merge_adapter, parse_metadata, read_adapter
 from .adm import ADM
 from .architecture import check_overrides, config_from_state_dict, config_json, config_summary, verify_config
-from .checks import check_real
 from .devices import resolve_dtype
 from .fileio import MODEL_FORMAT, CheckpointError, read_state_dict, write_safetensors
 from .schedule import NoiseCurves, RADInfo, rad_info
@@ -61,10 +60,9 @@ def save_model(path: str | os.PathLike, model: nn.Module, *, schedule: Mapping[s
     return write_safetensors(path, tensors, MODEL_FORMAT, meta, extra=metadata, force=force)
 
 
-BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
-"""The pack's own model folder (listed by the ComfyUI loader too)."""
-DEFAULT_MODEL = BUILTIN_WEIGHTS / "rad_default.safetensors"
-"""The small RAD model ``rad-inpaint`` and the nodes use when no model is chosen (once it ships)."""
+BUILTIN_WEIGHTS, DEFAULT_MODEL = settings.BUILTIN_WEIGHTS, settings.DEFAULT_MODEL
+"""The pack's own model folder (listed by the ComfyUI loader too), and the small RAD model in it that rad-inpaint
+and the nodes use when no model is chosen."""
 
 
 def _read_gd_base(path: Path, adapter: Adapter | None, overrides: dict[str, Any]):
@@ -108,7 +106,7 @@ def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | Non
     """
     path = Path(path)
     check_overrides(overrides)
-    strength = check_real(strength, "strength", 0.0, 2.0)
+    strength = settings.check("strength", strength)
     if adapter is not None:
         adapter = adapter if isinstance(adapter, Adapter) else read_adapter(adapter)
     if diffusers_format.is_diffusers_source(path):

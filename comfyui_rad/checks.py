@@ -10,7 +10,11 @@
 - Output paths. ``check_outputs``: every file a command will write is a file name (not a folder, not under a file),
   differs from every other output, is no input file and lies in no input folder (``check_not_inputs``, the one rule
   of every CLI, output folders included); checked before any work is done, whatever ``--force`` says.
-- ``ArgumentParser``: argparse whose errors are one line (``prog: error: ...``) instead of a usage block.
+- ``ArgumentParser``: argparse whose errors are one line (``prog: error: ...``) instead of a usage block, and whose
+  ``--help`` states every option's default (``HelpFormatter``).
+
+Torch-free at import (torch is imported by the tensor checks when they run), so a CLI can parse its arguments and
+answer ``--help`` before it imports torch. The ranges of the settings themselves are ``settings.RANGES``.
 """
 
 from __future__ import annotations
@@ -22,11 +26,16 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from .errors import describe_error
 
-__all__ = ["EXIT_STATUS", "SEED_MAX", "Real", "Int", "check_real", "check_int", "check_image", "check_mask_values", "check_mask",
-           "same_file", "is_within", "check_folder", "check_not_inputs", "check_outputs", "describe_error", "ArgumentParser"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["EXIT_STATUS", "SEED_MAX", "Real", "Int", "check_real", "check_int", "check_image", "check_mask_values",
+           "check_mask", "same_file", "is_within", "check_folder", "check_not_inputs", "check_outputs", "describe_error",
+           "HelpFormatter", "ArgumentParser"]
 
 EXIT_STATUS = ("exit status: 0 done; 2 bad input (one line on stderr naming the flag); 130 interrupted (Ctrl-C: "
                "no file is left half-written)")
@@ -111,7 +120,8 @@ class Int:
 def check_real(value, name: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
                hi_open: bool = False) -> float:
     """``value`` as a float when it is a finite real number in the range, else ValueError naming ``name``."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    loaded = sys.modules.get("torch")  # a tensor can only come from a torch already imported
+    if loaded is not None and isinstance(value, loaded.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number {_interval(lo, hi, lo_open, hi_open)}, got {value!r}")
@@ -137,6 +147,8 @@ _SLACK = 1e-3
 
 
 def _check_tensor(x, name: str) -> torch.Tensor:
+    import torch
+
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.numel() == 0:
@@ -151,6 +163,8 @@ def _check_tensor(x, name: str) -> torch.Tensor:
 def check_image(image, name: str = "image", low: float = 0.0, high: float = 1.0) -> torch.Tensor:
     """``image`` [B,C,H,W] when it is a non-empty float tensor of finite values in [low, high] (within 1e-3), else
     ValueError saying what is wrong and the range expected (0..255 input: divide by 255)."""
+    import torch
+
     if isinstance(image, torch.Tensor) and not image.is_floating_point():
         hint = ": convert it with image.float() / 255" if image.dtype == torch.uint8 else ""
         raise ValueError(f"{name} must be a float tensor with values in [{low:g}, {high:g}], got {image.dtype}{hint}")
@@ -171,6 +185,8 @@ def check_image(image, name: str = "image", low: float = 0.0, high: float = 1.0)
 def check_mask_values(mask, name: str = "mask") -> torch.Tensor:
     """``mask`` (any shape) when it is a non-empty tensor of finite values in [0, 1] (within 1e-3; 1 = inpaint), else
     ValueError naming ``name``: the one rule for odd mask values (NaN in any mask mode, 0..255: divide by 255)."""
+    import torch
+
     mask = _check_tensor(torch.as_tensor(mask) if not isinstance(mask, torch.Tensor) else mask, name)
     lo, hi = (float(v) for v in torch.aminmax(mask.detach().float()))
     if lo < -_SLACK or hi > 1 + _SLACK:
@@ -273,20 +289,35 @@ def check_outputs(outputs: Iterable[tuple[str, str | os.PathLike]],
     check_not_inputs(outputs, inputs)
 
 
-def describe_error(error: BaseException) -> str:
-    """One line for an error a CLI prints: an OSError as "what: file" (never a bare "[Errno 17] File exists")."""
-    if isinstance(error, OSError) and not isinstance(error, FileExistsError) and error.strerror:
-        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    if isinstance(error, FileExistsError) and error.strerror:
-        return f"{error.filename} already exists and is not a folder: choose another path"
-    return (str(error).splitlines() or [type(error).__name__])[0] or type(error).__name__
-
-
 # ----------------------------------------------------------------------------------------------------- parser
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` as written: the description and epilog keep their lines (examples, commands); every option's help
+    ends with its default, "(default: X)", unless the text already states it (the word "default", or the value in
+    brackets: "(8)", "(1.0; 0 = off)"). Flags that take no value say "(default: off)"; options without a default
+    say "(default: none)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is argparse.SUPPRESS or action.required:
+            return text
+        if action.default is not None and any(f"({action.default}{end}" in text for end in (")", ";")):
+            return text
+        if action.nargs == 0:
+            return f"{text} (default: off)"
+        if action.default is None:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``prog: error: message (prog --help lists the options)``, exit status 2."""
+    """argparse with one-line errors: ``prog: error: message (prog --help lists the options)``, exit status 2; its
+    ``--help`` keeps the description's lines and states every option's default (``HelpFormatter``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         sys.stderr.write(f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")

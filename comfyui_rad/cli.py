@@ -7,22 +7,19 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+from .checks import EXIT_STATUS, ArgumentParser, check_outputs
+from .errors import UserError, run_main, setup_logging
+from .settings import (
+    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_MODEL, DEFAULT_STEPS, DTYPE_NAMES, FIT_NAMES, MASK_KINDS, MASK_MODES,
+    SAMPLER_NAMES, arg_type,
+)
 
-from . import imaging, masks
-from .checkpoints import DEFAULT_MODEL
-from .checks import EXIT_STATUS, SEED_MAX, ArgumentParser, Int, Real, check_outputs, describe_error
-from .devices import DTYPES, resolve_device, resolve_dtype
-from .masks import GENERATED_MASKS, MASK_MODES
-from .pipeline import FITS, inpaint
-from .sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_STEPS, SAMPLERS, check_resample, rad_calls
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("comfyui_rad")
-
-class CLIError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,10 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "authors' checkpoint-N folder (default: the pack's built-in rad_default.safetensors)")
     p.add_argument("--ema", action="store_true", help="with an authors' checkpoint-N folder: use its unet_ema/")
     p.add_argument("--adapter", type=Path, help="RAD adapter .safetensors made for this base (from rad-train)")
-    p.add_argument("--strength", type=Real(0, 2), default=1.0, help="adapter strength in [0, 2] (default 1.0)")
+    p.add_argument("--strength", type=arg_type("strength"), default=1.0,
+                   help="adapter strength in [0, 2] (default 1.0)")
     p.add_argument("--image", required=True, type=Path, help="image to inpaint (png/jpg/webp), any size")
     p.add_argument("--mask",
-                   help="mask image (white or transparent = inpaint), or one of: " + ", ".join(GENERATED_MASKS)
+                   help="mask image (white or transparent = inpaint), or one of: " + ", ".join(MASK_KINDS)
                         + " (optional with --outpaint). A file without transparency that looks like a photo (colour, "
                         "or many grey levels) is refused in binary mode (a JPEG passed as its own mask) and warned "
                         "about in soft mode")
@@ -49,43 +47,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert-mask", action="store_true", help="the mask file uses black = inpaint")
     p.add_argument("--mask-mode", choices=MASK_MODES, default="binary",
                    help="binary: threshold the mask (default); soft: a mask value is how much a pixel is regenerated")
-    p.add_argument("--threshold", type=Real(0, 1, hi_open=True), default=0.5,
+    p.add_argument("--threshold", type=arg_type("threshold"), default=0.5,
                    help="binary mode: mask values above this are inpainted, in [0, 1) (0 = any nonzero pixel; "
                         "default 0.5)")
     p.add_argument("--output", "-o", required=True, type=Path,
                    help="where to write the result (png/jpg/webp); never one of the input files, nor --save-mask")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--save-mask", type=Path, help="also write the mask that was used")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm",
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddpm",
                    help="ddpm (default, the paper's), ddim, or the baselines for any ADM: repaint (2,410 network "
                         "calls at 250) and replace (plain DDPM, the known region replaced after each step)")
-    p.add_argument("--steps", type=Int(1, 1000), default=None,
+    p.add_argument("--steps", type=arg_type("steps"), default=None,
                    help="reverse steps (default " + ", ".join(f"{n} {k}" for k, n in DEFAULT_STEPS.items()) + ")")
-    p.add_argument("--eta", type=Real(0, 1), default=1.0,
+    p.add_argument("--eta", type=arg_type("eta"), default=1.0,
                    help="DDIM eta in [0, 1]: 1 (default) adds DDPM-like noise, which washes out model error "
                         "(DDIM-25 comes close to DDPM-100); 0 = deterministic, much worse with small models")
-    p.add_argument("--resample", type=Int(0, 100), default=0,
+    p.add_argument("--resample", type=arg_type("resample"), default=0,
                    help="ddpm/ddim: RAD with resampling: every --jump steps the hole goes back up --jump steps of "
                         "its own schedule and is denoised again, this many times (default 0 = off; 1 with "
                         "--jump 10 at 100 steps makes 190 network calls)")
-    p.add_argument("--jump", type=Int(1, 1000), default=DEFAULT_JUMP,
+    p.add_argument("--jump", type=arg_type("jump"), default=DEFAULT_JUMP,
                    help=f"with --resample: steps each jump goes back up, below --steps (default {DEFAULT_JUMP})")
-    p.add_argument("--seed", type=Int(0, SEED_MAX), default=0,
+    p.add_argument("--seed", type=arg_type("seed"), default=0,
                    help="noise seed, 0 to 2**63-1: the same seed gives the same result anywhere")
-    p.add_argument("--samples", type=Int(1, 1000), default=1,
+    p.add_argument("--samples", type=arg_type("samples"), default=1,
                    help="number of results (written as name_00000.png, ...)")
-    p.add_argument("--fit", choices=FITS, default="crop",
+    p.add_argument("--fit", choices=FIT_NAMES, default="crop",
                    help="fit the model's resolution: crop a window around the mask and stitch back (default; a "
                         "hole larger than the window is filled region by region, as tiles), resize the whole image, "
                         "pad it to a square, or tiles: overlapping windows at the model's own resolution")
-    p.add_argument("--class-label", type=Int(0), help="class label for class-conditional checkpoints")
+    p.add_argument("--class-label", type=arg_type("class_label"),
+                   help="class label for class-conditional checkpoints (default: none, for an unconditional model)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps ...")
-    p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+    p.add_argument("--dtype", choices=["auto", *DTYPE_NAMES], default="auto",
                    help="weights' precision (auto: bf16/fp16 on GPU, fp32 on CPU)")
-    p.add_argument("--num-head-channels", type=Int(1, 4096, also=(-1,)),
+    p.add_argument("--num-head-channels", type=arg_type("num_head_channels"),
                    help="attention head width (guided-diffusion's name; default 64)")
-    p.add_argument("--num-heads", type=Int(1, 4096, also=(-1,)),
-                   help="attention head count (use with --num-head-channels -1)")
+    p.add_argument("--num-heads", type=arg_type("num_heads"),
+                   help="attention head count (use with --num-head-channels -1; default: set by the head width)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return p
 
@@ -95,17 +94,17 @@ OUTPAINT_MAX = 16384
 
 
 def parse_outpaint(text: str) -> tuple[int, int, int, int]:
-    """``LEFT,TOP,RIGHT,BOTTOM`` in pixels -> the four ints; CLIError naming the value otherwise."""
+    """``LEFT,TOP,RIGHT,BOTTOM`` in pixels -> the four ints; UserError naming the value otherwise."""
     example = "e.g. --outpaint 0,0,256,0 to extend the picture 256 pixels to the right"
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 4 or not all(p.isdigit() for p in parts):
-        raise CLIError(f"--outpaint must be four whole numbers of pixels LEFT,TOP,RIGHT,BOTTOM, got {text!r} "
+        raise UserError(f"--outpaint must be four whole numbers of pixels LEFT,TOP,RIGHT,BOTTOM, got {text!r} "
                        f"({example})")
     sides = tuple(int(p) for p in parts)
     if not any(sides):
-        raise CLIError(f"--outpaint {text} adds no pixel: give at least one side above 0 ({example})")
+        raise UserError(f"--outpaint {text} adds no pixel: give at least one side above 0 ({example})")
     if max(sides) > OUTPAINT_MAX:
-        raise CLIError(f"--outpaint {text}: at most {OUTPAINT_MAX} pixels per side")
+        raise UserError(f"--outpaint {text}: at most {OUTPAINT_MAX} pixels per side")
     return sides
 
 
@@ -114,6 +113,9 @@ def outpaint_canvas(image: torch.Tensor, mask: torch.Tensor | None,
     """image [B,3,H,W] and mask [B,H,W] or None -> the canvas extended by (left, top, right, bottom) pixels
     (the new border repeats the edge pixels; the sampler never reads them) and its mask: 1 on the new border,
     the given mask (or 0) inside."""
+    import torch
+    import torch.nn.functional as F
+
     left, top, right, bottom = sides
     if mask is None:
         mask = torch.zeros(image.shape[0], *image.shape[-2:])
@@ -123,14 +125,16 @@ def outpaint_canvas(image: torch.Tensor, mask: torch.Tensor | None,
 
 def _mask(args, height: int, width: int) -> torch.Tensor:
     """[1, H, W] in [0, 1], 1 = inpaint, from a file or generated at the image's size."""
-    if args.mask in GENERATED_MASKS:
+    from . import imaging, masks
+
+    if args.mask in MASK_KINDS:
         mask = masks.generated_mask(args.mask, 1, height, width, args.seed, centred_box=True)
     else:
         path = Path(args.mask)
         if not path.exists():
-            raise CLIError(f"--mask file {path} does not exist (or use one of: {', '.join(GENERATED_MASKS)})")
+            raise UserError(f"--mask file {path} does not exist (or use one of: {', '.join(MASK_KINDS)})")
         if path.is_dir():
-            raise CLIError(f"--mask {path} is a folder: give a mask image file")
+            raise UserError(f"--mask {path} is a folder: give a mask image file")
         _check_photo_mask(path, args.mask_mode)
         mask = imaging.load_mask(path, invert=args.invert_mask)
         mask = imaging.normalize_mask(mask, 1, height, width)  # warns when the aspect ratio differs
@@ -138,13 +142,15 @@ def _mask(args, height: int, width: int) -> torch.Tensor:
         masks.check_threshold(args.threshold, "--threshold")
     mask = masks.prepare(mask, args.mask_mode, args.threshold)
     if args.sampler in BASELINE_SAMPLERS and not masks.is_binary(mask):
-        raise CLIError(f"--sampler {args.sampler} needs a binary mask, but --mask-mode soft left values between 0 "
+        raise UserError(f"--sampler {args.sampler} needs a binary mask, but --mask-mode soft left values between 0 "
                        "and 1: use --mask-mode binary (with --threshold)")
     return mask
 
 
 def _check_photo_mask(path: Path, mode: str) -> None:
     """Refuse (binary mode) or warn about (soft mode) a mask file without transparency that looks like a photo."""
+    from . import imaging
+
     reason = imaging.photo_mask_reason(path)
     if reason is None:
         return
@@ -153,16 +159,18 @@ def _check_photo_mask(path: Path, mode: str) -> None:
     if mode == "soft":
         log.warning("%s; --mask-mode soft takes its grey levels as how much to regenerate", text)
         return
-    raise CLIError(f"{text}. Give a black-and-white mask, or a PNG/WEBP whose transparent pixels are the hole; "
+    raise UserError(f"{text}. Give a black-and-white mask, or a PNG/WEBP whose transparent pixels are the hole; "
                    "if its grey levels are meant as a soft mask, pass --mask-mode soft")
 
 
 def _check_outputs(args) -> None:
     """Every output path is writable, differs from the others and from every input: before any work."""
+    from . import imaging
+
     outputs = [("--output", p) for p in imaging.output_paths(args.output, args.samples)]
     if args.save_mask is not None:
         outputs.append(("--save-mask", args.save_mask))
-    mask_file = None if args.mask in GENERATED_MASKS else args.mask
+    mask_file = None if args.mask in MASK_KINDS else args.mask
     check_outputs(outputs, [("--image", args.image), ("--mask", mask_file), ("--model", args.model),
                             ("--adapter", args.adapter)])
     imaging.check_writable(args.output, args.samples, force=args.force)
@@ -173,11 +181,11 @@ def _check_outputs(args) -> None:
 def _check_class_label(model, label: int | None) -> None:
     classes = model.config.num_classes
     if classes is None and label is not None:
-        raise CLIError(f"--class-label {label}: this model is unconditional (no classes): leave --class-label out")
+        raise UserError(f"--class-label {label}: this model is unconditional (no classes): leave --class-label out")
     if classes is not None and label is None:
-        raise CLIError(f"this model is class-conditional ({classes} classes): pass --class-label 0..{classes - 1}")
+        raise UserError(f"this model is class-conditional ({classes} classes): pass --class-label 0..{classes - 1}")
     if classes is not None and label >= classes:
-        raise CLIError(f"--class-label {label} is out of range: this model has classes 0..{classes - 1}")
+        raise UserError(f"--class-label {label} is out of range: this model has classes 0..{classes - 1}")
 
 
 class Progress:
@@ -202,13 +210,15 @@ class Progress:
 
 def _resample_options(args, steps: int) -> dict:
     """--resample/--jump as the sampler's keywords ({} when off), checked in the flags' names."""
+    from .sampling import check_resample, rad_calls
+
     if args.resample and args.sampler not in ("ddpm", "ddim"):
-        raise CLIError(f"--resample works with --sampler ddpm or ddim, not {args.sampler}: RePaint resamples on its "
+        raise UserError(f"--resample works with --sampler ddpm or ddim, not {args.sampler}: RePaint resamples on its "
                        "own (2,410 calls at its defaults)")
     try:
         check_resample(args.resample, args.jump, steps, ("--resample", "--jump", "--steps"))
     except ValueError as err:
-        raise CLIError(str(err)) from None
+        raise UserError(str(err)) from None
     if not args.resample:
         return {}
     log.info("resampling: %d x every %d steps, %d network calls per image", args.resample, args.jump,
@@ -218,25 +228,28 @@ def _resample_options(args, steps: int) -> dict:
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Inpaint as the arguments say; returns the written paths."""
+    from . import imaging
     from .checkpoints import load_adm
+    from .devices import resolve_device, resolve_dtype
+    from .pipeline import inpaint
 
     if args.model is None:
         if not DEFAULT_MODEL.exists():
-            raise CLIError(f"no --model given and the built-in default model is not installed ({DEFAULT_MODEL}): "
+            raise UserError(f"no --model given and the built-in default model is not installed ({DEFAULT_MODEL}): "
                            "pass --model with a guided-diffusion checkpoint (and --adapter) or a RAD model")
         args.model = DEFAULT_MODEL
     for path, what in ((args.model, "--model"), (args.image, "--image"), (args.adapter, "--adapter")):
         if path is not None and not path.exists():
-            raise CLIError(f"{what} file {path} does not exist")
+            raise UserError(f"{what} file {path} does not exist")
         if path is not None and path.is_dir() and what != "--model":  # --model: the authors' checkpoint-N folders
-            raise CLIError(f"{what} {path} is a folder, not a file: give the "
+            raise UserError(f"{what} {path} is a folder, not a file: give the "
                            + ("checkpoint file (.safetensors, .pt)" if what != "--image" else "image file"))
     _check_outputs(args)  # fail before minutes of sampling
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
     options = _resample_options(args, steps)
     sides = parse_outpaint(args.outpaint) if args.outpaint is not None else None
     if args.mask is None and sides is None:
-        raise CLIError("give --mask (a mask file, or one of: " + ", ".join(GENERATED_MASKS) + "), or --outpaint")
+        raise UserError("give --mask (a mask file, or one of: " + ", ".join(MASK_KINDS) + "), or --outpaint")
     image = imaging.load_image(args.image)
     _, _, height, width = image.shape
     mask = _mask(args, height, width) if args.mask is not None else None
@@ -244,7 +257,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         image, mask = outpaint_canvas(image, mask, sides)
         log.info("outpainting: %dx%d -> %dx%d", width, height, image.shape[3], image.shape[2])
     if not bool((mask > 0).any()):
-        raise CLIError("the mask is empty: nothing to inpaint (white or transparent pixels mark what to inpaint; "
+        raise UserError("the mask is empty: nothing to inpaint (white or transparent pixels mark what to inpaint; "
                        "try --invert-mask)")
     image = image.expand(args.samples, -1, -1, -1)
 
@@ -263,18 +276,14 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
-    try:
+    args = build_parser().parse_args(argv)  # before torch is imported: --help and bad flags answer at once
+    setup_logging(args.quiet)
+
+    def body() -> None:
         for path in run(args):
             print(path)
-    except (CLIError, ValueError, OSError) as e:
-        print(f"rad-inpaint: error: {describe_error(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rad-inpaint: interrupted: stopped without writing a partial file", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_main("rad-inpaint", body, interrupted="stopped without writing a partial file")
 
 
 if __name__ == "__main__":

@@ -17,18 +17,13 @@ import logging
 import sys
 from pathlib import Path
 
-from .checkpoints import load_adm, save_model
-from .checks import check_outputs
-from .devices import DTYPES
-from .schedule import rad_info
+from .checks import EXIT_STATUS, ArgumentParser, check_outputs
+from .errors import UserError, run_main, setup_logging
+from .settings import DTYPE_NAMES
 
 __all__ = ["convert", "main"]
 
 log = logging.getLogger("comfyui_rad")
-
-
-class CLIError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2."""
 
 
 def convert(source: str | Path, output: str | Path, dtype: str = "fp32", ema: bool = False,
@@ -36,18 +31,24 @@ def convert(source: str | Path, output: str | Path, dtype: str = "fp32", ema: bo
     """Load ``source`` with ``load_adm`` (LoRA merged, in float32) and write it as a comfyui-rad.model file.
 
     ``dtype``: fp32 (default, exact), fp16 or bf16 (half the size; rounded once, from the merged float32 weights).
+    Refused (ValueError, FileNotFoundError, FileExistsError naming the argument) before anything is loaded: an
+    unknown ``dtype``, a missing ``source``, an ``output`` that is not .safetensors or exists (unless ``force``).
     """
+    from .checkpoints import load_adm, save_model
+    from .devices import DTYPES
+    from .schedule import rad_info
+
     source, output = Path(source), Path(output)
     if dtype not in DTYPES:
-        raise CLIError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if not source.exists():
-        raise CLIError(f"{source} does not exist: pass an authors' checkpoint-N folder or a "
-                       "diffusion_pytorch_model.safetensors with its config.json")
+        raise FileNotFoundError(f"{source} does not exist: pass an authors' checkpoint-N folder or a "
+                                "diffusion_pytorch_model.safetensors with its config.json")
     if output.suffix.lower() != ".safetensors":
-        raise CLIError(f"-o {output}: the output must be a .safetensors file")
-    check_outputs([("-o", output)], [("source", source)])  # never onto or into the source, even with --force
+        raise ValueError(f"output {output}: the output must be a .safetensors file")
+    check_outputs([("output", output)], [("source", source)])  # never onto or into the source, even with force
     if output.exists() and not force:
-        raise CLIError(f"{output} already exists: pass --force to overwrite it, or choose another -o")
+        raise FileExistsError(f"{output} already exists: pass force=True to overwrite it, or choose another output")
     model = load_adm(source, ema=ema)  # float32: the LoRA merged exactly once
     if dtype != "fp32":
         model = model.to(DTYPES[dtype])
@@ -59,16 +60,17 @@ def convert(source: str | Path, output: str | Path, dtype: str = "fp32", ema: bo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="rad-convert",
         description="Convert the RAD authors' checkpoint-N folder (or a diffusers ADM with its config.json) into one "
                     "comfyui-rad model file for ComfyUI/models/rad.",
+        epilog=EXIT_STATUS,
     )
     p.add_argument("source", type=Path,
                    help="an authors' checkpoint-N/ folder, or a diffusion_pytorch_model.safetensors/.bin with its "
                         "config.json beside it")
     p.add_argument("-o", "--output", required=True, type=Path, help="the .safetensors file to write")
-    p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32",
                    help="weights' precision in the file (default fp32: exact; fp16/bf16: half the size)")
     p.add_argument("--ema", action="store_true", help="use the folder's unet_ema/ instead of unet/")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
@@ -76,15 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run(args: argparse.Namespace) -> Path:
+    """Convert as the arguments say (the output checked in the flags' names first); returns the file written."""
+    check_outputs([("-o", args.output)], [("source", args.source)])  # never written onto its input
+    if args.output.suffix.lower() != ".safetensors":
+        raise UserError(f"-o {args.output}: the output must be a .safetensors file")
+    if args.output.exists() and not args.force:
+        raise UserError(f"-o {args.output} already exists: pass --force to overwrite it, or choose another -o")
+    return convert(args.source, args.output, args.dtype, args.ema, args.force)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        print(convert(args.source, args.output, args.dtype, args.ema, args.force))
-    except (CLIError, ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"rad-convert: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    args = build_parser().parse_args(argv)  # before torch is imported: --help and bad flags answer at once
+    setup_logging(args.quiet)
+    return run_main("rad-convert", lambda: print(run(args)), interrupted="no file written")
 
 
 if __name__ == "__main__":

@@ -25,19 +25,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+from .checks import EXIT_STATUS, ArgumentParser, check_folder, check_outputs
+from .errors import run_main, setup_logging
+from .settings import DEFAULT_JUMP, DEFAULT_STEPS, DTYPE_NAMES, MASK_KINDS, SAMPLER_NAMES, arg_type
 
-from . import image_folders, imaging, masks, metrics
-from .checks import EXIT_STATUS, SEED_MAX, ArgumentParser, Int, Real, check_folder, check_outputs, describe_error
-from .devices import DTYPES
-from .fileio import atomic_write
-from .pipeline import inpaint
-from .sampling import (
-    DEFAULT_JUMP, DEFAULT_STEPS, SAMPLERS, RADDenoiser, check_resample, rad_calls, repaint_calls,
-)
-from .schedule import rad_info
+if TYPE_CHECKING:
+    import torch
+
+# torch and the engine are imported inside the functions, so rad-eval parses its arguments (and answers --help)
+# before it loads torch.
 
 __all__ = ["METRICS", "eval_masks", "finite_mean", "load_images", "MaskRun", "inpaint_set",
            "measure", "evaluate", "sample_grid", "masked_input", "network_calls", "results_dict", "write_json",
@@ -51,12 +49,18 @@ METRICS = ("hole_mse", "hole_psnr", "ssim", "ssim_hole", "seam", "lpips")
 
 def eval_masks(kind: str, count: int, size: int, seed: int) -> torch.Tensor:
     """``count`` masks of ``kind`` at ``size`` x ``size``, float32 [N,H,W] (1 = inpaint), the same for a seed."""
+    from . import masks
+
     return masks.generated_mask(kind, count, size, size, seed)
 
 
 def load_images(folder: str | os.PathLike, size: int, limit: int | None = None) -> tuple[list[Path], torch.Tensor]:
     """The images under ``folder`` (sorted, recursive; the first ``limit``), each its centre square resized to
     ``size``: (paths, float32 [N,3,S,S] in [0,1])."""
+    import torch
+
+    from . import image_folders
+
     paths = image_folders.scan_images(folder, size, flag="--images")[:limit]
     return paths, torch.stack([_decode(p, size) for p in paths]).float() / 255
 
@@ -64,6 +68,8 @@ def load_images(folder: str | os.PathLike, size: int, limit: int | None = None) 
 def _decode(path: Path, size: int) -> torch.Tensor:
     """``image_folders.load_crop`` of one held-out image; a DataError naming it (and --images) when it does not
     decode."""
+    from . import image_folders
+
     try:
         return image_folders.load_crop(path, size)
     except image_folders.IMAGE_READ_ERRORS as err:
@@ -74,6 +80,8 @@ def _decode(path: Path, size: int) -> torch.Tensor:
 def network_calls(sampler: str, steps: int, options: dict | None = None) -> int:
     """Network evaluations per image of one run of ``sampler`` (``options``: its keywords; repaint's jumps, or the
     RAD samplers' ``resample`` and ``jump``)."""
+    from .sampling import rad_calls, repaint_calls
+
     o = options or {}
     if sampler == "repaint":
         return repaint_calls(steps, o.get("jump_length", 10), o.get("jump_n_sample", 10))
@@ -89,6 +97,10 @@ def inpaint_set(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor
     """Inpaint images [N,3,S,S] in [0,1] (S = the model's size) under masks [N,S,S] in batches: (results [N,3,S,S]
     in [0,1], seconds spent sampling). Batch k starts at image i and uses noise seed ``seed + i``. ``embedding`` as
     ``sampling.RADDenoiser``."""
+    import torch
+
+    from .pipeline import inpaint
+
     if images.shape[0] != mask.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {mask.shape[0]} masks: give one mask per image")
     if batch_size < 1:
@@ -110,6 +122,10 @@ def measure(results: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor,
             lpips: torch.nn.Module | None = None, batch_size: int = 32) -> dict[str, torch.Tensor]:
     """Per-image measures (``METRICS``) of results against truth, both [N,3,H,W] in [0,1], masks [N,H,W]:
     name -> float64 [N]."""
+    import torch
+
+    from . import metrics
+
     out = {
         "hole_mse": metrics.hole_mse(results, truth, mask),
         "hole_psnr": metrics.hole_psnr(results, truth, mask),
@@ -126,6 +142,8 @@ def measure(results: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor,
 
 
 def _features(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    import torch
+
     device = next(net.parameters()).device
     with torch.no_grad():
         return torch.cat([net(images[i:i + batch_size].to(device)).double().cpu()
@@ -134,6 +152,8 @@ def _features(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 32) 
 
 def finite_mean(values: torch.Tensor) -> float | None:
     """The mean of the finite values (a perfect hole's infinite PSNR is left out), None when there are none."""
+    import torch
+
     finite = values[torch.isfinite(values)]
     return float(finite.mean()) if finite.numel() else None
 
@@ -171,6 +191,9 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, kinds: list[str] | tu
     jump_length, jump_n_sample); ``embedding`` as ``sampling.RADDenoiser``. ``inception``: a feature network
     (``perceptual.InceptionFeatures``) for the FID of results against ``images``.
     """
+    from . import metrics
+    from .sampling import SAMPLERS, RADDenoiser
+
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(sorted(SAMPLERS))}")
     size = model.config.image_size
@@ -203,6 +226,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, kinds: list[str] | tu
 def sample_grid(columns: list[torch.Tensor], gap: int = 2, background: float = 1.0) -> torch.Tensor:
     """Images side by side: ``columns`` of [N,3,H,W] in [0,1] (one per method) -> one picture [3, H', W'] with row
     i holding image i of every column, separated by ``gap`` pixels of ``background``."""
+    import torch
+
     n, c, h, w = columns[0].shape
     if any(col.shape != columns[0].shape for col in columns):
         raise ValueError(f"grid columns must share one shape, got {[tuple(col.shape) for col in columns]}")
@@ -215,6 +240,8 @@ def sample_grid(columns: list[torch.Tensor], gap: int = 2, background: float = 1
 
 def masked_input(images: torch.Tensor, mask: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
     """What the sampler is given, for pictures: images [N,3,H,W] with the hole (mask [N,H,W] > 0) in ``fill``."""
+    import torch
+
     return torch.where(mask[:, None] > 0, torch.full_like(images, fill), images)
 
 
@@ -244,6 +271,8 @@ def results_dict(runs: dict[str, MaskRun], config: dict, names: list[str] | None
 def write_json(data: dict, path: str | os.PathLike, force: bool = False) -> Path:
     """Write ``data`` as JSON to ``path`` atomically (``fileio.atomic_write``); an existing file is refused
     (FileExistsError) unless ``force``."""
+    from .fileio import atomic_write
+
     def write(tmp: Path) -> None:
         with open(tmp, "x") as f:
             json.dump(data, f, indent=1, allow_nan=False)
@@ -262,56 +291,66 @@ def build_parser() -> argparse.ArgumentParser:
                     "per-image and mean hole PSNR/MSE, SSIM, seam, optional LPIPS and FID, seconds per image.",
         epilog=EXIT_STATUS,
     )
-    p.add_argument("--model", required=True, type=Path, help="guided-diffusion ADM checkpoint or RAD model")
+    p.add_argument("--model", required=True, type=Path,
+                   help="guided-diffusion ADM checkpoint (.pt or .safetensors), a RAD model (rad-train, rad-convert), "
+                        "or the RAD authors' checkpoint-N folder (its unet/ and config; see --ema)")
+    p.add_argument("--ema", action="store_true", help="with an authors' checkpoint-N folder: use its unet_ema/")
     p.add_argument("--adapter", type=Path, help="RAD adapter .safetensors for --model (from rad-train)")
-    p.add_argument("--strength", type=Real(0, 2), default=1.0, help="adapter strength in [0, 2] (default 1.0)")
+    p.add_argument("--strength", type=arg_type("strength"), default=1.0,
+                   help="adapter strength in [0, 2] (default 1.0)")
     p.add_argument("--images", required=True, type=Path, help="folder of held-out images (recursive)")
     p.add_argument("--out", "-o", required=True, type=Path, help="results JSON to write")
     p.add_argument("--masks", default="box,extreme,wide",
-                   help=f"comma-separated mask kinds of {', '.join(masks.GENERATED_MASKS)} (default box,extreme,wide)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm",
+                   help=f"comma-separated mask kinds of {', '.join(MASK_KINDS)} (default box,extreme,wide)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddpm",
                    help="ddpm (RAD, default), ddim, repaint or replace (baselines on any ADM)")
-    p.add_argument("--steps", type=Int(1, 1000),
+    p.add_argument("--steps", type=arg_type("steps"),
                    help="reverse steps (default 100 for ddpm and replace, 50 ddim, 250 repaint)")
-    p.add_argument("--eta", type=Real(0, 1), default=1.0,
+    p.add_argument("--eta", type=arg_type("eta"), default=1.0,
                    help="DDIM eta in [0, 1] (default 1, as rad-inpaint; 0 = deterministic)")
-    p.add_argument("--jump-length", type=Int(1, 1000), default=10, help="RePaint jump length (10)")
-    p.add_argument("--jump-n-sample", type=Int(1, 100), default=10, help="RePaint resamplings per jump point (10)")
-    p.add_argument("--resample", type=Int(0, 100), default=0,
+    p.add_argument("--jump-length", type=arg_type("jump_length"), default=10,
+                   help="RePaint jump length (default 10)")
+    p.add_argument("--jump-n-sample", type=arg_type("jump_n_sample"), default=10,
+                   help="RePaint resamplings per jump point (default 10)")
+    p.add_argument("--resample", type=arg_type("resample"), default=0,
                    help="ddpm/ddim: RAD with resampling, how often each stretch of --jump steps is denoised again "
                         "(default 0 = off)")
-    p.add_argument("--jump", type=Int(1, 1000), default=DEFAULT_JUMP,
+    p.add_argument("--jump", type=arg_type("jump"), default=DEFAULT_JUMP,
                    help=f"ddpm/ddim with --resample: steps each jump goes back up (default {DEFAULT_JUMP})")
     p.add_argument("--embedding", choices=("auto", "spatial", "scalar"), default="auto",
                    help="how the model takes timesteps: auto (from its metadata), spatial, scalar (Cfg. 2)")
-    p.add_argument("--seed", type=Int(0, SEED_MAX), default=0, help="mask and noise seed, 0 to 2**63-1 (default 0)")
-    p.add_argument("--limit", type=Int(1), help="use only the first N images")
-    p.add_argument("--batch-size", type=Int(1, 4096), default=16, help="images per sampler call (default 16)")
+    p.add_argument("--seed", type=arg_type("seed"), default=0, help="mask and noise seed, 0 to 2**63-1 (default 0)")
+    p.add_argument("--limit", type=arg_type("limit"), help="use only the first N images (default: all)")
+    p.add_argument("--batch-size", type=arg_type("batch_size"), default=16,
+                   help="images per sampler call (default 16)")
     p.add_argument("--grids", type=Path, help="folder for sample grids: <mask>.png, masked | result | truth rows")
-    p.add_argument("--grid-rows", type=Int(1, 1024), default=8, help="images per grid (default 8)")
+    p.add_argument("--grid-rows", type=arg_type("grid_rows"), default=8, help="images per grid (default 8)")
     p.add_argument("--lpips-weights", type=Path, nargs="+",
                    help="local LPIPS (AlexNet v0.1) weights: one lpips state dict, or torchvision's AlexNet and "
                         "lpips's alex.pth heads (see comfyui_rad.perceptual)")
     p.add_argument("--fid-weights", type=Path,
                    help="local pytorch-fid InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+    p.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
                    help="model weights' precision (auto: bf16/fp16 on GPU, fp32 on CPU)")
-    p.add_argument("--threads", type=Int(0, 1024), default=0, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--num-head-channels", type=Int(1, 4096, also=(-1,)),
+    p.add_argument("--threads", type=arg_type("threads"), default=0,
+                   help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--num-head-channels", type=arg_type("num_head_channels"),
                    help="attention head width (guided-diffusion's; default 64)")
-    p.add_argument("--num-heads", type=Int(1, 4096, also=(-1,)),
-                   help="attention head count (with --num-head-channels -1)")
+    p.add_argument("--num-heads", type=arg_type("num_heads"),
+                   help="attention head count (with --num-head-channels -1; default: set by the head width)")
     p.add_argument("--force", action="store_true", help="overwrite the results JSON and grids")
     p.add_argument("--quiet", "-q", action="store_true", help="only the results table")
     return p
 
 
 def _check_args(args: argparse.Namespace) -> list[str]:
+    from . import imaging
+
     kinds = [k.strip() for k in args.masks.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in masks.GENERATED_MASKS]
+    unknown = [k for k in kinds if k not in MASK_KINDS]
     if not kinds or unknown:
-        raise ValueError(f"--masks {args.masks!r}: use comma-separated kinds of {', '.join(masks.GENERATED_MASKS)}")
+        raise ValueError(f"--masks {args.masks!r}: use comma-separated kinds of {', '.join(MASK_KINDS)}")
     for name, value in (("--batch-size", args.batch_size), ("--grid-rows", args.grid_rows),
                         ("--limit", 1 if args.limit is None else args.limit)):
         if value < 1:
@@ -349,6 +388,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
 
 def _resample_options(args: argparse.Namespace, steps: int) -> dict:
     """The RAD samplers' resampling keywords from --resample/--jump ({} when off), checked in the flags' names."""
+    from .sampling import check_resample
+
     if args.resample and args.sampler not in ("ddpm", "ddim"):
         raise ValueError(f"--resample works with --sampler ddpm or ddim, not {args.sampler} (RePaint resamples by "
                          "--jump-length and --jump-n-sample)")
@@ -371,10 +412,14 @@ def _table(runs: dict[str, MaskRun]) -> str:
 
 def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
     """Evaluate as the arguments say; returns (the results JSON written, the runs)."""
-    from . import __version__
+    import torch
+
+    from . import __version__, imaging
     from .checkpoints import load_adm
     from .devices import resolve_device, resolve_dtype
     from .perceptual import load_inception, load_lpips
+    from .sampling import RADDenoiser
+    from .schedule import rad_info
 
     kinds = _check_args(args)
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
@@ -387,7 +432,7 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
     overrides = {k: v for k, v in (("num_head_channels", args.num_head_channels), ("num_heads", args.num_heads))
                  if v is not None}
     model = load_adm(args.model, adapter=args.adapter, strength=args.strength, device=device, dtype=dtype,
-                     **overrides)
+                     ema=args.ema, **overrides)
     lpips = load_lpips(args.lpips_weights, device) if args.lpips_weights else None
     inception = load_inception(args.fid_weights, device) if args.fid_weights else None
     paths, images = load_images(args.images, model.config.image_size, args.limit)
@@ -419,21 +464,14 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
-    from .checkpoints import CheckpointError
-    from .perceptual import WeightsError
+    args = build_parser().parse_args(argv)  # before torch is imported: --help and bad flags answer at once
+    setup_logging(args.quiet)
 
-    try:
+    def body() -> None:
         out, _ = run(args)
-    except (ValueError, CheckpointError, WeightsError, OSError) as err:
-        print(f"rad-eval: error: {describe_error(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rad-eval: interrupted: no results written", file=sys.stderr)
-        return 130
-    print(out)
-    return 0
+        print(out)
+
+    return run_main("rad-eval", body, interrupted="no results written")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from .errors import UserError
 from .version import CREATED_BY
 
 __all__ = [
@@ -46,7 +47,7 @@ FORMAT_VERSION = "1"
 _WRAPPERS = ("ema", "state_dict", "model")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A file or state dict that is not what it should be; the message says what it is and what to do."""
 
 
@@ -88,8 +89,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, force
             os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.strerror and err.filename in (None, str(tmp), tmp):
+            err.filename = str(path)  # a full disk (ENOSPC) names the file the user asked for, not the temporary
         raise
     return path
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import UserError
 from .imaging import rgb8
 
 __all__ = ["IMAGE_SUFFIXES", "IMAGE_READ_ERRORS", "DataError", "scan_images", "load_crop"]
@@ -29,7 +30,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGE_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A folder or file of images that cannot be used (training or evaluation data); the message names the folder
     and what to do."""
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from . import settings
 from .checks import check_mask_values
 
 __all__ = ["MASK_MODES", "SOFT_SNAP", "as_bhw", "is_binary", "check_threshold", "binarize", "prepare",
@@ -29,7 +30,7 @@ __all__ = ["MASK_MODES", "SOFT_SNAP", "as_bhw", "is_binary", "check_threshold", 
 
 Range = float | tuple[float, float]
 
-MASK_MODES = ("binary", "soft")
+MASK_MODES = settings.MASK_MODES
 SOFT_SNAP = 0.02
 """Soft mask values within this of 0 or 1 (about 5/255: JPEG noise, antialiased painting) count as exactly 0 or 1."""
 
@@ -57,11 +58,12 @@ def is_binary(mask: torch.Tensor) -> bool:
 
 
 def check_threshold(threshold: float, name: str = "threshold") -> float:
-    """``threshold`` when it follows the rule (module doc), else a ValueError naming ``name`` (the caller's input)."""
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"{name} must be between 0 and 1, got {threshold}: mask values above it are inpainted, "
-                         "in [0, 1) (0 = any nonzero pixel)")
-    return threshold
+    """``threshold`` when it follows the rule (module doc: ``settings.RANGES["threshold"]``, [0, 1)), else a
+    ValueError naming ``name`` (the caller's input)."""
+    try:
+        return settings.check("threshold", threshold, name)
+    except ValueError as err:
+        raise ValueError(f"{err}: mask values above it are inpainted (0 = any nonzero pixel)") from None
 
 
 def binarize(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
 from .fileio import CheckpointError, read_state_dict
 
 __all__ = ["WeightsError", "read_weights", "LPIPS", "load_lpips", "InceptionFeatures", "load_inception"]
@@ -35,7 +36,7 @@ __all__ = ["WeightsError", "read_weights", "LPIPS", "load_lpips", "InceptionFeat
 log = logging.getLogger(__name__)
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A weight file that is not one of the supported layouts; the message names what was expected."""
 
 

@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import imaging, tiles
-from .checks import check_image, check_int, check_mask, check_real
+from . import imaging, settings, tiles
+from .checks import check_image, check_mask
 from .masks import as_bhw
 from .sampling import BASELINE_SAMPLERS, DEFAULT_STEPS, SAMPLERS, RADDenoiser
 from .schedule import NoiseCurves, SpatialSchedule, rad_info
@@ -94,7 +94,7 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
         raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(sorted(SAMPLERS))}")
     check_image(image, "image")  # [0, 1]: finite, not empty, not 0..255
     check_mask(mask, "mask")
-    eta, seed = check_real(eta, "eta", 0.0, 1.0), check_int(seed, "seed", -2**63, 2**64 - 1)
+    eta, seed = settings.check("eta", eta), settings.check("torch_seed", seed, "seed")
     if fit not in FITS:
         raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(FITS)}")
     steps = DEFAULT_STEPS[sampler] if steps is None else steps

@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from . import settings
 from .checks import check_image
 from .schedule import EMBEDDINGS, NoiseCurves, SpatialSchedule, rad_info
 
@@ -38,13 +39,9 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[dict], None]
 
-DEFAULT_STEPS = {"ddpm": 100, "ddim": 50, "repaint": 250, "replace": 100}
-"""Reverse steps per sampler when none are given (the signatures below, ``pipeline.inpaint``, rad-inpaint, rad-eval):
-the paper's 100 DDPM steps, DDIM's usual 50, RePaint's 250."""
-
-
-DEFAULT_JUMP = 10
-"""RAD resampling's jump length when none is given (RePaint's 10); resampling itself is off by default."""
+DEFAULT_STEPS, DEFAULT_JUMP = settings.DEFAULT_STEPS, settings.DEFAULT_JUMP
+"""Reverse steps per sampler when none are given, and RAD resampling's jump length: the one table of user settings,
+``settings`` (torch-free, so the CLIs state them in --help before they import torch)."""
 
 
 FINITE_CHECK_EVERY = 10
@@ -237,8 +234,7 @@ def sample_ddim(model, image: torch.Tensor, schedule: SpatialSchedule, steps: in
                 jump: int = DEFAULT_JUMP) -> torch.Tensor:
     """RAD inpainting by element-wise DDIM (paper §3.4; eta = 0 deterministic, 1 DDPM-like) -> [B,3,H,W].
     ``resample``, ``jump``: as ``sample_ddpm`` (the jumps draw noise even at eta 0)."""
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    eta = settings.check("eta", eta)
     return _loop(model, image, schedule, steps, generator, callback, _ddim_update(eta), y, resample, jump)
 
 
@@ -246,10 +242,8 @@ def check_resample(resample: int, jump: int, steps: int,
                    names: tuple[str, str, str] = ("resample", "jump", "steps")) -> None:
     """Raise ValueError unless ``resample`` (>= 0; 0 = off) and ``jump`` (>= 1, below ``steps`` when resampling) are
     valid RAD resampling settings. ``names``: how the caller's interface calls the three (CLI flags, node inputs)."""
-    for name, value, low in ((names[0], resample, 0), (names[1], jump, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            kind = "a whole number >= 0 (0 = no resampling)" if low == 0 else "a positive whole number"
-            raise ValueError(f"{name} must be {kind}, got {value!r}")
+    settings.check("resample", resample, names[0])  # settings.RANGES: 0 (no resampling) to 100
+    settings.check("jump", jump, names[1])
     if resample and jump >= steps:
         raise ValueError(f"{names[1]} {jump} must be below {names[2]} {steps} to jump back: lower {names[1]}, raise "
                          f"{names[2]}, or set {names[0]} to 0 (no resampling)")
@@ -372,5 +366,5 @@ def sample_replace(model, image: torch.Tensor, schedule: SpatialSchedule, steps:
 
 
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "repaint": sample_repaint, "replace": sample_replace}
-BASELINE_SAMPLERS = ("repaint", "replace")
+BASELINE_SAMPLERS = settings.BASELINE_SAMPLERS
 """Samplers that work on any ADM (one timestep per image); the others are RAD's and need a RAD-trained model."""

@@ -164,7 +164,7 @@ def test_one_layout_rule_and_one_threshold_rule():
     assert torch.equal(prepare(torch.tensor([0.0, 0.01, 0.5, 0.51])), torch.tensor([0.0, 0, 0, 1]))
     assert check_threshold(0.0) == 0.0
     for bad in (1.0, -0.1):
-        with pytest.raises(ValueError, match="--threshold must be between 0 and 1"):
+        with pytest.raises(ValueError, match=r"--threshold must be a finite number in \[0, 1\)"):
             check_threshold(bad, "--threshold")
 
 

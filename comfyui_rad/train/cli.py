@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import CheckpointError
-from ..checks import EXIT_STATUS, ArgumentParser, check_outputs, describe_error
+from ..checks import EXIT_STATUS, ArgumentParser, check_outputs
 from ..devices import DTYPES
+from ..errors import describe_error, run_main, setup_logging
 from ..fileio import atomic_write
 from .distributed import CollectiveError
 from .export import export_checkpoint
@@ -36,7 +36,7 @@ EXAMPLES = """examples:
     rad-train --data photos/ --preset small64 --mask-sampling full --out runs/base --export base.safetensors
     rad-train --data photos/ --base base.safetensors --out runs/rad --export rad-on-base.safetensors
   8 GPUs on one machine (--batch-size is per process: a global batch of 8 x 16 = 128), or check first:
-    torchrun --standalone --nproc_per_node 8 -m comfyui_rad.train --data faces/ --base ffhq_10m.pt \
+    torchrun --standalone --nproc_per_node 8 -m comfyui_rad.train --data faces/ --base ffhq_10m.pt \\
              --out runs/ffhq8 --steps 100000 --batch-size 16 --resize --export rad-ffhq.safetensors
     rad-train --data faces/ --base ffhq_10m.pt --out runs/ffhq --batch-size 16 --resize --dry-run
   continue a run, export a checkpoint:
@@ -53,7 +53,6 @@ def R(field: str):
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="rad-train", epilog=EXAMPLES + "\n" + EXIT_STATUS.replace("Ctrl-C:", "Ctrl-C: --resume continues;"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train RAD (region-aware diffusion) inpainting: LoRA on a guided-diffusion ADM (--base) or a "
                     "fresh model (--preset), with the paper's two-phase per-pixel noise and Perlin masks.",
     )
@@ -329,17 +328,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
     where = f"[rank {rank}] " if "WORLD_SIZE" in os.environ and os.environ["WORLD_SIZE"] != "1" else ""
-    logging.basicConfig(level=logging.WARNING if args.quiet or rank else logging.INFO,
-                        format=f"{where}%(levelname)s: %(message)s")
-    try:
+    setup_logging(args.quiet or rank != 0, where)
+
+    def body() -> None:
         for path in run(args):
             print(path)
-    except (ValueError, CheckpointError, OSError, ImportError, CollectiveError, FloatingPointError) as err:
-        print(f"rad-train: {where}error: {describe_error(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+
+    return run_main("rad-train", body, where=where, also=(CollectiveError, FloatingPointError),
+                    interrupted="stopped; --resume continues from the last checkpoint")
 
 
 if __name__ == "__main__":

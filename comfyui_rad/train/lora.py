@@ -15,6 +15,7 @@ from torch import nn
 
 from ..adm import ADM
 from ..adapters import lora_target_modules, time_layer_keys
+from ..errors import MissingPackage, install_hint
 
 __all__ = ["require_peft", "add_lora", "trainable_parameters"]
 
@@ -22,12 +23,12 @@ _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.default\.weight$")
 
 
 def require_peft():
-    """The peft package, or an ImportError that says how to get it."""
+    """The peft package, or a MissingPackage (an ImportError) that says how to get it."""
     try:
         import peft
     except ImportError as err:
-        raise ImportError("LoRA training (--base) needs peft, which is not installed: "
-                          "pip install comfyui-rad[train]  (or: pip install peft)") from err
+        raise MissingPackage(f"LoRA training (--base) needs peft, which is not installed: {install_hint('train')}  "
+                             "(or: pip install peft)") from err
     return peft
 
 

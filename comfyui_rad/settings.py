@@ -1,0 +1,120 @@
+"""The settings a user gives rad-inpaint, rad-eval, rad-convert and the Python API: their names, defaults and ranges.
+
+One table, torch-free, so a CLI parses its arguments (and answers ``--help``) before it imports torch:
+
+- ``RANGES``: the range of every numeric setting. ``arg_type(name)`` is its argparse type (an error names the flag,
+  ``--eta``); ``check(name, value)`` is the Python API's check (an error names the argument, ``eta``). Both come
+  from the same ``Range``, so the CLIs and the API accept the same values.
+- The choices: ``SAMPLER_NAMES``, ``BASELINE_SAMPLERS``, ``FIT_NAMES``, ``MASK_MODES``, ``MASK_KINDS``,
+  ``DTYPE_NAMES``, the names of the engine's registries (``sampling.SAMPLERS``, ``pipeline.FITS``,
+  ``masks.GENERATED_MASKS``, ``devices.DTYPES``; tests/test_cli.py pins them equal).
+- The defaults: the samplers' ``DEFAULT_STEPS`` and ``DEFAULT_JUMP``, the built-in ``DEFAULT_MODEL``.
+
+rad-train's own options and ranges live with the trainer (``comfyui_rad.train``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checks import SEED_MAX, Int, Real, check_int, check_real
+
+__all__ = ["SEED_MAX", "BUILTIN_WEIGHTS", "DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_JUMP", "SAMPLER_NAMES",
+           "BASELINE_SAMPLERS", "FIT_NAMES", "MASK_MODES", "MASK_KINDS", "DTYPE_NAMES", "Range", "RANGES", "arg_type", "check"]
+
+BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
+"""The pack's own model folder (listed by the ComfyUI loader too)."""
+
+DEFAULT_MODEL = BUILTIN_WEIGHTS / "rad_default.safetensors"
+"""The small RAD model rad-inpaint and the nodes use when no model is chosen."""
+
+DEFAULT_STEPS = {"ddpm": 100, "ddim": 50, "repaint": 250, "replace": 100}
+"""Reverse steps per sampler when none are given (the signatures below, ``pipeline.inpaint``, rad-inpaint, rad-eval):
+the paper's 100 DDPM steps, DDIM's usual 50, RePaint's 250."""
+
+DEFAULT_JUMP = 10
+"""RAD resampling's jump length when none is given (RePaint's 10); resampling itself is off by default."""
+
+SAMPLER_NAMES = ("ddim", "ddpm", "repaint", "replace")
+"""The samplers by name (``sampling.SAMPLERS`` maps them to their functions)."""
+
+BASELINE_SAMPLERS = ("repaint", "replace")
+"""Samplers that work on any ADM (one timestep per image); the others are RAD's and need a RAD-trained model."""
+
+FIT_NAMES = ("crop", "resize", "pad", "tiles")
+"""How ``pipeline.inpaint`` meets the model's resolution (``pipeline.FITS``)."""
+
+MASK_MODES = ("binary", "soft")
+"""How a mask file is read: thresholded, or its values as how much each pixel is regenerated (``masks.prepare``)."""
+
+MASK_KINDS = ("box", "extreme", "wide", "perlin")
+"""The generated masks (``masks.GENERATED_MASKS``): rad-inpaint ``--mask box``, rad-eval ``--masks``."""
+
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+"""The precisions a user names (``devices.DTYPES``)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting takes: ``lo``..``hi`` (None = unbounded; ``*_open`` leaves the end out), whole
+    numbers only when ``integer``, plus the special values ``also`` (e.g. -1)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    integer: bool = False
+    lo_open: bool = False
+    hi_open: bool = False
+    also: tuple[int, ...] = ()
+
+    def arg_type(self) -> Real | Int:
+        """The argparse type: a bad value is one line naming the flag, the value and this range."""
+        if self.integer:
+            return Int(self.lo, self.hi, also=self.also)
+        return Real(self.lo, self.hi, lo_open=self.lo_open, hi_open=self.hi_open)
+
+    def check(self, value, name: str):
+        """``value`` (an int, or a float for real ranges) when it is in the range, else ValueError naming ``name``."""
+        if self.integer:
+            if value in self.also and not isinstance(value, bool):
+                return int(value)
+            return check_int(value, name, self.lo, self.hi)
+        return check_real(value, name, self.lo, self.hi, lo_open=self.lo_open, hi_open=self.hi_open)
+
+
+RANGES: dict[str, Range] = {
+    # sampling (rad-inpaint, rad-eval, pipeline.inpaint, the samplers)
+    "steps": Range(1, 1000, integer=True),
+    "eta": Range(0.0, 1.0),
+    "resample": Range(0, 100, integer=True),
+    "jump": Range(1, 1000, integer=True),
+    "jump_length": Range(1, 1000, integer=True),
+    "jump_n_sample": Range(1, 100, integer=True),
+    "seed": Range(0, SEED_MAX, integer=True),
+    "torch_seed": Range(-2**63, 2**64 - 1, integer=True),  # what a torch generator takes (pipeline.inpaint's seed)
+    # the model (load_adm, rad-inpaint, rad-eval)
+    "strength": Range(0.0, 2.0),
+    "class_label": Range(0, integer=True),
+    "num_head_channels": Range(1, 4096, integer=True, also=(-1,)),
+    "num_heads": Range(1, 4096, integer=True, also=(-1,)),
+    # masks and outputs (rad-inpaint)
+    "threshold": Range(0.0, 1.0, hi_open=True),
+    "samples": Range(1, 1000, integer=True),
+    # rad-eval
+    "limit": Range(1, integer=True),
+    "batch_size": Range(1, 4096, integer=True),
+    "grid_rows": Range(1, 1024, integer=True),
+    "threads": Range(0, 1024, integer=True),
+}
+"""Every numeric setting of rad-inpaint, rad-eval and the Python API, by its Python name (the flag is the name
+with dashes: ``--batch-size``)."""
+
+
+def arg_type(name: str) -> Real | Int:
+    """The argparse type of the setting ``name`` (``RANGES``)."""
+    return RANGES[name].arg_type()
+
+
+def check(name: str, value, label: str | None = None):
+    """``value`` of the setting ``name`` checked against ``RANGES`` (ValueError naming ``label``, default ``name``)."""
+    return RANGES[name].check(value, label or name)
