@@ -44,6 +44,9 @@ import torch.nn.functional as F
 from comfyui_rad.adm import ADM, ADMConfig, SpatialEmbedding
 from comfyui_rad.devices import DTYPES, device_name
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks, also when loaded by path
+from bench_speed import loadavg  # noqa: E402
+
 LAYOUTS = {
     # guided-diffusion 256x256_diffusion_uncond (ImageNet 256, unconditional)
     "uncond256": dict(model_channels=256, num_res_blocks=2, channel_mult=(1, 1, 2, 2, 4, 4), attention_ds=(8, 16, 32)),
@@ -162,7 +165,7 @@ def main(argv=None) -> dict:
     env = dict(torch=torch.__version__, python=platform.python_version(), device=str(device), device_name=dev_name,
                threads=torch.get_num_threads(), dtype=args.dtype, layout=args.layout, size=args.size,
                batch=args.batch, repeats=args.repeats, warmup=args.warmup, cmd=" ".join(sys.argv),
-               loadavg_start=_loadavg())
+               loadavg_start=loadavg())
     print(f"torch {env['torch']} | device {device} ({dev_name}) | threads {env['threads']} | {args.dtype} | "
           f"layout {args.layout} {LAYOUTS[args.layout]} | {args.batch}x3x{args.size}x{args.size}")
 
@@ -266,7 +269,7 @@ def main(argv=None) -> dict:
         print(f"max |{a} - {b}| = {d:.3g}{verdict}")
     print(f"max |out| = {checks['max_abs_out']:.3g}")
 
-    env["loadavg_end"] = _loadavg()
+    env["loadavg_end"] = loadavg()
     if args.repeats > 0:
         print(f"\nwall and CPU times are medians over {args.repeats} rounds; 'paired' = median over rounds of "
               f"(case / scalar of the same round); met = paired ratio <= target ({judge} time).")
@@ -353,13 +356,6 @@ def profile(model, names, device, run) -> dict:
         share = "" if row["share"] is None else f"{100 * row['share']:.1f} %"
         print(f"| {name} | {fwd:.0f} | {emb:.0f} | {rsz:.0f} | {proj - rsz:.0f} | {share} | {tops} |")
     return report
-
-
-def _loadavg():
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 if __name__ == "__main__":

@@ -447,14 +447,15 @@ def print_tables(rows: list[dict], ratio_rows: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------- environment
 
 
-def _loadavg() -> float | None:
+def loadavg() -> float | None:
+    """The 1-minute load average (how busy the machine was), None where the system has none."""
     try:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """The short commit of the checkout, with "+dirty" when tracked files differ from it; None outside git."""
     def git(*cmd: str) -> str:
         return subprocess.run(["git", "-C", str(REPO), *cmd], capture_output=True, text=True, timeout=10).stdout
@@ -480,7 +481,7 @@ def environment(args: argparse.Namespace, device: torch.device, model_desc: str,
                 threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
                 cuda=torch.version.cuda if cuda else None, dtype=args.dtype, repeats=args.repeats,
                 warmup_calls=WARMUP_CALLS, basis="wall" if cuda else "cpu", nice=os.nice(0),
-                autogroup_nice=_autogroup_nice(), commit=_git_commit(), loadavg_start=_loadavg())
+                autogroup_nice=_autogroup_nice(), commit=git_commit(), loadavg_start=loadavg())
 
 
 def print_header(env: dict) -> None:
@@ -529,7 +530,7 @@ def main(argv: list[str] | None = None) -> dict:
         r, q = bench_batch(args, model, device, batch, flops)
         rows += r
         ratio_rows += q
-    env["loadavg_end"] = _loadavg()
+    env["loadavg_end"] = loadavg()
     print_tables(rows, ratio_rows)
     for r in rows:
         if "extrapolated" in r:

@@ -58,7 +58,7 @@ from comfyui_rad.train.speed import compile_model, enable_grad_checkpoint
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks, also when loaded by path
 from bench_embedding import LAYOUTS  # noqa: E402
 from bench_embedding import build_model as random_adm  # noqa: E402
-from bench_speed import PeakMemory, _git_commit, _loadavg  # noqa: E402
+from bench_speed import PeakMemory, git_commit, loadavg  # noqa: E402
 
 LORA_RECIPES = {"adm256-lora": "uncond256", "ffhq10m-lora": "ffhq10m"}
 RECIPES = [*LORA_RECIPES, *(p for p in PRESETS if p != "adm256")]
@@ -213,7 +213,7 @@ def environment(args: argparse.Namespace, device: torch.device, argv: list[str])
     return dict(cmd="python scripts/bench_train.py " + " ".join(argv), device=str(device),
                 gpu=device_name(device) if cuda else None, cpu=device_name("cpu"), logical_cpus=os.cpu_count(),
                 threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
-                cuda=torch.version.cuda if cuda else None, commit=_git_commit(), loadavg_start=_loadavg(),
+                cuda=torch.version.cuda if cuda else None, commit=git_commit(), loadavg_start=loadavg(),
                 peak_tflops=args.peak_tflops, steps=args.steps, warmup=args.warmup)
 
 

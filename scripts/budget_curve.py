@@ -218,7 +218,7 @@ class Scorer:
                         "images": int(self.truth.shape[0]), "seconds_per_image": seconds / self.truth.shape[0],
                         **numbers}, path, force=True)
             log.info("%s, stage %s, seed %d, %s: hole PSNR %s, accuracy %.3f (%.0f s)", method.name, stage, seed,
-                     kind, de._cell(numbers["hole_psnr"], ".2f"), numbers["accuracy"], time.perf_counter() - tick)
+                     kind, de.cell(numbers["hole_psnr"], ".2f"), numbers["accuracy"], time.perf_counter() - tick)
 
 
 def jobs(b: Budget, quick: bool = False) -> list[tuple]:
@@ -326,7 +326,7 @@ def markdown(scores: list[dict], b: Budget, quick: bool = False) -> str:
             seeds = min(c["seeds"] for c in cells if c)
             secs = [c["seconds_per_image"] for c in cells if c]
             lines.append(f"| {m.name} | {'-' if stage is None else stage} | {m.calls} | " + " | ".join(
-                f"{de._cell(c['hole_psnr'], '.2f')} / {c['accuracy']:.3f}" if c else "-" for c in cells)
+                f"{de.cell(c['hole_psnr'], '.2f')} / {c['accuracy']:.3f}" if c else "-" for c in cells)
                 + f" | {seeds} | {sum(secs) / len(secs):.2f} |")
     lines += ["", "![hole PSNR and accuracy against adapter steps](budget.png)", ""]
     return "\n".join(lines)

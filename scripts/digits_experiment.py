@@ -362,7 +362,8 @@ def evaluate_all(out: Path, s: Settings, data: dict, net: DigitNet, args, clock:
 # ------------------------------------------------------------------------------------------------------ report
 
 
-def _cell(value, fmt: str) -> str:
+def cell(value, fmt: str) -> str:
+    """A report cell: ``value`` formatted, "-" for None."""
     return "-" if value is None else format(value, fmt)
 
 
@@ -382,14 +383,14 @@ def markdown(numbers: dict, phases: dict, s: Settings, extra: dict) -> str:
     for kind, rows in numbers.items():
         lines += [f"## {kind} masks", "", head, "|" + "---|" * 9]
         for name, r in rows.items():
-            lines.append(f"| {name} | {r.get('calls_per_image', '-')} | {_cell(r['hole_psnr'], '.2f')} | "
-                         f"{_cell(r['ssim_hole'], '.3f')} | {_cell(r['ssim'], '.3f')} | {_cell(r['seam'], '.4f')} | "
-                         f"{r['accuracy']:.3f} | {_cell(r['frechet'], '.2f')} | "
-                         f"{_cell(r.get('seconds_per_image'), '.3f')} |")
+            lines.append(f"| {name} | {r.get('calls_per_image', '-')} | {cell(r['hole_psnr'], '.2f')} | "
+                         f"{cell(r['ssim_hole'], '.3f')} | {cell(r['ssim'], '.3f')} | {cell(r['seam'], '.4f')} | "
+                         f"{r['accuracy']:.3f} | {cell(r['frechet'], '.2f')} | "
+                         f"{cell(r.get('seconds_per_image'), '.3f')} |")
         lines.append("")
     lines += ["## Training", "", "| model | steps | final loss |", "|---|---|---|"]
     for run, info in extra["training"].items():
-        lines.append(f"| {run} | {info['steps']} | {_cell(info['final_loss'], '.4f')} |")
+        lines.append(f"| {run} | {info['steps']} | {cell(info['final_loss'], '.4f')} |")
     lines += ["", "## Phases", "", "| phase | wall s | CPU s |", "|---|---|---|"]
     lines += [f"| {name} | {t['wall_s']:.1f} | {t['cpu_s']:.1f} |" for name, t in phases.items()]
     total = sum(t["wall_s"] for name, t in phases.items() if not name.startswith("eval "))
