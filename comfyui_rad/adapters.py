@@ -107,21 +107,23 @@ class Adapter:
     def alpha(self) -> float | None:
         return self.metadata.get("lora_alpha")
 
+    def base_config(self) -> ADMConfig | None:
+        """The architecture of the base it was made for, as its metadata records it (None where it records none)."""
+        arch = self.metadata.get("base_architecture") or self.metadata.get("architecture")
+        return config_from_json(arch, self.name) if arch else None
 
     def head_layout(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """The head layout (not in the weights) and image size it was trained with, less those the caller set."""
-        arch = self.metadata.get("base_architecture") or self.metadata.get("architecture")
-        if not arch:
+        stored, mine = self.base_config(), overridden_fields(overrides)
+        if stored is None:
             return {}
-        stored, mine = config_from_json(arch, self.name), overridden_fields(overrides)
         return {f: getattr(stored, f) for f in (*HEAD_FIELDS, "image_size") if f not in mine}
 
     def check_base(self, cfg: ADMConfig, base_path: Path, base_sd: Mapping[str, Tensor]) -> None:
         """Refuse a base other than the one it was made for (file sha256 or weights hash must match) or another
         architecture."""
-        meta = self.metadata
-        arch = meta.get("base_architecture") or meta.get("architecture")
-        diffs = _config_diff(config_from_json(arch, self.name), cfg) if arch else []
+        meta, stored = self.metadata, self.base_config()
+        diffs = _config_diff(stored, cfg) if stored is not None else []
         want_file, want_weights = meta.get("base_sha256"), meta.get("base_weights_sha256")
         if want_file or want_weights:
             have_file = file_sha256(base_path)
@@ -176,7 +178,6 @@ def parse_metadata(raw: Mapping[str, str], source: str) -> dict[str, Any]:
         raise CheckpointError(f"{source}: metadata tau_convention={meta['tau_convention']!r} is not one of "
                               f"{TAU_CONVENTIONS}")
     return meta
-
 
 
 def read_adapter(path: str | os.PathLike) -> Adapter:
@@ -249,7 +250,6 @@ def _raise_problems(problems: list[str], source: str, hint: str) -> None:
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise CheckpointError(f"{source} does not fit the base: {'; '.join(problems[:5])}{more}: {hint}")
-
 
 
 def save_adapter(path: str | os.PathLike, *, lora: Mapping[str, tuple[Tensor, Tensor]], full: Mapping[str, Tensor],
