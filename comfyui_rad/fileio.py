@@ -3,7 +3,7 @@
 - ``atomic_write``: a new file appears whole or not at all: written to a temporary file in the same folder, fsync'd,
   given the mode any new file gets (the umask's), then moved over the target with ``os.replace``. An existing file
   is refused unless ``force``. Every file comfyui-rad writes goes through it (models, adapters, images, JSON results,
-  training checkpoints, benchmark results).
+  training checkpoints, benchmark results); a full disk is one ``DiskFullError`` naming the file and what it held.
 - ``read_state_dict``: tensors and metadata of a ``.safetensors`` or ``.pt/.pth/.ckpt/.bin`` file, never unpickling
   anything but tensors (``torch.load(weights_only=True)``, memory-mapped), with one-line errors (``CheckpointError``).
 - ``write_safetensors``: a comfyui-rad file (``MODEL_FORMAT`` or ``ADAPTER_FORMAT``, ``FORMAT_VERSION``), its
@@ -15,11 +15,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import secrets
+import shutil
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,8 +36,8 @@ from .errors import UserError
 from .version import CREATED_BY
 
 __all__ = [
-    "CheckpointError", "TORCH_SUFFIXES", "ADAPTER_FORMAT", "MODEL_FORMAT", "FORMAT_VERSION", "atomic_write",
-    "write_safetensors", "read_state_dict", "sniff", "file_sha256", "weights_sha256", "file_weights_sha256",
+    "CheckpointError", "DiskFullError", "TORCH_SUFFIXES", "ADAPTER_FORMAT", "MODEL_FORMAT", "FORMAT_VERSION",
+    "atomic_write", "write_safetensors", "read_state_dict", "sniff", "file_sha256", "weights_sha256", "file_weights_sha256",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,13 +69,47 @@ def _umask() -> int:
     return mask
 
 
+class DiskFullError(OSError):
+    """A write that ran out of room (ENOSPC, EFBIG, EDQUOT): its message is one line naming the file and what it
+    held; nothing was written (``atomic_write`` removed its temporary file, an older file of that name is intact)."""
+
+
+_FULL = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file is too large for this file system",
+         errno.EDQUOT: "the disk quota is exceeded"}
+_WRITTEN = {".pt": "training checkpoint", ".safetensors": "weights", ".png": "image", ".jpg": "image",
+            ".jpeg": "image", ".webp": "image", ".json": "results"}
+
+
+def _out_of_room(err: BaseException, folder: Path) -> str | None:
+    """Why a write into ``folder`` failed when it ran out of room, else None. torch and safetensors wrap the OSError
+    in their own errors (torch: "unexpected pos", "file write failed"), so their text, and the room left on the
+    disk (read before the temporary file is removed), are read too."""
+    if isinstance(err, OSError) and err.errno in _FULL:
+        return _FULL[err.errno]
+    if not isinstance(err, Exception):
+        return None  # Ctrl-C, SystemExit
+    text = str(err)
+    for code, reason in _FULL.items():
+        if os.strerror(code) in text or f"code: {code}," in text:
+            return reason
+    try:
+        full = shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        full = False
+    if full or "file write failed" in text or "unexpected pos" in text:
+        return "the write failed (the disk is probably full)" if not full else _FULL[errno.ENOSPC]
+    return None
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, force: bool = False,
-                 flag: str = "--force") -> Path:
+                 flag: str = "--force", what: str | None = None) -> Path:
     """Write a file atomically: ``write(tmp)`` fills a temporary file beside ``path``, which is fsync'd, given the
     umask's mode (0666 & ~umask, whatever mode ``write`` created it with) and renamed over ``path``.
 
     An existing ``path`` is refused (FileExistsError naming ``flag``, the caller's way to say force) unless ``force``.
-    The parent folder is created. On any error the temporary file is removed and ``path`` is untouched.
+    The parent folder is created. On any error the temporary file is removed and ``path`` is untouched; a full disk
+    (or a file too large, a quota) is a ``DiskFullError`` naming ``path`` and ``what`` it holds (default from its
+    suffix: image, weights, training checkpoint, results).
     """
     path = Path(path)
     if path.exists() and not force:
@@ -90,10 +126,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, force
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as err:
+        reason = _out_of_room(err, path.parent)
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.strerror and err.filename in (None, str(tmp), tmp):
-            err.filename = str(path)  # a full disk (ENOSPC) names the file the user asked for, not the temporary
-        raise
+        if reason is None:
+            if isinstance(err, OSError) and err.strerror and err.filename in (None, str(tmp), tmp):
+                err.filename = str(path)  # name the file the user asked for, not the temporary
+            raise
+        what = what or _WRITTEN.get(path.suffix.lower(), "file")
+        raise DiskFullError(getattr(err, "errno", None) or errno.ENOSPC,
+                            f"could not write the {what} {path}: {reason}; nothing was written (an older file of "
+                            "that name is intact): free some space or write elsewhere") from None
     return path
 
 

@@ -6,6 +6,13 @@ exit status 2 and no traceback.
 """
 
 import dataclasses
+import errno
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +26,12 @@ from comfyui_rad.checkpoints import save_model
 from comfyui_rad.checks import check_mask_values, check_not_inputs, is_within
 from comfyui_rad.cli import main as inpaint_main
 from comfyui_rad.convert import main as convert_main
+from comfyui_rad.fileio import DiskFullError, atomic_write
 from comfyui_rad.pipeline import inpaint
 from comfyui_rad.schedule import SpatialSchedule
 from comfyui_rad.train import cli as train_cli
+from comfyui_rad.train.lock import LOCK_NAME, RunLock, RunLocked
+from comfyui_rad.train.state import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,3 +159,111 @@ def test_every_cli_refuses_outputs_on_or_in_inputs_even_with_force(files, tmp_pa
         assert main(argv) == 2, argv
         one_line_error(capsys, prog, needle)
     assert snapshot(files) == before  # nothing written, nothing replaced
+
+
+# ------------------------------------------------------------------------------ 4. run-folder lock and full disks
+
+
+def dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_run_folder_lock_live_stale_and_other_host(tmp_path, caplog):
+    held = RunLock(tmp_path)
+    with pytest.raises(RunLocked, match=f"in use by another rad-train run \\(PID {os.getpid()} on "):
+        RunLock(tmp_path)
+    held.release()
+    RunLock(tmp_path).release()  # free again
+    lock = tmp_path / LOCK_NAME
+    pid = dead_pid()
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))  # a run killed with -9
+    with caplog.at_level(logging.WARNING):
+        taken = RunLock(tmp_path)
+    assert f"took over the stale lock of PID {pid}" in caplog.text
+    assert json.loads(lock.read_text()) == {"pid": os.getpid(), "host": socket.gethostname()}
+    taken.release()
+    lock.write_text(json.dumps({"pid": 1, "host": "another-host"}))  # its process cannot be checked from here
+    with pytest.raises(RunLocked, match="PID 1 on another-host"):
+        RunLock(tmp_path)
+
+
+def fail_writes(monkeypatch, module, name: str, code: int = errno.ENOSPC, after: int = 0) -> None:
+    """``module.name`` (a writer) raises OSError(code) from its ``after + 1``-th call on, as a full disk does."""
+    real, calls = getattr(module, name), []
+
+    def writer(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > after:
+            raise OSError(code, os.strerror(code))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, writer)
+
+
+def test_rad_train_locked_folder_and_full_disk_keep_the_last_checkpoint(files, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    train = ["--data", str(files / "data"), "--preset", "tiny", "--resolution", "16", "--steps", "2",
+             "--batch-size", "2", "--holdout", "1", "--preview-every", "0", "--save-every", "1", "--workers", "0",
+             "--out", str(out), "-q"]
+    out.mkdir()
+    held = RunLock(out)
+    assert train_cli.main(train) == 2  # a second run on the same --out
+    one_line_error(capsys, "rad-train", f"PID {os.getpid()}", "choose another --out")
+    held.release()
+    fail_writes(monkeypatch, torch, "save", after=1)  # the checkpoint of step 1 is written, step 2's is not
+    assert train_cli.main(train) == 2
+    line = one_line_error(capsys, "rad-train", "training checkpoint of step 2", "step-0000002.pt", "disk is full")
+    assert "Errno" not in line
+    monkeypatch.undo()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000001.pt"]  # intact, no .tmp left
+    assert load_checkpoint(out)["step"] == 1
+    assert (out / LOCK_NAME).read_text() == ""  # released: the next run may take the folder
+    fail_writes(monkeypatch, torch, "save")
+    assert train_cli.main([*train, "--resume", "latest", "--export", str(tmp_path / "m.safetensors")]) == 2
+    one_line_error(capsys, "rad-train", "step 2")
+    monkeypatch.undo()
+    for module in save_file_users():
+        fail_writes(monkeypatch, module, "save_file", errno.EFBIG)
+    assert train_cli.main([*train, "--resume", "latest", "--export", str(tmp_path / "m.safetensors")]) == 2
+    one_line_error(capsys, "rad-train", "weights", "m.safetensors", "too large for this file system")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def save_file_users() -> list:
+    """The modules of the package that write safetensors files (each imported save_file by name)."""
+    import comfyui_rad.checkpoints  # noqa: F401 - the writers live here or in a module it imports
+    return [m for name, m in sorted(sys.modules.items()) if name.startswith("comfyui_rad")
+            and getattr(m, "save_file", None) is not None]
+
+
+def test_full_disk_in_every_other_cli_is_one_line_and_no_file(files, tmp_path, capsys, monkeypatch):
+    model, image = files / "tiny.safetensors", files / "data" / "img0.png"
+    for module in save_file_users():
+        fail_writes(monkeypatch, module, "save_file")
+    assert convert_main([str(model), "-o", str(tmp_path / "c.safetensors"), "-q"]) == 2
+    one_line_error(capsys, "rad-convert", "could not write the weights", "c.safetensors", "disk is full")
+    fail_writes(monkeypatch, Image.Image, "save")
+    assert inpaint_main(["--model", str(model), "--image", str(image), "--mask", "box", "--steps", "2", "-o",
+                         str(tmp_path / "o.png"), "-q"]) == 2
+    one_line_error(capsys, "rad-inpaint", "could not write the image", "o.png", "disk is full")
+    fail_writes(monkeypatch, json, "dump", errno.EDQUOT)
+    assert evaluate.main(["--model", str(model), "--images", str(files / "data"), "--out", str(tmp_path / "r.json"),
+                          "--steps", "2", "--limit", "1", "--masks", "box", "-q"]) == 2
+    one_line_error(capsys, "rad-eval", "could not write the results", "r.json", "quota")
+    assert list(tmp_path.iterdir()) == []  # no partial or temporary file
+
+
+def test_torch_and_safetensors_wrapped_disk_errors_are_recognised(tmp_path):
+    for err in (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+                Exception("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space "
+                          "left on device\" })")):
+        def write(tmp, err=err):
+            tmp.write_bytes(b"partial")
+            raise err
+
+        with pytest.raises(DiskFullError, match="could not write the training checkpoint .*x.pt"):
+            atomic_write(tmp_path / "x.pt", write)
+    with pytest.raises(ValueError, match="unrelated"):  # other errors pass through as they are
+        atomic_write(tmp_path / "x.pt", lambda tmp: (_ for _ in ()).throw(ValueError("unrelated")))
+    assert list(tmp_path.iterdir()) == []

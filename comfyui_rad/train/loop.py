@@ -44,6 +44,7 @@ from .losses import q_sample, rad_loss, step_terms
 from .noising import MASK_SAMPLINGS
 from .options import API, check_ranges, resume_changes
 from .presets import PRESETS, build_fresh, preset_config
+from .lock import RunLock
 from .speed import compile_model, enable_grad_checkpoint, peak_memory_mib, reset_peak_memory, use_channels_last
 from .state import BEST_NAME, checkpoint_path, list_checkpoints, load_checkpoint, remove_partial_saves, save_checkpoint
 from .stream import COLOR_AUGMENTS, SCALE_SAMPLINGS, SampleStream
@@ -274,10 +275,12 @@ class Trainer:
         self.name = names
         device = resolve_device(opts.device)
         self.dist = Distributed.from_env(device, opts.dist_timeout)
+        self.lock: RunLock | None = None
         try:
             self._build(device)
         except BaseException:
             self.dist.close()
+            self.lock and self.lock.release()
             raise
 
     def _build(self, device: torch.device) -> None:
@@ -360,10 +363,13 @@ class Trainer:
 
     def _prepare_out(self, resumed: bool) -> None:
         """Refuse to mix with another run's files unless --resume (continue) or --force (its files are deleted)."""
-        ours = list_checkpoints(self.out) + sorted((self.out / "previews").glob("step-*.png"))
-        ours += [p for p in (self.out / "metrics.jsonl", self.out / "checkpoints" / BEST_NAME) if p.exists()]
         if self.opts.dry_run:
             return  # writes nothing, refuses nothing: a dry run leaves the folder as it is
+        if self.is_main:  # one run per folder (lock.py), before anything in it is deleted or written
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.out)
+        ours = list_checkpoints(self.out) + sorted((self.out / "previews").glob("step-*.png"))
+        ours += [p for p in (self.out / "metrics.jsonl", self.out / "checkpoints" / BEST_NAME) if p.exists()]
         if ours and not resumed:  # every rank checks (so that all stop alike); rank 0 alone deletes
             if not self.opts.force:
                 raise FileExistsError(
@@ -375,7 +381,6 @@ class Trainer:
                     path.unlink()
                 log.warning("--force: deleted %d file(s) of the previous run in %s", len(ours), self.out)
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             remove_partial_saves(self.out)
 
     def _build_model(self) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -749,8 +754,9 @@ class Trainer:
                               force=force)
 
     def close(self) -> None:
-        """Stop the data threads and leave the process group."""
+        """Stop the data threads, leave the process group, give the run folder back."""
         self.stream.close()
         self.events.close()
         self.dist.close()
+        self.lock and self.lock.release()
 

@@ -48,7 +48,8 @@ def save_checkpoint(path: Path, state: dict[str, Any], keep: int = 0) -> Path:
     """Write ``state`` to ``path`` atomically (``fileio.atomic_write``, over an older file of that step); then
     keep only the newest ``keep`` checkpoints beside it (0 = keep all)."""
     path = atomic_write(path, lambda tmp: torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                                                      **state}, tmp), force=True)
+                                                      **state}, tmp), force=True,
+                        what=f"training checkpoint of step {state.get('step', '?')}")
     log.info("saved checkpoint %s", path)
     if keep > 0:
         for old in list_checkpoints(path.parent.parent)[:-keep]:
