@@ -87,6 +87,20 @@ def _read_diffusers_base(path: Path, ema: bool, overrides: dict[str, Any]):
     return read.state_dict, read.config, info, read.weights
 
 
+def _copy_off_the_file(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Every weight of ``model`` copied into memory on ``device`` (floating ones in ``dtype``), one tensor at a time.
+
+    Read tensors are memory-mapped to their file; a model still mapped to it dies with SIGBUS (the whole process,
+    no message) when the file is rewritten in place (cp over it, a download manager), so none is kept. One tensor
+    at a time, the peak is the model plus its largest tensor, on the device it will live on.
+    """
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        copy = tensor.detach().to(device=device, dtype=dtype if tensor.is_floating_point() else None, copy=True)
+        setattr(module, leaf, nn.Parameter(copy, requires_grad=False) if isinstance(tensor, nn.Parameter) else copy)
+
+
 def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | None = None, strength: float = 1.0, *,
              device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None, ema: bool = False,
              **overrides: Any) -> ADM:
@@ -102,7 +116,8 @@ def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | Non
     gradients and carries ``model.rad_info``, a ``RADInfo``: curves, tau_convention ("gd" | "authors"), embedding
     ("spatial", or "scalar" for rad-train's Cfg. 2 ablation: the samplers' ``RADDenoiser`` drives it so), is_rad,
     base, adapter, strength. Weights rad-train trained with ``--mask-sampling full`` (a plain DDPM) are not RAD
-    (is_rad False).
+    (is_rad False). The weights are copied into memory on ``device`` (none stays mapped to the file, which may then
+    be replaced while the model is in use).
     """
     path = Path(path)
     check_overrides(overrides)
@@ -122,7 +137,9 @@ def load_adm(path: str | os.PathLike, adapter: Adapter | str | os.PathLike | Non
     with torch.device("meta"):
         model = ADM(cfg)
     model.load_state_dict(sd, strict=True, assign=True)  # the model takes the (memory-mapped) tensors: no copy
-    model = model.to(device=device, dtype=resolve_dtype(dtype, device)).eval().requires_grad_(False)
+    del sd
+    _copy_off_the_file(model, torch.device(device), resolve_dtype(dtype, device))
+    model = model.eval().requires_grad_(False)
     model.rad_info = info
     log.info("loaded %s%s: %s, %s", path.name, f" + {info.adapter} x{strength:g}" if info.adapter else "",
              config_summary(cfg), "RAD" if info.is_rad else "plain ADM")

@@ -63,9 +63,27 @@ def _choices() -> dict[str, str]:
     return choices
 
 
+def _inside_folders(path: str | None, name: str) -> str | None:
+    """``path`` when it lies inside one of the RAD model folders (``..`` and absolute names collapsed, as a path
+    from a workflow must; a link the user put in a folder is followed), else a ValueError naming ``name``.
+    ComfyUI's own ``folder_paths`` normalises names too: this is the pack's own check, whatever the host does."""
+    if path is None:
+        return None
+    where = os.path.normcase(os.path.abspath(path))
+    for folder in folder_paths.get_folder_paths(FOLDER):
+        root = os.path.normcase(os.path.abspath(folder))
+        if os.path.commonpath([where, root]) == root and where != root:
+            return path
+    raise ValueError(f"'{name}' resolves to {path}, outside the RAD model folders: pick a file from the list")
+
+
 def _full_path(name: str) -> str | None:
-    """The file behind a listed name (or a plain file name from an older workflow)."""
-    return folder_paths.get_full_path(FOLDER, _choices().get(name, name))
+    """The file behind a listed name (or a plain file name from an older workflow), inside the RAD model folders."""
+    return _inside_folders(folder_paths.get_full_path(FOLDER, _choices().get(name, name)), name)
+
+
+def _adapter_path(name: str) -> str | None:
+    return _inside_folders(folder_paths.get_full_path(FOLDER, name), name)
 
 
 def _missing(what: str, name: str) -> str:
@@ -73,6 +91,15 @@ def _missing(what: str, name: str) -> str:
     return (f"{what} '{name}' was not found in the RAD model folders:\n{folders}\nPut the file in one of them "
             "(or add a 'rad' entry to extra_paths.yaml, or extra_model_paths.yaml before ComfyUI 0.38), then refresh "
             "(R) and pick it from the list.")
+
+
+def _stamp(path: str) -> tuple:
+    """(path, size, mtime in ns) of a file, or (path, None, None) when it cannot be read: what a change shows."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return path, None, None
+    return path, stat.st_size, stat.st_mtime_ns
 
 
 def _auto_dtype(device: torch.device) -> torch.dtype:
@@ -123,17 +150,23 @@ class RADModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, base_model: str, adapter: str) -> bool | str:
-        if _full_path(base_model) is None:
-            return _missing("base_model", base_model)
-        if adapter != NO_ADAPTER and folder_paths.get_full_path(FOLDER, adapter) is None:
-            return _missing("adapter", adapter)
+        try:
+            if _full_path(base_model) is None:
+                return _missing("base_model", base_model)
+            if adapter != NO_ADAPTER and _adapter_path(adapter) is None:
+                return _missing("adapter", adapter)
+        except ValueError as error:  # a name that leads out of the model folders
+            return str(error)
         return True
 
     @classmethod
     def fingerprint_inputs(cls, base_model: str, adapter: str, strength: float, dtype: str):
-        """Reload when a chosen file changes on disk (same name, new weights)."""
-        paths = [_full_path(n) for n in (base_model, adapter) if n != NO_ADAPTER]
-        return tuple((p, os.path.getmtime(p)) for p in paths if p is not None), strength, dtype
+        """Reload when a chosen file changes on disk (same name, new weights): its size or mtime in ns."""
+        try:
+            paths = [_full_path(base_model)] + ([_adapter_path(adapter)] if adapter != NO_ADAPTER else [])
+        except ValueError:  # a name outside the model folders: execute refuses it
+            return base_model, adapter, strength, dtype
+        return tuple(_stamp(p) for p in paths if p is not None), strength, dtype
 
     @classmethod
     def execute(cls, base_model: str, adapter: str, strength: float, dtype: str) -> io.NodeOutput:
@@ -142,7 +175,7 @@ class RADModelLoader(io.ComfyNode):
             raise FileNotFoundError(_missing("base_model", base_model))
         adapter_path = None
         if adapter != NO_ADAPTER:
-            adapter_path = folder_paths.get_full_path(FOLDER, adapter)
+            adapter_path = _adapter_path(adapter)
             if adapter_path is None:
                 raise FileNotFoundError(_missing("adapter", adapter))
         load_device = comfy.model_management.get_torch_device()

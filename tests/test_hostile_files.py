@@ -267,3 +267,44 @@ def test_torch_and_safetensors_wrapped_disk_errors_are_recognised(tmp_path):
     with pytest.raises(ValueError, match="unrelated"):  # other errors pass through as they are
         atomic_write(tmp_path / "x.pt", lambda tmp: (_ for _ in ()).throw(ValueError("unrelated")))
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ 2. a model file replaced on disk
+
+REPLACE_AND_SAMPLE = """
+import sys, torch
+from comfyui_rad.checkpoints import load_adm
+from comfyui_rad.sampling import sample_ddpm
+from comfyui_rad.schedule import SpatialSchedule
+torch.set_num_threads(1)
+path, other = sys.argv[1], sys.argv[2]
+model = load_adm(path)
+mask = torch.zeros(1, 1, 32, 32)
+mask[..., 8:24, 8:24] = 1
+image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+def sample():
+    return sample_ddpm(model, image, SpatialSchedule(mask), 3, torch.Generator().manual_seed(1))
+before = sample()
+with open(path, "r+b") as f:  # cp over it, a download manager writing in place: the same inode, new bytes
+    f.truncate(0)
+    f.write(open(other, "rb").read())
+after = sample()  # the weights used to stay memory-mapped: SIGBUS, the whole process gone
+print("same" if torch.equal(before, after) else "different")
+"""
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_loaded_model_survives_its_file_rewritten_in_place(tmp_path, suffix):
+    path, other = tmp_path / f"model{suffix}", tmp_path / f"other{suffix}"
+    larger = dataclasses.replace(SMALL, model_channels=64)  # the new file is shorter: reads past its end
+    if suffix == ".safetensors":
+        save_model(path, make_adm(larger, seed=0))
+        save_model(other, make_adm(SMALL, seed=1))
+    else:
+        torch.save(make_adm(larger, seed=0).state_dict(), path)
+        torch.save(make_adm(SMALL, seed=1).state_dict(), other)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", REPLACE_AND_SAMPLE, str(path), str(other)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode} (-7 = SIGBUS): {done.stderr[-2000:]}"
+    assert done.stdout.strip() == "same"

@@ -191,6 +191,7 @@ def _make_folder_paths(models_dir: Path) -> types.ModuleType:
         return sorted(found)
 
     def get_full_path(folder_name, filename):
+        filename = os.path.relpath(os.path.join("/", filename), "/")  # as ComfyUI: no "..", no absolute name
         for folder in fp.folder_names_and_paths.get(folder_name, ([], set()))[0]:
             path = os.path.join(folder, filename)
             if os.path.isfile(path):

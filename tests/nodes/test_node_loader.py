@@ -102,3 +102,46 @@ def test_lists_and_loads_an_authors_checkpoint_folder(host):
         assert model.config.norm_eps == 1e-6 and model.config.use_new_attention_order
     finally:
         shutil.rmtree(run)
+
+
+def test_fingerprint_sees_size_and_nanosecond_mtime(host):
+    fingerprint = host.nodes.RADModelLoader.fingerprint_inputs
+    path = host.models / "rad" / "tiny.safetensors"
+    data, stat = path.read_bytes(), path.stat()
+    try:
+        before = fingerprint("tiny.safetensors", "none", 1.0, "auto")
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # rewritten within the same second
+        assert fingerprint("tiny.safetensors", "none", 1.0, "auto") != before
+        path.write_bytes(data + b" ")  # another size, the same mtime
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert fingerprint("tiny.safetensors", "none", 1.0, "auto") != before
+    finally:
+        path.write_bytes(data)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize("name", ["../outside.safetensors", "./../outside.safetensors"])
+def test_traversal_names_are_refused_by_the_pack_itself(host, monkeypatch, name):
+    outside = host.models / "outside.safetensors"  # a model file beside models/rad, not in it
+    outside.write_bytes((host.models / "rad" / "tiny.safetensors").read_bytes())
+    loader, fp = host.nodes.RADModelLoader, sys.modules["folder_paths"]
+    try:
+        assert fp.get_full_path("rad", name) is None  # the stub normalises as ComfyUI does
+        assert loader.validate_inputs(name, "none") != True  # noqa: E712 - a message
+        naive = fp.get_full_path  # a host that joins names as they come
+        monkeypatch.setattr(fp, "get_full_path", lambda folder, filename: (
+            os.path.join(fp.get_folder_paths(folder)[0], filename)
+            if os.path.isfile(os.path.join(fp.get_folder_paths(folder)[0], filename)) else naive(folder, filename)))
+        assert fp.get_full_path("rad", name) is not None  # the host would hand it over
+        with pytest.raises(ValueError, match="outside the RAD model folders"):
+            loader.execute(name, "none", 1.0, "auto")
+        with pytest.raises(ValueError, match="outside the RAD model folders"):
+            loader.execute("tiny.safetensors", name, 1.0, "auto")
+        assert "outside the RAD model folders" in loader.validate_inputs(name, "none")
+        assert loader.fingerprint_inputs(name, "none", 1.0, "auto")[0] == name  # no error before execute
+        absolute = str(outside)
+        monkeypatch.setattr(fp, "get_full_path", lambda folder, filename: filename)
+        with pytest.raises(ValueError, match="outside the RAD model folders"):
+            loader.execute(absolute, "none", 1.0, "auto")
+    finally:
+        outside.unlink()
