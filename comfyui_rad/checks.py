@@ -3,6 +3,8 @@
 - Numbers. ``Real`` and ``Int`` are the argparse types of every numeric flag of rad-inpaint, rad-train and rad-eval:
   finite (no nan/inf), inside the flag's range, or one line naming the flag, the value and the range.
   ``check_real`` / ``check_int`` are the same rules for the Python API, naming the argument.
+- Memory. ``check_memory``: what a call would allocate, estimated from its inputs before anything is built, against
+  ``memory_limit()`` (16 GiB, or half the machine's memory), or one line naming the inputs and their values.
 - Tensors. ``check_image``: a non-empty float image, finite, in the range the function expects ([0,1] for
   ``pipeline.inpaint``, [-1,1] for the samplers), with a "divide by 255" hint for 0..255 input. ``check_mask_values``:
   a non-empty finite mask in [0, 1] (the same hint; NaN refused whatever the mask mode); ``check_mask`` adds the
@@ -33,7 +35,7 @@ from .errors import describe_error
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["EXIT_STATUS", "SEED_MAX", "Real", "Int", "check_real", "check_int", "check_image", "check_mask_values",
+__all__ = ["EXIT_STATUS", "SEED_MAX", "Real", "Int", "check_real", "check_int", "memory_limit", "check_memory", "check_image", "check_mask_values",
            "check_mask", "same_file", "is_within", "check_folder", "check_not_inputs", "check_outputs", "describe_error",
            "HelpFormatter", "ArgumentParser"]
 
@@ -137,6 +139,28 @@ def check_int(value, name: str, lo: int | None = None, hi: int | None = None) ->
     if not _inside(value, lo, hi, False, False):
         raise ValueError(f"{name} must be a whole number {_interval(lo, hi)}, got {value!r}")
     return int(value)
+
+
+# ----------------------------------------------------------------------------------------------------- memory
+
+
+def memory_limit() -> int:
+    """Bytes one call may ask for: 16 GiB, or half the machine's memory where that is less (a ComfyUI server's
+    memory is everyone's)."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # Windows, or unknown
+        physical = 1 << 40
+    return min(16 << 30, physical // 2)
+
+
+def check_memory(nbytes: float, what: str, fix: str, limit: int | None = None) -> None:
+    """ValueError naming ``what`` (the inputs that size it, with their values) when ``nbytes`` is over ``limit``
+    (default ``memory_limit()``): checked before anything is allocated."""
+    limit = memory_limit() if limit is None else limit
+    if nbytes > limit:
+        raise ValueError(f"{what} would need about {nbytes / 2**30:,.1f} GiB of memory, over the {limit / 2**30:.1f} "
+                         f"GiB this allows: {fix}")
 
 
 # ---------------------------------------------------------------------------------------------------- tensors

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from comfyui_rad.masks import perlin_mask
+from comfyui_rad.checks import check_memory
+from comfyui_rad.masks import perlin_bytes, perlin_mask
 
 from .common import CATEGORY
 
@@ -51,6 +52,9 @@ class RADPerlinMask(io.ComfyNode):
     @classmethod
     def execute(cls, width: int, height: int, batch_size: int, seed: int, cell_size_min: float,
                 cell_size_max: float, octaves: int, coverage: float, softness: float, invert: bool) -> io.NodeOutput:
+        check_memory(perlin_bytes(batch_size, height, width),
+                     f"Perlin Mask of batch_size {batch_size} x height {height} x width {width}",
+                     "lower width, height or batch_size (generate at the image's size, not larger)")
         mask = perlin_mask(batch_size, height, width, generator=torch.Generator().manual_seed(seed),
                            cell_size=(cell_size_min, cell_size_max), octaves=octaves, coverage=coverage,
                            softness=softness, invert=invert)

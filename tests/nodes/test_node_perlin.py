@@ -31,3 +31,18 @@ def test_invert_and_softness(host):
 def test_swapped_cell_range_is_refused(host):
     with pytest.raises(ValueError, match="swap"):
         perlin(host, cell_size_min=20.0, cell_size_max=10.0)
+
+
+def test_sizes_that_would_exhaust_memory_are_refused_before_allocating(host, monkeypatch):
+    import comfyui_rad.masks
+
+    allocated = []
+    monkeypatch.setattr(comfyui_rad.masks, "_perlin_octave", lambda *a: allocated.append(a))
+    with pytest.raises(ValueError, match=r"Perlin Mask of batch_size 64 x height 16384 x width 16384 would need "
+                                         r"about 2,560\.0 GiB.*lower width, height or batch_size"):
+        perlin(host, width=16384, height=16384, batch_size=64)  # the widgets' maxima: 128 GiB for one tensor
+    with pytest.raises(ValueError, match="perlin_mask of batch 64 x height 16384 x width 16384"):  # the API too
+        comfyui_rad.masks.perlin_mask(64, 16384, 16384, generator=torch.Generator())
+    assert allocated == []
+    monkeypatch.undo()
+    assert perlin(host, width=512, height=512, batch_size=4).shape == (4, 512, 512)  # useful sizes pass
