@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_image, check_mask
+from .checks import check_image, check_mask, check_real
 from .masks import as_bhw
 
-__all__ = ["FILLS", "harmonic_fill", "fill", "DEFAULT_TOL"]
+__all__ = ["FILLS", "STARTS", "harmonic_fill", "fill", "start_image", "DEFAULT_TOL"]
 
 log = logging.getLogger(__name__)
 
@@ -298,3 +298,35 @@ def fill(image: torch.Tensor, mask: torch.Tensor, method: str = "harmonic", *, n
     if method not in FILLS:
         raise ValueError(f"unknown fill method {method!r}: use one of {', '.join(FILLS)}")
     return FILLS[method](image, mask, name=name)
+
+
+STARTS = ("noise", *FILLS)
+"""Where RAD's hole starts (``start_image``): noise (the paper's sampler) or a classical fill."""
+
+
+def start_image(image: torch.Tensor, mask: torch.Tensor, start: str = "noise", strength: float = 1.0, *,
+                name: str = "mask", names: tuple[str, str] = ("start", "start_strength")
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RAD from a classical start: (the image the sampler starts from, the mask it samples with).
+
+    image [B,3,H,W] in [0,1], mask [B,H,W] (1 = inpaint; batches matched). RAD regenerates a pixel with mask value m
+    only partly (it is noised to abar = 1 - nu*m and read through that noise), so a start ``start`` (a name in
+    ``FILLS``) at ``strength`` s in [0, 1] is: the hidden pixels (m = 1, which the sampler never reads) hold the
+    fill, computed from every pixel the sampler reads (m < 1), and the mask is scaled to s*m. At s = 1, or with
+    start "noise", nothing changes: (image, mask) come back as given, and the result is plain RAD bit for bit. At
+    s = 0 nothing is regenerated: the result is the fill in the hole. A soft mask keeps its shape: its ramp from 0
+    to 1 becomes a ramp from 0 to s, and its soft pixels keep their own values (they are read, not filled). Kept
+    pixels (m = 0) stay m = 0 and are the input's, bit for bit. ``names``: how the caller's interface calls the two
+    settings (CLI flags, node inputs); ``name``: its mask, for a mask with nothing to fill from.
+    """
+    if start not in STARTS:
+        raise ValueError(f"unknown {names[0]} {start!r}: use one of {', '.join(STARTS)}")
+    strength = check_real(strength, names[1], 0.0, 1.0)
+    if start == "noise" or strength == 1.0:
+        return image, mask
+    hidden = (as_bhw(mask) >= 1).to(image.device)
+    if bool(hidden.flatten(1).all(1).any()):
+        raise ValueError(f"{names[0]} {start} fills the hole from the pixels around it, but {name} covers the whole "
+                         f"image: use {names[0]} noise, or leave some pixels unmasked")
+    filled = fill(image, hidden.float(), start, name=name)
+    return torch.where(hidden[:, None], filled, image), mask * strength

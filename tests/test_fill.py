@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from comfyui_rad import fill as fill_module
-from comfyui_rad.fill import fill, harmonic_fill
+from comfyui_rad.fill import fill, harmonic_fill, start_image
 from comfyui_rad.masks import perlin_mask
 
 
@@ -134,3 +134,49 @@ def test_bad_inputs_are_refused():
         harmonic_fill(torch.full((1, 3, 4, 4), float("nan")), torch.zeros(4, 4))
     with pytest.raises(ValueError, match="unknown fill method 'telea': use one of harmonic"):
         fill(torch.rand(1, 3, 4, 4), torch.zeros(4, 4), "telea")
+
+
+# ------------------------------------------------------------------------------------------------- start_image
+
+
+def soft_hole(h=20, w=24):
+    mask = torch.zeros(2, h, w)
+    mask[:, 4:16, 5:19] = 0.5
+    mask[:, 6:14, 7:17] = 1
+    return mask
+
+
+@pytest.mark.parametrize("start,strength", [("noise", 0.3), ("harmonic", 1.0), ("noise", 1.0)])
+def test_a_noise_start_or_full_strength_changes_nothing(start, strength):
+    image, mask = torch.rand(2, 3, 20, 24), soft_hole()
+    started, scaled = start_image(image, mask, start, strength)
+    assert started is image and scaled is mask
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.25, 0.5])
+def test_the_hidden_pixels_hold_the_fill_and_the_mask_is_scaled(strength):
+    image, mask = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(9)), soft_hole()
+    started, scaled = start_image(image, mask, "harmonic", strength)
+    hidden = (mask >= 1)[:, None].expand_as(image)
+    assert torch.equal(scaled, mask * strength) and torch.equal(scaled[mask == 1], torch.full_like(mask[mask == 1],
+                                                                                                   strength))
+    assert torch.equal(started[~hidden], image[~hidden])  # kept and soft pixels: the input's, bit for bit
+    assert torch.equal(started[hidden], harmonic_fill(image, (mask >= 1).float())[hidden])  # filled from all m < 1
+
+
+def test_a_start_from_a_fill_needs_pixels_to_fill_from():
+    mask = torch.ones(2, 8, 8)
+    mask[0, 0, 0] = 0
+    with pytest.raises(ValueError, match="start harmonic fills the hole .* but mask covers the whole image: use "
+                                         "start noise"):
+        start_image(torch.rand(2, 3, 8, 8), mask, "harmonic", 0.5)
+    assert start_image(torch.rand(2, 3, 8, 8), mask, "noise", 0.5)[1] is mask  # pure generation stays possible
+
+
+def test_start_settings_are_checked_naming_the_interface():
+    image, mask = torch.rand(1, 3, 8, 8), soft_hole(8, 8)[:1]
+    with pytest.raises(ValueError, match="unknown --start 'telea': use one of noise, harmonic"):
+        start_image(image, mask, "telea", 0.5, names=("--start", "--start-strength"))
+    for bad in (1.5, -0.1, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="start_strength must be a"):
+            start_image(image, mask, "harmonic", bad)
