@@ -173,9 +173,9 @@ def _check_outputs(args) -> None:
     mask_file = None if args.mask in MASK_KINDS else args.mask
     check_outputs(outputs, [("--image", args.image), ("--mask", mask_file), ("--model", args.model),
                             ("--adapter", args.adapter)])
-    imaging.check_writable(args.output, args.samples, force=args.force)
+    imaging.check_writable(args.output, args.samples, force=args.force, flag="--force")
     if args.save_mask is not None:
-        imaging.check_writable(args.save_mask, force=args.force)
+        imaging.check_writable(args.save_mask, force=args.force, flag="--force")
 
 
 def _check_class_label(model, label: int | None) -> None:

@@ -382,7 +382,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         raise FileExistsError(f"--out {args.out} already exists: choose another name or pass --force")
     if args.grids is not None:
         for kind in kinds:
-            imaging.check_writable(args.grids / f"{kind}.png", force=args.force)
+            imaging.check_writable(args.grids / f"{kind}.png", force=args.force, flag="--force")
     return kinds
 
 

@@ -102,14 +102,14 @@ def _out_of_room(err: BaseException, folder: Path) -> str | None:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, force: bool = False,
-                 flag: str = "--force", what: str | None = None) -> Path:
+                 flag: str = "force=True", what: str | None = None) -> Path:
     """Write a file atomically: ``write(tmp)`` fills a temporary file beside ``path``, which is fsync'd, given the
     umask's mode (0666 & ~umask, whatever mode ``write`` created it with) and renamed over ``path``.
 
-    An existing ``path`` is refused (FileExistsError naming ``flag``, the caller's way to say force) unless ``force``.
-    The parent folder is created. On any error the temporary file is removed and ``path`` is untouched; a full disk
-    (or a file too large, a quota) is a ``DiskFullError`` naming ``path`` and ``what`` it holds (default from its
-    suffix: image, weights, training checkpoint, results).
+    An existing ``path`` is refused (FileExistsError naming ``flag``, the caller's way to say force: a CLI passes
+    "--force") unless ``force``. The parent folder is created. On any error the temporary file is removed and
+    ``path`` is untouched; a full disk (or a file too large, a quota) is a ``DiskFullError`` naming ``path`` and
+    ``what`` it holds (default from its suffix: image, weights, training checkpoint, results).
     """
     path = Path(path)
     if path.exists() and not force:

@@ -175,16 +175,17 @@ def output_paths(path: str | os.PathLike, batch: int = 1) -> list[Path]:
     return [path.with_name(f"{path.stem}_{i:05d}{path.suffix}") for i in range(batch)]
 
 
-def check_writable(path: str | os.PathLike, batch: int = 1, *, force: bool = False) -> list[Path]:
+def check_writable(path: str | os.PathLike, batch: int = 1, *, force: bool = False, flag: str = "force=True") -> list[Path]:
     """The files ``save_image`` would write for a batch of ``batch``; raises before any work is done if the format
-    is unknown or a file exists (unless ``force``)."""
+    is unknown or a file exists (unless ``force``; the error names ``flag``, the caller's way to say force: the
+    CLIs pass "--force")."""
     path = Path(path)
     if path.suffix.lower() not in _FORMATS:
         raise ValueError(f"cannot tell the format of {path}: use one of {', '.join(sorted(_FORMATS))}")
     targets = output_paths(path, batch)
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)} already exists: choose another name or pass --force")
+        raise FileExistsError(f"{', '.join(existing)} already exists: choose another name or pass {flag}")
     return targets
 
 

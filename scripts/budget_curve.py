@@ -416,9 +416,10 @@ def write_report(out: Path, b: Budget, quick: bool, docs: Path | None = None, fo
     text, picture = markdown(scores, b, quick), plot(scores, b, quick)
     written = []
     for folder, replace in ((out, True), *(((docs, force),) if docs else ())):
-        written.append(atomic_write(folder / "budget.md", lambda tmp: tmp.write_text(text), force=replace))
+        written.append(atomic_write(folder / "budget.md", lambda tmp: tmp.write_text(text), force=replace,
+                                    flag="--force"))
         written.append(atomic_write(folder / "budget.png", lambda tmp: picture.save(tmp, format="PNG"),
-                                    force=replace))
+                                    force=replace, flag="--force"))
     write_json({"budget": dataclasses.asdict(b), "scores": scores}, out / "budget.json", force=True)
     return written
 

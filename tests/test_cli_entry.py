@@ -291,3 +291,22 @@ def test_parsing_and_help_import_no_torch(module):
     assert "usage:" in done.stdout and done.stdout.strip().endswith("HEAVY []"), done.stdout[-500:]
     done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and "(default" in done.stdout and not done.stderr, done.stderr
+
+
+def test_refusing_to_clobber_names_force_in_each_interface(tmp_path, capsys):
+    """The Python API says force=True, a CLI --force (the same check underneath)."""
+    import torch
+
+    from comfyui_rad.imaging import save_image
+
+    save_image(torch.zeros(3, 4, 4), tmp_path / "a.png")
+    with pytest.raises(FileExistsError, match="pass force=True"):
+        save_image(torch.ones(3, 4, 4), tmp_path / "a.png")
+    (tmp_path / "m.pt").write_bytes(b"never read")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "box.png").write_bytes(b"the user's picture")
+    assert evaluate.main(["--model", str(tmp_path / "m.pt"), "--images", str(tmp_path / "images"), "--out",
+                          str(tmp_path / "r.json"), "--masks", "box", "--grids", str(tmp_path / "grids"), "-q"]) == 2
+    line = one_line(capsys, "rad-eval: error")
+    assert "box.png already exists" in line and line.endswith("pass --force")

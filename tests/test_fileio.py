@@ -18,10 +18,10 @@ def _text(content: str):
 def test_atomic_write_refuses_to_clobber_without_force(tmp_path):
     path = tmp_path / "sub" / "out.txt"
     assert atomic_write(path, _text("one")) == path and path.read_text() == "one"  # the folder is made
-    with pytest.raises(FileExistsError, match=r"out\.txt already exists: pass --force to overwrite it"):
-        atomic_write(path, _text("two"))
-    with pytest.raises(FileExistsError, match="pass force=True"):
-        atomic_write(path, _text("two"), flag="force=True")
+    with pytest.raises(FileExistsError, match=r"out\.txt already exists: pass force=True to overwrite it"):
+        atomic_write(path, _text("two"))  # the Python API's name by default (issue 19); a CLI passes its flag
+    with pytest.raises(FileExistsError, match="pass --force"):
+        atomic_write(path, _text("two"), flag="--force")
     assert path.read_text() == "one"
     atomic_write(path, _text("two"), force=True)
     assert path.read_text() == "two" and os.listdir(path.parent) == ["out.txt"]
