@@ -85,8 +85,16 @@ def test_a_full_disk_names_the_file_not_the_temporary(tmp_path):
 
     with pytest.raises(OSError) as caught:
         atomic_write(tmp_path / "result.png", full)
-    assert errors.describe_error(caught.value) == f"No space left on device: {tmp_path / 'result.png'}"
+    line = errors.describe_error(caught.value)
+    assert f"could not write the image {tmp_path / 'result.png'}: the disk is full" in line and ".tmp" not in line
     assert list(tmp_path.iterdir()) == []
+
+    def denied(tmp):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(OSError) as caught:  # an OSError without a file name gets the target's, not the temporary's
+        atomic_write(tmp_path / "result.png", denied)
+    assert errors.describe_error(caught.value) == f"Permission denied: {tmp_path / 'result.png'}"
 
 
 def test_every_cli_answers_bad_input_with_one_line_and_status_2(tmp_path, capsys):
