@@ -395,3 +395,47 @@ def test_color_transform_parts():
     for i in range(200):
         out = color_transform(extreme, torch.Generator().manual_seed(i))
         assert out.dtype == torch.uint8 and out.shape == extreme.shape
+
+
+def test_masks_in_the_data_folder_are_named_in_a_warning(tmp_path, caplog):
+    from comfyui_rad.train.data import mask_like
+
+    data = write_images(tmp_path / "data", 4)
+    rng = np.random.RandomState(1)
+    binary = (rng.rand(40, 30) > 0.5).astype(np.uint8) * 255
+    Image.fromarray(binary, "L").save(data / "mask-l.png")
+    Image.fromarray(np.repeat(binary[..., None], 3, -1)).save(data / "sub" / "mask-rgb.jpg", quality=90)
+    alpha = np.zeros((40, 30, 4), np.uint8)
+    alpha[..., 3] = binary
+    Image.fromarray(alpha, "RGBA").save(data / "mask-alpha.png")
+    with Image.open(data / "mask-l.png") as a, Image.open(data / "sub" / "mask-rgb.jpg") as b, \
+            Image.open(data / "mask-alpha.png") as c:
+        assert (mask_like(a), mask_like(b), mask_like(c)) == ("two grey levels", "two grey levels", "alpha only")
+    photos = [p for p in scan_images(data) if "mask" not in p.name]
+    for path in photos:
+        with Image.open(path) as picture:
+            assert mask_like(picture) is None, path
+    grey_photo = Image.fromarray((rng.rand(40, 30) * 255).astype(np.uint8), "L")
+    assert mask_like(grey_photo) is None  # grey, but many levels
+    with caplog.at_level(logging.WARNING):
+        Trainer(TrainOptions(data=data, out=tmp_path / "run", preset="tiny", holdout=0, workers=0)).close()
+    assert "3 of 7 picture(s) looked at in data" in caplog.text and "look like masks" in caplog.text
+    assert "mask-alpha.png (alpha only)" in caplog.text and "sub/mask-rgb.jpg (two grey levels)" in caplog.text
+
+
+def test_base_may_be_an_authors_checkpoint_folder(files, tmp_path):
+    """--base takes the authors' checkpoint-N/ folder (not only its unet/ weights file); the adapter trains in their
+    tau convention, records the weights file's sha256, and loads back on the folder."""
+    from _authors import IMAGENET_LIKE, write_checkpoint
+
+    folder = write_checkpoint(tmp_path / "checkpoint-300000", IMAGENET_LIKE, seed=0, rank=3)
+    trainer = train(files, "authors-base", base=folder, num_head_channels=None, resolution=None, steps=1)
+    assert trainer.run["tau_convention"] == "authors" and trainer.stream.tau_convention == "authors"
+    path = trainer.export(tmp_path / "on-authors.safetensors")
+    model = load_adm(folder, adapter=path)
+    assert model.rad_info.tau_convention == "authors" and model.config == trainer.model.config
+    x, tau = probe()
+    trainer.model.eval()
+    with torch.no_grad():
+        assert (model(x, tau) - trainer.model(x, tau)).abs().max() <= 1e-5
+    assert export_checkpoint(files / "authors-base", tmp_path / "again.safetensors").is_file()

@@ -39,9 +39,19 @@ EXAMPLES = """examples:
     torchrun --standalone --nproc_per_node 8 -m comfyui_rad.train --data faces/ --base ffhq_10m.pt \\
              --out runs/ffhq8 --steps 100000 --batch-size 16 --resize --export rad-ffhq.safetensors
     rad-train --data faces/ --base ffhq_10m.pt --out runs/ffhq --batch-size 16 --resize --dry-run
-  continue a run, export a checkpoint:
-    rad-train --data photos/ --preset small64 --out runs/s64 --steps 80000 --resume
+  continue a run (its settings come from runs/s64/config.toml), export a checkpoint:
+    rad-train --out runs/s64 --resume --steps 80000
     rad-train --export-from runs/s64 --export rad-small64.safetensors
+  a settings file (flags override it), accelerate instead of torchrun, the scores in TensorBoard:
+    rad-train --print-config > run.toml; rad-train --config run.toml --steps 2000
+    accelerate launch --multi_gpu --num_processes 8 -m comfyui_rad.train --config run.toml
+    tensorboard --logdir runs/
+  the whole path at toy scale, on the CPU in about a minute (a 16 px plain base, a RAD adapter on it):
+    rad-train --data photos/ --preset tiny --mask-sampling full --out runs/toy-base --steps 200 \\
+              --batch-size 8 --val-every 0 --export toy-base.safetensors
+    rad-train --data photos/ --base toy-base.safetensors --out runs/toy-rad --steps 200 --batch-size 8 \\
+              --val-every 100 --val-steps 10 --export toy-rad.safetensors --export-best
+    rad-inpaint --model toy-base.safetensors --adapter toy-rad.safetensors --image photo.png --mask box -o out.png
 """
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .. import diffusers_format
 from ..adm import ADM, ADMConfig
 from ..adapters import save_adapter
 from ..checkpoints import save_model
@@ -25,7 +26,7 @@ from ..fileio import CheckpointError, file_sha256
 from ..schedule import NoiseCurves, RADInfo
 from .state import load_checkpoint
 
-__all__ = ["export_weights", "export_checkpoint"]
+__all__ = ["export_weights", "export_checkpoint", "base_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ _LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 _RECIPE = ("preset", "resolution", "lora_rank", "lora_alpha", "lr", "weight_decay", "grad_clip", "ema", "batch_size",
            "grad_accum", "seed", "precision", "embedding", "mask_sampling", "vlb_weight", "resize", "scale_range",
            "scale_sampling", "color_augment", "flip", "learn_sigma")
+
+
+def base_weights(path: str | os.PathLike) -> Path:
+    """The tensor file of a base: the file itself, or the weights inside an authors' ``checkpoint-N/`` folder (its
+    ``unet/``), whose sha256 identifies the base."""
+    return diffusers_format.weights_file(path) if Path(path).is_dir() else Path(path)
 
 
 def _metadata(run: dict[str, Any], step: int, ema: bool) -> dict[str, Any]:
@@ -69,9 +76,9 @@ def export_weights(path: str | os.PathLike, run: dict[str, Any], tensors: dict[s
         model.rad_info = RADInfo(NoiseCurves.from_dict(run["schedule"]), run["tau_convention"], run["embedding"])
         return save_model(path, model, metadata=meta, force=force)
     base_path = Path(base or run["base"]["path"])
-    if not base_path.is_file():
+    if not base_path.exists():
         raise FileNotFoundError(f"base checkpoint {base_path} not found: pass --base with its current location")
-    have = file_sha256(base_path)
+    have = file_sha256(base_weights(base_path))
     if have != run["base"]["sha256"]:
         raise CheckpointError(
             f"{base_path.name} (sha256 {have[:12]}) is not the base this run was trained on "

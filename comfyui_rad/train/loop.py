@@ -36,9 +36,9 @@ from ..image_folders import IMAGE_READ_ERRORS, load_crop, scan_images
 from ..imaging import save_image
 from ..sampling import sample_ddim
 from ..schedule import EMBEDDINGS, NoiseCurves, RADInfo, SpatialSchedule, rad_info
-from .data import split_holdout
+from .data import find_masks, split_holdout
 from .distributed import DEFAULT_TIMEOUT, Distributed, StopRequest, elastic_restart
-from .export import export_checkpoint, export_weights
+from .export import base_weights, export_checkpoint, export_weights
 from .lora import add_lora, trainable_parameters
 from .losses import q_sample, rad_loss, step_terms
 from .noising import MASK_SAMPLINGS
@@ -192,6 +192,17 @@ def _decodable_holdout(paths: list[Path], size: int) -> list[Path]:
     return good
 
 
+def _warn_masks(paths: list[Path], root: Path, flag: str) -> None:
+    """One warning when pictures in the training folder look like masks (``data.find_masks``)."""
+    found, looked = find_masks(paths)
+    if found:
+        examples = ", ".join(f"{p.relative_to(root) if p.is_relative_to(root) else p} ({why})"
+                             for p, why in found[:3])
+        log.warning("%d of %d picture(s) looked at in %s %s look like masks, not photos: %s%s; they are trained on "
+                    "as pictures: move them out of the folder", len(found), looked, flag, root, examples,
+                    ", ..." if len(found) > 3 else "")
+
+
 def _precision(name: str, device: torch.device) -> torch.dtype:
     """The autocast dtype of ``--precision``. Its "auto" is the trainer's own, not ``devices.resolve_dtype``'s:
     fp16 autocast needs a grad scaler and loses range, so without bf16 training stays in fp32."""
@@ -302,7 +313,8 @@ class Trainer:
         state = load_checkpoint(self.out if resume == "latest" else resume) if resume else None
         self.curves = NoiseCurves()
         self.model, self.run = self._build_model()
-        self.model.rad_info = RADInfo(self.curves, TAU_CONVENTION, opts.embedding, is_rad=opts.mask_sampling != "full")
+        self.model.rad_info = RADInfo(self.curves, self.run["tau_convention"], opts.embedding,
+                                      is_rad=opts.mask_sampling != "full")
         self.model.to(self.device).train()
         self.params = trainable_parameters(self.model, lora=self.run["kind"] == "lora")
         self.global_batch = opts.batch_size * dist.world * opts.grad_accum
@@ -313,6 +325,8 @@ class Trainer:
         paths = scan_images(opts.data, self.size, opts.workers)
         train, self.holdout = split_holdout(paths, opts.holdout, opts.seed, Path(opts.data))
         self.holdout = _decodable_holdout(self.holdout, self.size)
+        if self.is_main:
+            _warn_masks(train, Path(opts.data), self.name("data"))
         log.info("%d training image(s) in %s, %d held out; %dx%d %s", len(train), opts.data, len(self.holdout),
                  self.size, self.size,
                  "resized" if opts.resize else f"crops, scale {opts.scale_range} ({opts.scale_sampling})")
@@ -321,7 +335,7 @@ class Trainer:
                                    world=dist.world, rank=dist.rank, accum=opts.grad_accum, resize=opts.resize,
                                    scale_range=tuple(opts.scale_range), scale_sampling=opts.scale_sampling,
                                    flip=opts.flip, mask_sampling=opts.mask_sampling, per_pixel_tau=per_pixel,
-                                   tau_convention=TAU_CONVENTION, color_augment=opts.color_augment,
+                                   tau_convention=self.run["tau_convention"], color_augment=opts.color_augment,
                                    workers=opts.workers)
         self.optimizer = torch.optim.AdamW(list(self.params.values()), lr=opts.lr, weight_decay=opts.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
@@ -403,11 +417,16 @@ class Trainer:
                                  "rad-train trains on unlabelled images: use an unconditional checkpoint")
             if cfg.in_channels != 3:
                 raise ValueError(f"{Path(opts.base).name} takes {cfg.in_channels} input channels, not RGB images")
+            info = rad_info(model)
+            if info.is_rad and info.tau_convention != TAU_CONVENTION:  # e.g. the authors' checkpoint-N/ folder
+                run["tau_convention"] = info.tau_convention
+                log.info("%s is a RAD model in the %r tau convention: the adapter trains in it too",
+                         Path(opts.base).name, info.tau_convention)
             model.train()
             add_lora(model, opts.lora_rank, opts.lora_alpha, opts.seed)
             run.update(kind="lora", lora_rank=opts.lora_rank, lora_alpha=float(opts.lora_alpha),
                        base={"path": str(Path(opts.base).resolve()), "name": Path(opts.base).name,
-                             "sha256": file_sha256(opts.base)})
+                             "sha256": file_sha256(base_weights(opts.base))})
         else:
             cfg = dataclasses.replace(preset_config(opts.preset, opts.resolution, opts.learn_sigma),
                                       **{k: v for k, v in heads.items() if k != "image_size"})
