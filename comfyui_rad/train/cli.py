@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("settings file")
     g.add_argument("--config", type=Path, metavar="FILE.toml",
                    help="read settings from this TOML file (any option, under its name with _ for -: batch_size = "
-                        "8); flags on the command line override it")
+                        "8; paths relative to the working folder); flags on the command line override it")
     g.add_argument("--print-config", action="store_true",
                    help="print a complete commented settings file (every option at its default) and exit: "
                         "rad-train --print-config > run.toml")
