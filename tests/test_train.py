@@ -9,6 +9,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -439,3 +440,22 @@ def test_base_may_be_an_authors_checkpoint_folder(files, tmp_path):
     with torch.no_grad():
         assert (model(x, tau) - trainer.model(x, tau)).abs().max() <= 1e-5
     assert export_checkpoint(files / "authors-base", tmp_path / "again.safetensors").is_file()
+
+
+def test_worker_threads_share_the_epoch_orders_safely(tmp_path):
+    """Two training images and a batch of 8: every micro-batch spans four epochs, so the worker threads evict and
+    draw epoch orders at once (two threads evicting the same oldest epoch once raised KeyError; a slow eviction
+    widens that window here); the batches equal the calling thread's."""
+
+    class SlowEviction(dict):
+        def pop(self, key, *default):
+            time.sleep(0.005)
+            return super().pop(key, *default)
+
+    paths = scan_images(write_images(tmp_path / "data", 2))
+    threaded = SampleStream(paths, 16, NoiseCurves(), seed=0, batch=8, workers=4, ahead=8)
+    threaded._orders = SlowEviction()
+    plain = SampleStream(paths, 16, NoiseCurves(), seed=0, batch=8)
+    for step in range(12):
+        assert torch.equal(threaded.micro_batch(step, 0).x0, plain.micro_batch(step, 0).x0)
+    threaded.close()

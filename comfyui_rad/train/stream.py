@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,7 @@ class SampleStream:
         self.start_step, self.start_samples = 0, 0
         self.bad: set[int] = set()
         self._orders: dict[int, torch.Tensor] = {}
+        self._orders_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rad-data") if workers > 0 else None
         self._ahead = max(1, ahead)
         self._pending: dict[tuple[int, int], list[Future]] = {}
@@ -154,11 +156,13 @@ class SampleStream:
         return range(first, first + self.batch)
 
     def _order(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._orders:
-            if len(self._orders) > 4:
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = torch.randperm(len(self.paths), generator=sample_generator(self.seed, _ORDER, epoch))
-        return self._orders[epoch]
+        with self._orders_lock:  # worker threads share the cache (a small folder turns many epochs per step)
+            if epoch not in self._orders:
+                if len(self._orders) > 4:
+                    self._orders.pop(min(self._orders))
+                self._orders[epoch] = torch.randperm(len(self.paths),
+                                                     generator=sample_generator(self.seed, _ORDER, epoch))
+            return self._orders[epoch]
 
     def image_at(self, n: int) -> int:
         """The image index at position n of the endless epoch sequence."""
