@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from .checks import EXIT_STATUS, ArgumentParser, check_outputs
 from .errors import UserError, run_main, setup_logging
 from .settings import (
-    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_MODEL, DEFAULT_STEPS, DTYPE_NAMES, FIT_NAMES, MASK_KINDS, MASK_MODES,
-    SAMPLER_NAMES, arg_type,
+    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, FIT_NAMES, MASK_KINDS,
+    MASK_MODES, SAMPLER_NAMES, arg_type,
 )
 
 if TYPE_CHECKING:
@@ -59,10 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "calls at 250) and replace (plain DDPM, the known region replaced after each step)")
     p.add_argument("--steps", type=arg_type("steps"), default=None,
                    help="reverse steps (default " + ", ".join(f"{n} {k}" for k, n in DEFAULT_STEPS.items()) + ")")
-    p.add_argument("--eta", type=arg_type("eta"), default=1.0,
+    p.add_argument("--eta", type=arg_type("eta"), default=DEFAULTS["eta"],
                    help="DDIM eta in [0, 1]: 1 (default) adds DDPM-like noise, which washes out model error "
                         "(DDIM-25 comes close to DDPM-100); 0 = deterministic, much worse with small models")
-    p.add_argument("--resample", type=arg_type("resample"), default=0,
+    p.add_argument("--resample", type=arg_type("resample"), default=DEFAULTS["resample"],
                    help="ddpm/ddim: RAD with resampling: every --jump steps the hole goes back up --jump steps of "
                         "its own schedule and is denoised again, this many times (default 0 = off; 1 with "
                         "--jump 10 at 100 steps makes 190 network calls)")
@@ -202,28 +202,39 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
         left = (total - done) / rate if rate else 0.0
-        where = f" (window {info['window'] + 1}/{info['windows']})" if info.get("windows", 1) > 1 else ""
+        where = f" ({info['phase']})" if "phase" in info else ""  # tiles: "coarse pass", "window 3/9"
         line = f"[{'#' * (30 * done // total):<30}] {done}/{total}{where} {rate:.2f} it/s, {left:.0f}s left"
         sys.stderr.write(("\r" + line + ("\n" if done == total else "")) if self.tty else line + "\n")
         sys.stderr.flush()
 
 
-def _resample_options(args, steps: int) -> dict:
-    """--resample/--jump as the sampler's keywords ({} when off), checked in the flags' names."""
-    from .sampling import check_resample, rad_calls
+SPEC_FLAGS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "resample": "--resample", "jump": "--jump"}
+"""How rad-inpaint (and rad-eval) call the ``SamplerSpec`` fields in their errors."""
 
-    if args.resample and args.sampler not in ("ddpm", "ddim"):
+
+def sampler_spec(args):
+    """The run's ``sampling.SamplerSpec`` from --sampler, --steps, --eta, --resample and --jump: built and checked
+    once, in the flags' names (UserError). The baselines (repaint, replace) keep their own jumps: --resample is
+    refused for them."""
+    from .sampling import SamplerSpec
+
+    baseline = args.sampler in BASELINE_SAMPLERS
+    if args.resample and baseline:
         raise UserError(f"--resample works with --sampler ddpm or ddim, not {args.sampler}: RePaint resamples on its "
-                       "own (2,410 calls at its defaults)")
+                        "own (2,410 calls at its defaults)")
+    jumps = {} if baseline else {"resample": args.resample, "jump": args.jump}
     try:
-        check_resample(args.resample, args.jump, steps, ("--resample", "--jump", "--steps"))
+        spec = SamplerSpec.create(args.sampler, steps=args.steps, eta=args.eta, names=SPEC_FLAGS, **jumps)
     except ValueError as err:
+        if baseline and not jumps and args.steps is not None:  # RePaint's own jumps (10, 9 times): no flags here
+            default = SamplerSpec(args.sampler)
+            raise UserError(f"--sampler {args.sampler} jumps back {default.jump} steps: give --steps above "
+                            f"{default.jump} (default {default.steps})") from None
         raise UserError(str(err)) from None
-    if not args.resample:
-        return {}
-    log.info("resampling: %d x every %d steps, %d network calls per image", args.resample, args.jump,
-             rad_calls(steps, args.resample, args.jump))
-    return {"resample": args.resample, "jump": args.jump}
+    if spec.resample and not baseline:
+        log.info("resampling: %d x every %d steps, %d network calls per image", spec.resample, spec.jump,
+                 spec.calls())
+    return spec
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -245,8 +256,6 @@ def run(args: argparse.Namespace) -> list[Path]:
             raise UserError(f"{what} {path} is a folder, not a file: give the "
                            + ("checkpoint file (.safetensors, .pt)" if what != "--image" else "image file"))
     _check_outputs(args)  # fail before minutes of sampling
-    steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
-    options = _resample_options(args, steps)
     sides = parse_outpaint(args.outpaint) if args.outpaint is not None else None
     if args.mask is None and sides is None:
         raise UserError("give --mask (a mask file, or one of: " + ", ".join(MASK_KINDS) + "), or --outpaint")
@@ -260,6 +269,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise UserError("the mask is empty: nothing to inpaint (white or transparent pixels mark what to inpaint; "
                        "try --invert-mask)")
     image = image.expand(args.samples, -1, -1, -1)
+    spec = sampler_spec(args)  # before the model loads
 
     device = resolve_device(args.device)
     overrides = {k: v for k, v in (("num_head_channels", args.num_head_channels), ("num_heads", args.num_heads))
@@ -267,8 +277,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     model = load_adm(args.model, adapter=args.adapter, strength=args.strength, device=device,
                      dtype=resolve_dtype(args.dtype, device), ema=args.ema, **overrides)
     _check_class_label(model, args.class_label)
-    out, _ = inpaint(model, image, mask, steps=steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
-                     fit=args.fit, callback=Progress(not args.quiet), y=args.class_label, options=options)
+    out, _ = inpaint(model, image, mask, spec=spec, seed=args.seed, fit=args.fit, callback=Progress(not args.quiet),
+                     y=args.class_label)
     written = imaging.save_image(out, args.output, force=args.force)
     if args.save_mask:
         written += imaging.save_image(mask[:, None].expand(-1, 3, -1, -1), args.save_mask, force=args.force)

@@ -29,10 +29,12 @@ from typing import TYPE_CHECKING, Callable
 
 from .checks import EXIT_STATUS, ArgumentParser, check_folder, check_outputs
 from .errors import run_main, setup_logging
-from .settings import DEFAULT_JUMP, DEFAULT_STEPS, DTYPE_NAMES, MASK_KINDS, SAMPLER_NAMES, arg_type
+from .settings import DEFAULT_JUMP, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, MASK_KINDS, SAMPLER_NAMES, arg_type
 
 if TYPE_CHECKING:
     import torch
+
+    from .sampling import SamplerSpec
 
 # torch and the engine are imported inside the functions, so rad-eval parses its arguments (and answers --help)
 # before it loads torch.
@@ -79,27 +81,27 @@ def _decode(path: Path, size: int) -> torch.Tensor:
 
 def network_calls(sampler: str, steps: int, options: dict | None = None) -> int:
     """Network evaluations per image of one run of ``sampler`` (``options``: its keywords; repaint's jumps, or the
-    RAD samplers' ``resample`` and ``jump``)."""
-    from .sampling import rad_calls, repaint_calls
+    RAD samplers' ``resample`` and ``jump``): ``SamplerSpec.calls``."""
+    from .sampling import SamplerSpec
 
-    o = options or {}
-    if sampler == "repaint":
-        return repaint_calls(steps, o.get("jump_length", 10), o.get("jump_n_sample", 10))
-    if sampler in ("ddpm", "ddim"):
-        return rad_calls(steps, o.get("resample", 0), o.get("jump", DEFAULT_JUMP))
-    return steps
+    return SamplerSpec.create(sampler, steps=steps, **(options or {})).calls()
 
 
 def inpaint_set(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, *, sampler: str = "ddpm",
-                steps: int = 100, seed: int = 0, batch_size: int = 16, eta: float = 0.0,
+                steps: int | None = None, seed: int = 0, batch_size: int = 16, eta: float | None = None,
                 options: dict | None = None, embedding: str = "auto",
-                progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, float]:
+                progress: Callable[[int, int], None] | None = None,
+                spec: SamplerSpec | None = None) -> tuple[torch.Tensor, float]:
     """Inpaint images [N,3,S,S] in [0,1] (S = the model's size) under masks [N,S,S] in batches: (results [N,3,S,S]
     in [0,1], seconds spent sampling). Batch k starts at image i and uses noise seed ``seed + i``. ``embedding`` as
-    ``sampling.RADDenoiser``."""
+    ``sampling.RADDenoiser``. The sampler: ``spec``, or ``SamplerSpec.create(sampler, steps=steps, eta=eta,
+    **options)`` (built once here; defaults from the one table, eta 1)."""
     import torch
 
     from .pipeline import inpaint
+    from .sampling import SamplerSpec
+
+    spec = spec or SamplerSpec.create(sampler, steps=steps, eta=eta, **(options or {}))
 
     if images.shape[0] != mask.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {mask.shape[0]} masks: give one mask per image")
@@ -109,8 +111,8 @@ def inpaint_set(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor
     for start in range(0, images.shape[0], batch_size):
         stop = min(start + batch_size, images.shape[0])
         tick = time.perf_counter()
-        result, _ = inpaint(model, images[start:stop], mask[start:stop], steps=steps, sampler=sampler, eta=eta,
-                            seed=seed + start, fit="resize", options=options, embedding=embedding)
+        result, _ = inpaint(model, images[start:stop], mask[start:stop], spec=spec, seed=seed + start, fit="resize",
+                            embedding=embedding)
         seconds += time.perf_counter() - tick
         out.append(result)
         if progress is not None:
@@ -182,36 +184,34 @@ class MaskRun:
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, kinds: list[str] | tuple[str, ...], *,
              sampler: str = "ddpm", steps: int | None = None, seed: int = 0, batch_size: int = 16,
-             eta: float = 0.0, options: dict | None = None, embedding: str = "auto",
+             eta: float | None = None, options: dict | None = None, embedding: str = "auto",
              lpips: torch.nn.Module | None = None, inception: torch.nn.Module | None = None,
-             progress: Callable[[str, int, int], None] | None = None) -> dict[str, MaskRun]:
+             progress: Callable[[str, int, int], None] | None = None,
+             spec: SamplerSpec | None = None) -> dict[str, MaskRun]:
     """Inpaint ``images`` [N,3,S,S] in [0,1] (S = the model's size) under each mask kind and measure the results.
 
-    ``steps`` defaults to rad-inpaint's per sampler; ``options`` are the sampler's keywords (repaint:
-    jump_length, jump_n_sample); ``embedding`` as ``sampling.RADDenoiser``. ``inception``: a feature network
+    The sampler: ``spec``, or ``SamplerSpec.create(sampler, steps=steps, eta=eta, **options)`` (``steps`` default
+    rad-inpaint's per sampler; ``options`` repaint's jump_length, jump_n_sample or ddpm/ddim's resample, jump);
+    ``embedding`` as ``sampling.RADDenoiser``. ``inception``: a feature network
     (``perceptual.InceptionFeatures``) for the FID of results against ``images``.
     """
     from . import metrics
-    from .sampling import SAMPLERS, RADDenoiser
+    from .sampling import RADDenoiser, SamplerSpec
 
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}: use one of {', '.join(sorted(SAMPLERS))}")
+    spec = spec or SamplerSpec.create(sampler, steps=steps, eta=eta, **(options or {}))
     size = model.config.image_size
     if images.ndim != 4 or images.shape[1:] != (3, size, size):
         raise ValueError(f"images are {tuple(images.shape)}, the model needs [N, 3, {size}, {size}]: load them with "
                          "load_images(folder, model.config.image_size)")
-    steps = DEFAULT_STEPS[sampler] if steps is None else steps
     RADDenoiser(model, embedding=embedding)  # a bad embedding fails here, before any work
     truth_features = _features(inception, images) if inception is not None else None
     runs = {}
     for kind in kinds:
         mask = eval_masks(kind, images.shape[0], size, seed)
         tick = (lambda done, total, k=kind: progress(k, done, total)) if progress else None
-        results, seconds = inpaint_set(model, images, mask, sampler=sampler, steps=steps, seed=seed,
-                                       batch_size=batch_size, eta=eta, options=options, embedding=embedding,
-                                       progress=tick)
-        run = MaskRun(kind, mask, results, measure(results, images, mask, lpips), seconds,
-                      network_calls(sampler, steps, options))
+        results, seconds = inpaint_set(model, images, mask, spec=spec, seed=seed, batch_size=batch_size,
+                                       embedding=embedding, progress=tick)
+        run = MaskRun(kind, mask, results, measure(results, images, mask, lpips), seconds, spec.calls())
         if inception is not None:
             run.fid = metrics.frechet_distance(_features(inception, results), truth_features)
         log.info("%s: %s, %.3f s per image", kind, ", ".join(f"{k} {v:.4f}" for k, v in run.means().items()
@@ -306,13 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ddpm (RAD, default), ddim, repaint or replace (baselines on any ADM)")
     p.add_argument("--steps", type=arg_type("steps"),
                    help="reverse steps (default 100 for ddpm and replace, 50 ddim, 250 repaint)")
-    p.add_argument("--eta", type=arg_type("eta"), default=1.0,
+    p.add_argument("--eta", type=arg_type("eta"), default=DEFAULTS["eta"],
                    help="DDIM eta in [0, 1] (default 1, as rad-inpaint; 0 = deterministic)")
     p.add_argument("--jump-length", type=arg_type("jump_length"), default=10,
                    help="RePaint jump length (default 10)")
     p.add_argument("--jump-n-sample", type=arg_type("jump_n_sample"), default=10,
                    help="RePaint resamplings per jump point (default 10)")
-    p.add_argument("--resample", type=arg_type("resample"), default=0,
+    p.add_argument("--resample", type=arg_type("resample"), default=DEFAULTS["resample"],
                    help="ddpm/ddim: RAD with resampling, how often each stretch of --jump steps is denoised again "
                         "(default 0 = off)")
     p.add_argument("--jump", type=arg_type("jump"), default=DEFAULT_JUMP,
@@ -386,15 +386,23 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     return kinds
 
 
-def _resample_options(args: argparse.Namespace, steps: int) -> dict:
-    """The RAD samplers' resampling keywords from --resample/--jump ({} when off), checked in the flags' names."""
-    from .sampling import check_resample
+EVAL_FLAGS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "resample": "--resample", "jump": "--jump"}
 
+
+def sampler_spec(args: argparse.Namespace) -> tuple[SamplerSpec, dict]:
+    """The run's ``SamplerSpec`` from the sampler flags, built and checked once in the flags' names, and the
+    options the results JSON records (repaint: jump_length, jump_n_sample; ddpm/ddim: resample, jump when on)."""
+    from .sampling import SamplerSpec
+
+    if args.sampler == "repaint":
+        options = {"jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample}
+        return SamplerSpec.create("repaint", steps=args.steps, eta=args.eta, names=EVAL_FLAGS, **options), options
     if args.resample and args.sampler not in ("ddpm", "ddim"):
         raise ValueError(f"--resample works with --sampler ddpm or ddim, not {args.sampler} (RePaint resamples by "
                          "--jump-length and --jump-n-sample)")
-    check_resample(args.resample, args.jump, steps, ("--resample", "--jump", "--steps"))
-    return {"resample": args.resample, "jump": args.jump} if args.resample else {}
+    jumps = {"resample": args.resample, "jump": args.jump} if args.sampler != "replace" else {}
+    spec = SamplerSpec.create(args.sampler, steps=args.steps, eta=args.eta, names=EVAL_FLAGS, **jumps)
+    return spec, ({"resample": spec.resample, "jump": spec.jump} if spec.resample else {})
 
 
 def _table(runs: dict[str, MaskRun]) -> str:
@@ -422,9 +430,7 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
     from .schedule import rad_info
 
     kinds = _check_args(args)
-    steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
-    options = ({"jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample}
-               if args.sampler == "repaint" else _resample_options(args, steps))
+    spec, options = sampler_spec(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -441,14 +447,13 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
         if not args.quiet:
             print(f"{kind}: {done}/{total} images", file=sys.stderr, flush=True)
 
-    runs = evaluate(model, images, kinds, sampler=args.sampler, steps=steps, seed=args.seed,
-                    batch_size=args.batch_size, eta=args.eta, options=options, embedding=args.embedding,
-                    lpips=lpips, inception=inception, progress=progress)
+    runs = evaluate(model, images, kinds, spec=spec, seed=args.seed, batch_size=args.batch_size,
+                    embedding=args.embedding, lpips=lpips, inception=inception, progress=progress)
     config = {"model": str(args.model), "adapter": str(args.adapter) if args.adapter else None,
               "strength": args.strength, "embedding": RADDenoiser(model, embedding=args.embedding).embedding,
               "is_rad": rad_info(model).is_rad, "images": str(args.images),
-              "count": len(paths), "image_size": model.config.image_size, "sampler": args.sampler, "steps": steps,
-              "eta": args.eta if args.sampler == "ddim" else None, "options": options, "seed": args.seed,
+              "count": len(paths), "image_size": model.config.image_size, "sampler": spec.name, "steps": spec.steps,
+              "eta": spec.eta if spec.name == "ddim" else None, "options": options, "seed": args.seed,
               "batch_size": args.batch_size, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
               "threads": torch.get_num_threads(), "lpips": bool(lpips), "fid": bool(inception),
               "created_by": f"comfyui-rad {__version__}"}

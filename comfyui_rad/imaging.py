@@ -1,4 +1,4 @@
-"""Image and mask I/O, value ranges, and fitting images of any size to the model resolution and back.
+"""Image and mask I/O and value ranges (fitting images to the model's resolution: ``comfyui_rad.plan``).
 
 Images are float32 [B,3,H,W] in [0,1] (``to_model_range`` gives the model's [-1,1]). Masks are float32 [B,H,W] in
 [0,1] with 1 = inpaint, 0 = keep; file conventions (white = inpaint, or transparent = inpaint for images with alpha)
@@ -9,11 +9,9 @@ Shared by the CLIs and the ComfyUI nodes; no ComfyUI import.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,6 @@ from .masks import as_bhw, is_binary
 __all__ = [
     "load_image", "save_image", "output_paths", "load_mask", "photo_mask_reason", "same_aspect", "warn_if_stretched",
     "rgb8", "to_model_range", "from_model_range", "normalize_mask",
-    "Window", "Fit", "fit_crop", "fit_resize", "fit_pad", "FIT_MODES", "stitch",
 ]
 
 log = logging.getLogger(__name__)
@@ -261,149 +258,3 @@ def normalize_mask(mask: torch.Tensor, batch: int, height: int, width: int) -> t
         mask = F.interpolate(mask[:, None], size=(height, width), mode="nearest-exact" if binary else "bilinear",
                              antialias=not binary, align_corners=None if binary else False)[:, 0]
     return mask.expand(batch, height, width).clamp(0, 1)
-
-
-# ------------------------------------------------------------------------------- fitting to the model resolution
-
-
-@dataclass(frozen=True)
-class Window:
-    """A rectangle of an image in pixels; it may reach past the image borders (those pixels are padding)."""
-
-    top: int
-    left: int
-    height: int
-    width: int
-
-
-@dataclass(frozen=True)
-class Fit:
-    """How a batch was fitted to the model resolution: one window per image, each resized to ``size`` x ``size``.
-
-    ``empty`` means the mask has no pixel to inpaint: skip sampling, ``stitch`` returns the input unchanged.
-    """
-
-    mode: str
-    size: int
-    image_size: tuple[int, int]
-    windows: tuple[Window, ...]
-    empty: bool
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of [N,C,h,w] (antialiased when shrinking)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-
-
-def _cut(x: torch.Tensor, window: Window, pad_mode: str) -> torch.Tensor:
-    """The ``window`` of x [C,H,W]; parts outside the image are padded by reflection (replicate where the image is
-    too small to reflect), or with zeros for pad_mode="constant"."""
-    height, width = x.shape[-2:]
-    pads = (max(0, -window.left), max(0, window.left + window.width - width),
-            max(0, -window.top), max(0, window.top + window.height - height))
-    if any(pads):
-        too_small = max(pads[:2]) >= width or max(pads[2:]) >= height
-        mode = "replicate" if pad_mode == "reflect" and too_small else pad_mode
-        x = F.pad(x[None], pads, mode=mode)[0]
-    top, left = window.top + pads[2], window.left + pads[0]
-    return x[..., top:top + window.height, left:left + window.width]
-
-
-def _fit(image: torch.Tensor, mask: torch.Tensor, size: int, mode: str,
-         windows: list[Window]) -> tuple[torch.Tensor, torch.Tensor, Fit]:
-    """Cut each image's window, resize it to size x size. The model-resolution mask is the max over each model
-    pixel's footprint (adaptive max pooling): every model pixel that touches the hole is regenerated."""
-    images = torch.stack([_resize(_cut(x, w, "reflect")[None], (size, size))[0] for x, w in zip(image, windows)])
-    masks = torch.stack([F.adaptive_max_pool2d(_cut(m[None], w, "constant")[None], size)[0, 0]
-                         for m, w in zip(mask, windows)])
-    empty = not bool((mask > 0).any())
-    if empty:
-        log.warning("the mask is empty: nothing to inpaint, stitch() will return the input unchanged")
-    return images, masks, Fit(mode, size, tuple(image.shape[-2:]), tuple(windows), empty)
-
-
-def _prepare(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if image.dim() != 4 or not image.is_floating_point():
-        raise ValueError(f"image must be a float tensor [B,C,H,W], got {image.dtype} {tuple(image.shape)}")
-    if size < 1:
-        raise ValueError(f"model resolution must be a positive number of pixels, got {size}")
-    return image, normalize_mask(mask, image.shape[0], *image.shape[-2:]).to(image.device)
-
-
-def _span(lo: int, hi: int, side: int, length: int) -> int:
-    """Start of a span of ``side`` pixels centred on [lo, hi), kept inside [0, length) when it fits, else centred on
-    the image (the rest is padding)."""
-    if side >= length:
-        return -((side - length) // 2)
-    return min(max((lo + hi - side) // 2, 0), length - side)
-
-
-def _crop_window(mask: torch.Tensor, size: int, margin: int) -> Window:
-    """Square window around the bounding box of mask [H,W] > 0 plus ``margin`` (clipped to the image), at least
-    ``size`` wide; a centred ``size`` square for an empty mask."""
-    height, width = mask.shape
-    rows, cols = torch.nonzero(mask > 0, as_tuple=True)
-    if rows.numel() == 0:
-        y0 = y1 = height // 2
-        x0 = x1 = width // 2
-    else:
-        y0, y1 = max(int(rows.min()) - margin, 0), min(int(rows.max()) + 1 + margin, height)
-        x0, x1 = max(int(cols.min()) - margin, 0), min(int(cols.max()) + 1 + margin, width)
-    side = max(size, y1 - y0, x1 - x0)
-    return Window(_span(y0, y1, side, height), _span(x0, x1, side, width), side, side)
-
-
-def fit_crop(image: torch.Tensor, mask: torch.Tensor, size: int, *,
-             margin: int = 32) -> tuple[torch.Tensor, torch.Tensor, Fit]:
-    """Crop around each image's mask for a model of resolution ``size``.
-
-    image [B,C,H,W] (any value range), mask in any layout ``normalize_mask`` takes (1 = inpaint). Per image: the
-    mask's bounding box plus ``margin`` pixels of context, grown to a square of at least ``size`` (kept inside the
-    image; reflected padding where the image is smaller), downscaled with antialiasing when larger. Returns the
-    crops [B,C,size,size], the mask used at model resolution [B,size,size] in [0,1], and the ``Fit`` for ``stitch``.
-    """
-    image, mask = _prepare(image, mask, size)
-    return _fit(image, mask, size, "crop", [_crop_window(m, size, margin) for m in mask])
-
-
-def fit_resize(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, Fit]:
-    """The whole image resized to ``size`` x ``size`` (aspect ratio not kept); returns like ``fit_crop``."""
-    image, mask = _prepare(image, mask, size)
-    height, width = image.shape[-2:]
-    return _fit(image, mask, size, "resize", [Window(0, 0, height, width)] * image.shape[0])
-
-
-def fit_pad(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, Fit]:
-    """The image centred in a square whose side is the smallest multiple of ``size`` that holds it (reflected
-    padding), then downscaled by that whole factor to ``size`` x ``size``; returns like ``fit_crop``."""
-    image, mask = _prepare(image, mask, size)
-    height, width = image.shape[-2:]
-    side = size * math.ceil(max(height, width) / size)
-    window = Window(-((side - height) // 2), -((side - width) // 2), side, side)
-    return _fit(image, mask, size, "pad", [window] * image.shape[0])
-
-
-FIT_MODES = {"crop": fit_crop, "resize": fit_resize, "pad": fit_pad}
-
-
-def stitch(result: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, fit: Fit) -> torch.Tensor:
-    """Put a model-resolution ``result`` [B,C,size,size] back into ``image`` [B,C,H,W] (same value range), for any
-    fit mode. Each window is resized back and pasted where the mask (1 = inpaint) is above 0: pixels with mask 0
-    are bit-identical to ``image``, every other pixel comes from the result. Soft values are not blended again: RAD
-    already regenerated each pixel by its mask value, and blending would apply it twice.
-    """
-    batch, _, height, width = image.shape
-    if (height, width) != fit.image_size or len(fit.windows) != batch:
-        raise ValueError(f"image {batch}x{height}x{width} is not the one fitted ({len(fit.windows)}x"
-                         f"{fit.image_size[0]}x{fit.image_size[1]}): pass the same image to stitch()")
-    if tuple(result.shape) != (batch, image.shape[1], fit.size, fit.size):
-        raise ValueError(f"result must be {[batch, image.shape[1], fit.size, fit.size]}, got {list(result.shape)}")
-    mask = normalize_mask(mask, batch, height, width).to(image)[:, None]
-    pasted = image.clone()
-    for b, w in enumerate(fit.windows):
-        patch = _resize(result[b:b + 1].to(image), (w.height, w.width))[0]
-        y0, y1, x0, x1 = max(w.top, 0), min(w.top + w.height, height), max(w.left, 0), min(w.left + w.width, width)
-        pasted[b, :, y0:y1, x0:x1] = patch[:, y0 - w.top:y1 - w.top, x0 - w.left:x1 - w.left]
-    return torch.where(mask > 0, pasted, image)

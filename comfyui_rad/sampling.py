@@ -1,48 +1,64 @@
-"""Element-wise samplers for RAD (paper eq. (5), §4.2; RAD_NOTES §3).
+"""Element-wise samplers for RAD (paper eq. (5), §4.2; RAD_NOTES §3), and the baselines, in k-diffusion's shape.
 
-Every sampler has one shape, ``sample_x(model, image, schedule, steps, generator, callback)``: ``model`` a
-``RADDenoiser`` (or a bare ADM, wrapped in one), ``image`` [B,3,H,W] in [-1, 1], ``schedule`` a ``SpatialSchedule``
-whose mask is 1 where to inpaint; ``DEFAULT_STEPS`` holds each sampler's default steps. Only Phase 1 is sampled. The
-schedule alone keeps the known region: a pixel that has received no noise has mean x_t and no noise, so it comes
-out bit-identical to the input. Pixels under a full (m = 1) mask are never read: the start state is drawn without
-them, so the sampler cannot see what it must invent.
+A run is described by one frozen ``SamplerSpec`` (sampler name, steps, eta, resampling), built and checked once by
+each front end: ``SamplerSpec.create("ddim", steps=25)`` fills the rest from the one table of defaults (the registry
+below); ``spec.calls()`` is the number of network calls of one run, known before the first. ``sample(spec, model,
+image, schedule, ...)`` runs it: the one entry, where a bare model is wrapped into a ``RADDenoiser`` (which owns the
+noise curves) and the spec becomes the list of timesteps the state visits (``spec.timesteps``).
+
+Each sampler is then one function in k-diffusion's shape, ``x_loop(denoiser, image, mask, timesteps, generator,
+callback, y, **settings)``: ``image`` [B,3,H,W] in [-1, 1], ``mask`` [B or 1,1,H,W] in [0, 1] (1 = inpaint) on the
+denoiser's device, ``timesteps`` a plain list of the Phase 1 steps visited, the first (noisiest) to -1 (clean),
+going back up where the walk jumps. All of them walk the same loop (``_walk``): a step down is one network call and
+one numbered update rule, a step up re-noises. Only Phase 1 is sampled. The schedule alone keeps the known region: a
+pixel that has received no noise has mean x_t and no noise, so it comes out bit-identical to the input. Pixels under
+a full (m = 1) mask are never read: the start state is drawn without them.
 
 Noise is drawn on the CPU from ``generator``, so a seed gives the same result on any device. ``callback`` gets a
-dict per step: ``step`` (0-based), ``total``, ``t``, ``x`` (x_t after the step) and ``pred_x0``.
+dict per network call: ``step`` (0-based), ``total``, ``t``, ``x`` (x_t after the step) and ``pred_x0``.
 
-RAD with resampling (beyond the paper): ``resample`` r > 0 and ``jump`` j make the RAD samplers walk RePaint's
-jump schedule (``rad_times``) with RAD's own per-pixel levels: at every j-th step the hole pixels are sent back up j
-steps of their own schedule, x_{t+j} ~ q(x_{t+j} | x_t) element-wise, and denoised again, r times. A pixel whose
-level does not change (the known region) gets no noise. ``rad_calls`` counts the network calls (r = 0: ``steps``).
+RAD with resampling (beyond the paper): ``resample`` r > 0 and ``jump`` j make the walk RePaint's jump schedule
+with RAD's own per-pixel levels: at every j-th step the hole pixels are sent back up j steps of their own schedule,
+x_{t+j} ~ q(x_{t+j} | x_t) element-wise, and denoised again, r times. A pixel whose level does not change (the known
+region) gets no noise. RePaint's jump_length is ``jump`` and its jump_n_sample is ``resample + 1`` (the old names
+are accepted where they were public: ``sample_repaint``, ``SamplerSpec.create``, ``repaint_times``).
 
-``sample_repaint`` is the baseline users compare against (RePaint, RAD_NOTES §6): one timestep per image, the known
-region re-noised at every step, about 24x the network calls of RAD's DDPM at the defaults. ``sample_replace`` is the
-plain "replace the known region" baseline: RePaint without its jumps, as many network calls as RAD.
+``repaint`` is the baseline users compare against (RePaint, RAD_NOTES §6): one timestep per image, the known region
+re-noised at every step, about 24x the network calls of RAD's DDPM at the defaults. ``replace`` is the plain
+"replace the known region" baseline: RePaint without its jumps, as many network calls as RAD.
+
+A new sampler is one ``register(...)`` line at the end of this module (its loop, the settings it takes, its call
+count when it is not one call per step down, whether it is a baseline on any ADM or RAD's) plus its row of defaults
+in ``settings.SAMPLER_DEFAULTS`` (the one table, torch-free so the CLIs can state it in --help). ``SAMPLERS``
+(name -> ``sample_x(model, image, schedule, steps, generator, callback, y, ...)``), ``DEFAULT_STEPS`` and
+``BASELINE_SAMPLERS`` follow.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from . import settings
 from .checks import check_image
-from .schedule import EMBEDDINGS, NoiseCurves, SpatialSchedule, rad_info
+from .schedule import EMBEDDINGS, NoiseCurves, SpatialSchedule, rad_info, respaced_steps
+from .settings import DEFAULT_JUMP, DEFAULT_STEPS, DEFAULTS, SAMPLER_DEFAULTS
+from .settings import check as check_setting
 
-__all__ = ["DEFAULT_STEPS", "DEFAULT_JUMP", "FINITE_CHECK_EVERY", "NonFiniteOutput", "RADDenoiser", "sample_ddpm",
-           "sample_ddim", "sample_repaint", "sample_replace", "repaint_times", "repaint_calls", "check_resample",
-           "rad_times", "rad_calls", "SAMPLERS", "BASELINE_SAMPLERS"]
+__all__ = ["DEFAULT_STEPS", "DEFAULT_JUMP", "DEFAULTS", "FINITE_CHECK_EVERY", "NonFiniteOutput", "RADDenoiser",
+           "as_denoiser", "SamplerSpec", "Sampler", "register", "sample", "ddpm_loop", "ddim_loop", "repaint_loop",
+           "sample_ddpm", "sample_ddim", "sample_repaint", "sample_replace", "jump_walk", "repaint_times",
+           "repaint_calls", "check_resample", "rad_times", "rad_calls", "SAMPLERS", "BASELINE_SAMPLERS"]
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[dict], None]
 
-DEFAULT_STEPS, DEFAULT_JUMP = settings.DEFAULT_STEPS, settings.DEFAULT_JUMP
-"""Reverse steps per sampler when none are given, and RAD resampling's jump length: the one table of user settings,
-``settings`` (torch-free, so the CLIs state them in --help before they import torch)."""
-
+# DEFAULT_STEPS, DEFAULT_JUMP, DEFAULTS and SAMPLER_DEFAULTS: the one table of sampler defaults lives in ``settings``
+# (torch-free, so the CLIs state it in --help before they import torch); ``register`` reads a sampler's row there.
 
 FINITE_CHECK_EVERY = 10
 """Network calls between two reads of the denoiser's "outputs finite" flag (one device sync each)."""
@@ -56,8 +72,8 @@ class RADDenoiser:
     """The network as the samplers drive it: noise levels abar per pixel [B or 1, 1, H, W] in, (eps, v or None) out
     (float32; v is the learned-range variance output, when the model has one).
 
-    Built once by the caller, as k-diffusion's model wrappers are (``pipeline.inpaint`` builds one per call; a
-    sampler given a bare model builds its own). The model's RAD facts (``schedule.rad_info``) say how its network takes
+    Built once by the caller, as k-diffusion's model wrappers are (``pipeline.inpaint`` builds one per call;
+    ``sample`` wraps a bare model with ``as_denoiser``). It owns the noise curves the samplers use. The model's RAD facts (``schedule.rad_info``) say how its network takes
     timesteps: ``embedding`` "spatial" gives it the per-pixel map ``NoiseCurves.timestep``; "scalar" (the paper's
     Cfg. 2 ablation, ``rad-train --embedding scalar``) one timestep per image, ``NoiseCurves.scalar_timestep`` of the
     image's mean noise level; "auto" (default) follows ``rad_info``. The tau convention is always the model's.
@@ -108,76 +124,254 @@ class RADDenoiser:
         return out[:, :c], (out[:, c:2 * c] if out.shape[1] == 2 * c else None)
 
 
-def _denoiser(model, curves: NoiseCurves) -> RADDenoiser:
-    """``model`` itself when the caller built a ``RADDenoiser``, else one over ``curves`` (the schedule's)."""
+def as_denoiser(model, curves: NoiseCurves | None = None) -> RADDenoiser:
+    """``model`` itself when the caller built a ``RADDenoiser``, else one around it over ``curves`` (default the
+    model's): the one place a bare model is wrapped."""
     return model if isinstance(model, RADDenoiser) else RADDenoiser(model, curves)
 
 
-def _prepare(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int, generator):
-    """Checks inputs; returns (denoiser, schedule on the model's device, the first x_t, the step pairs)."""
+# ---------------------------------------------------------------------------------------------- the jump walk
+
+
+def jump_walk(steps: int, jump: int, resample: int) -> list[int]:
+    """The respaced step positions a sampler's state visits, from ``steps - 1`` (the first, noisiest step) to -1
+    (clean): straight down when ``resample`` is 0; else RePaint's jump schedule (Lugmayr et al. 2022, §4.2): walking
+    down, each multiple j of ``jump`` below ``steps - jump`` sends the walk back up to j + ``jump``, ``resample``
+    times for that j, before it goes on down. Unchecked: ``SamplerSpec`` checks the settings."""
+    left = {j: resample for j in range(0, steps - jump, jump)} if resample else {}
+    times = [steps - 1]
+    while times[-1] >= 0:
+        t = times[-1]
+        if left.get(t, 0) > 0:
+            left[t] -= 1
+            times.append(t + jump)
+        else:
+            times.append(t - 1)
+    return times
+
+
+def _downs(times: list[int]) -> int:
+    """Steps down (network calls) in a walk of positions or timesteps."""
+    return sum(nxt < cur for cur, nxt in zip(times, times[1:]))
+
+
+def check_resample(resample: int, jump: int, steps: int,
+                   names: tuple[str, str, str] = ("resample", "jump", "steps")) -> None:
+    """Raise ValueError unless ``resample`` (>= 0; 0 = off) and ``jump`` (>= 1, below ``steps`` when resampling) are
+    valid resampling settings. ``names``: how the caller's interface calls the three (CLI flags, node inputs)."""
+    check_setting("resample", resample, names[0])  # settings.RANGES: 0 (no resampling) to 100
+    check_setting("jump", jump, names[1])
+    if resample and jump >= steps:
+        raise ValueError(f"{names[1]} {jump} must be below {names[2]} {steps} to jump back: lower {names[1]}, raise "
+                         f"{names[2]}, or set {names[0]} to 0 (no resampling)")
+
+
+def _check_repaint_names(steps: int, jump_length: int, jump_n_sample: int) -> None:
+    """RePaint's own names for the jump settings (jump_length = jump, jump_n_sample = resample + 1), checked."""
+    for name, value in (("steps", steps), ("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if jump_n_sample > 1 and jump_length >= steps:
+        raise ValueError(f"jump_length {jump_length} must be below steps {steps} to jump back: lower jump_length, "
+                         "or set jump_n_sample to 1 (no jumps)")
+
+
+def repaint_times(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
+    """RePaint's walk in its own names: ``jump_walk(steps, jump_length, jump_n_sample - 1)``, checked. Each step
+    down is one network call: 2,410 for (250, 10, 10) (RAD_NOTES §6)."""
+    _check_repaint_names(steps, jump_length, jump_n_sample)
+    return jump_walk(steps, jump_length, jump_n_sample - 1)
+
+
+def repaint_calls(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> int:
+    """Network calls (steps down in ``repaint_times``) of one RePaint run: 2,410 for (250, 10, 10)."""
+    return _downs(repaint_times(steps, jump_length, jump_n_sample))
+
+
+def rad_times(steps: int, resample: int = 0, jump: int = DEFAULT_JUMP) -> list[int]:
+    """RAD's walk in RAD's names: ``jump_walk(steps, jump, resample)``, checked (``check_resample``)."""
+    check_resample(resample, jump, steps)
+    return jump_walk(steps, jump, resample)
+
+
+def rad_calls(steps: int, resample: int = 0, jump: int = DEFAULT_JUMP) -> int:
+    """Network calls of one RAD DDPM/DDIM run (steps down in ``rad_times``): ``steps`` without resampling; 190 for
+    100 steps, r = 1, j = 10 (RePaint 100/10/2's count)."""
+    return _downs(rad_times(steps, resample, jump))
+
+
+# ---------------------------------------------------------------------------------------------- the spec
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One registry entry (``register``). ``loop``: the sampler in k-diffusion's shape, ``loop(denoiser, image,
+    mask, timesteps, generator, callback, y, **settings)``; ``sample``: the same with the old public signature
+    (``SAMPLERS``); ``defaults``: its ``SamplerSpec`` defaults (steps, eta, resample, jump); ``settings``: the spec
+    fields the loop takes as keywords (DDIM: eta); ``resamples``: whether it may jump back; ``calls``: network
+    calls of one run of a spec (default: one per step down of its walk); ``baseline``: it works on any ADM, one
+    timestep per image and binary masks only (else it is RAD's and wants a RAD-trained model)."""
+
+    name: str
+    loop: Callable
+    sample: Callable
+    defaults: Mapping
+    settings: tuple[str, ...] = ()
+    resamples: bool = True
+    calls: Callable | None = None
+    baseline: bool = False
+
+
+_REGISTRY: dict[str, Sampler] = {}
+SAMPLERS: dict[str, Callable] = {}
+"""The registry of sampler names: name -> ``sample_x(model, image, schedule, steps, generator, callback, y, ...)``."""
+API_NAMES = {"sampler": "sampler", "steps": "steps", "eta": "eta", "resample": "resample", "jump": "jump"}
+"""How the Python API names the spec's fields in its errors (``SamplerSpec.create(names=...)``: a CLI's flags)."""
+
+
+def _entry(name: str, label: str = "sampler") -> Sampler:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown {label} {name!r}: use one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How one run samples: ``name`` (a ``SAMPLERS`` name), ``steps`` (respaced reverse steps), ``eta`` (DDIM's
+    share of fresh noise, in [0, 1]; samplers without the setting ignore it), ``resample`` / ``jump`` (jump back
+    ``jump`` steps, ``resample`` times at every ``jump``-th step; 0 = straight down; RePaint's jump_n_sample is
+    ``resample + 1`` and its jump_length is ``jump``). A field left None takes the sampler's default from the
+    registry, so ``SamplerSpec("ddim") == SamplerSpec.create("ddim")``. Checked on construction: a ValueError
+    names the API argument (``create(names=...)`` names a CLI's flags or a node's inputs instead)."""
+
+    name: str = "ddpm"
+    steps: int | None = None
+    eta: float | None = None
+    resample: int | None = None
+    jump: int | None = None
+
+    def __post_init__(self):
+        entry = _entry(self.name)
+        for key, value in entry.defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        eta = _check_settings(entry, {k: getattr(self, k) for k in ("steps", "eta", "resample", "jump")}, API_NAMES)
+        object.__setattr__(self, "eta", eta)
+
+    @classmethod
+    def create(cls, name: str = "ddpm", *, names: Mapping[str, str] | None = None, **overrides) -> SamplerSpec:
+        """The spec of sampler ``name`` with ``overrides`` (None = the default) on the registry's defaults, checked
+        in the caller's ``names`` (field -> how the caller's interface calls it: "--jump", a node input).
+        RePaint's ``jump_length`` / ``jump_n_sample`` are accepted for ``jump`` / ``resample + 1``."""
+        names = {**API_NAMES, **(names or {})}
+        entry = _entry(name, names["sampler"])
+        repaint_names = bool({"jump_length", "jump_n_sample"} & overrides.keys())  # given, even as None
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if repaint_names:
+            overrides = _from_repaint_names(overrides, entry)
+        unknown = overrides.keys() - {"steps", "eta", "resample", "jump"}
+        if unknown:
+            raise TypeError(f"unknown sampler setting(s) {', '.join(sorted(unknown))}: use steps, eta, resample, "
+                            "jump (RePaint: jump_length, jump_n_sample)")
+        values = {**entry.defaults, **overrides}
+        _check_settings(entry, values, names)  # in the caller's names first; the constructor checks again
+        return cls(name, values["steps"], values["eta"], values["resample"], values["jump"])
+
+    @property
+    def sampler(self) -> Sampler:
+        """The registry entry."""
+        return _REGISTRY[self.name]
+
+    @property
+    def baseline(self) -> bool:
+        """Whether this is a baseline (any ADM, one timestep per image, binary masks) rather than a RAD sampler."""
+        return self.sampler.baseline
+
+    def calls(self) -> int:
+        """Network calls of one run over one window: 100 for DDPM-100, 190 with resample 1 / jump 10, 2,410 for
+        RePaint 250/10/10. The one count every front end uses (progress bars, budgets, rad-eval's records)."""
+        rule = self.sampler.calls
+        return rule(self) if rule is not None else _downs(jump_walk(self.steps, self.jump, self.resample))
+
+    def timesteps(self, T1: int = 1000) -> list[int]:
+        """The Phase 1 steps (of ``T1``) the state visits, first to -1 (clean): the ``steps`` respaced steps
+        (``schedule.respaced_steps``), going back up where the walk jumps. DDPM-100: [990, 980, ..., 0, -1]."""
+        ascending = respaced_steps(self.steps, T1)[::-1]
+        return [ascending[p] if p >= 0 else -1 for p in jump_walk(self.steps, self.jump, self.resample)]
+
+    def settings(self) -> dict:
+        """The keywords the sampler's loop takes beyond the timesteps (DDIM: eta)."""
+        return {key: getattr(self, key) for key in self.sampler.settings}
+
+    def describe(self) -> str:
+        """For logs: "ddim, 25 steps, eta 1", "ddpm, 100 steps, resampling 1x every 10 (190 network calls)"."""
+        text = f"{self.name}, {self.steps} steps"
+        text += "".join(f", {key} {getattr(self, key):g}" for key in self.sampler.settings)
+        if self.resample:
+            text += f", resampling {self.resample}x every {self.jump} ({self.calls():,} network calls)"
+        return text
+
+
+def _from_repaint_names(overrides: dict, entry: Sampler) -> dict:
+    """RePaint's jump_length / jump_n_sample -> jump / resample, checked in RePaint's names."""
+    if {"jump", "resample"} & overrides.keys():
+        raise TypeError("give jump and resample, or RePaint's jump_length and jump_n_sample, not both")
+    overrides = dict(overrides)
+    length = overrides.pop("jump_length", entry.defaults["jump"])
+    n_sample = overrides.pop("jump_n_sample", entry.defaults["resample"] + 1)
+    _check_repaint_names(overrides.get("steps", entry.defaults["steps"]), length, n_sample)
+    return overrides | {"jump": length, "resample": n_sample - 1}
+
+
+def _check_settings(entry: Sampler, values: Mapping, names: Mapping[str, str]) -> float:
+    """ValueError naming the setting (in ``names``) unless ``values`` (steps, eta, resample, jump) suit ``entry``;
+    returns eta as a float."""
+    steps = values["steps"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:  # the model's T1 bounds it (timesteps)
+        raise ValueError(f"{names['steps']} must be an integer >= 1, got {steps!r}")
+    eta = check_setting("eta", values["eta"], names["eta"])
+    check_resample(values["resample"], values["jump"], steps, (names["resample"], names["jump"], names["steps"]))
+    if values["resample"] and not entry.resamples:
+        raise ValueError(f"sampler {entry.name} does not resample: set {names['resample']} to 0 (repaint is the "
+                         "sampler with jumps)")
+    return eta
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def _check_inputs(image: torch.Tensor, mask: torch.Tensor) -> None:
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image has shape {tuple(image.shape)}, expected [B, 3, H, W] in [-1, 1]")
     check_image(image, "image", -1.0, 1.0)
     b, _, h, w = image.shape
-    mb, _, mh, mw = schedule.mask.shape
+    mb, _, mh, mw = mask.shape
     if (mh, mw) != (h, w):
         raise ValueError(f"mask is {mh}x{mw} but image is {h}x{w}: resize the mask to the image")
     if mb not in (1, b):
         raise ValueError(f"mask batch {mb} does not match image batch {b}: give one mask or one per image")
-    denoiser = _denoiser(model, schedule.curves)
-    denoiser.reset()
-    schedule = schedule.to(denoiser.device)
-    pairs = schedule.steps(steps)
-    image = image.to(denoiser.device, torch.float32)
-    hole = schedule.mask >= 1
-    known = torch.where(hole, torch.zeros_like(image), image)  # never read what must be invented
-    abar = schedule.abar(pairs[0][0])
-    noise = _randn(generator, image.shape, denoiser.device)
-    # q(x_t | x0) where x0 is known (a soft mask keeps part of it); pure noise in the hole, as DDPM starts
-    x = torch.where(abar >= 1, known, (abar.sqrt() * known + (1 - abar).sqrt() * noise).float())
-    return denoiser, schedule, torch.where(hole, noise, x), pairs
 
 
 def _randn(generator: torch.Generator, shape, device) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
 
 
+def _start(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, t0: int, generator):
+    """(x at the first level t0, the known image, the hole): q(x_t0 | x0) where x0 is known (a soft mask keeps part
+    of it), pure noise in the hole (mask >= 1), as DDPM starts. The known image is 0 in the hole: never read."""
+    denoiser.reset()
+    image = image.to(denoiser.device, torch.float32)
+    hole = mask >= 1
+    known = torch.where(hole, torch.zeros_like(image), image)
+    abar = denoiser.curves.abar(mask, t0)
+    noise = _randn(generator, image.shape, denoiser.device)
+    x = torch.where(abar >= 1, known, (abar.sqrt() * known + (1 - abar).sqrt() * noise).float())
+    return torch.where(hole, noise, x), known, hole
+
+
 def _predict_x0(x: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
     """x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), clipped to [-1, 1] (DDPM eq. (15))."""
     return ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
-
-
-def _loop(model, image, schedule, steps, generator, callback, update, y=None, resample: int = 0,
-          jump: int = DEFAULT_JUMP) -> torch.Tensor:
-    """The RAD reverse walk: ``rad_times(steps, resample, jump)`` over the respaced steps, one network call and one
-    ``update`` per step down, element-wise re-noising per jump up. Without resampling it is the plain walk
-    (t_0 -> t_1 -> ... -> clean), with the same noise draws in the same order."""
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    denoiser, schedule, x, pairs = _prepare(model, image, schedule, steps, generator)
-    times = rad_times(steps, resample, jump)
-    ts = [t for t, _ in reversed(pairs)]  # the respaced steps, ascending: position p holds level abar(ts[p])
-
-    def level(p: int) -> int:
-        return ts[p] if p >= 0 else -1
-
-    total, call = _downs(times), 0
-    for cur, nxt in zip(times, times[1:]):
-        abar_t, abar_next = schedule.abar(level(cur)), schedule.abar(level(nxt))
-        if nxt > cur:  # jump back up: x_{t+j} ~ q(x_{t+j} | x_t), element-wise; unchanged levels get no noise
-            x = _renoise(x, abar_next / abar_t, _randn(generator, x.shape, x.device))
-            continue
-        eps, v = denoiser(x, abar_t, y)
-        noisy = abar_t < 1  # pixels that have received noise; the others pass through untouched
-        x0 = _predict_x0(x, eps, abar_t)
-        z = _randn(generator, x.shape, x.device) if nxt >= 0 else None
-        x_new = update(x, x0, eps, v, abar_t, abar_next, z)
-        x = torch.where(noisy, x_new.float(), x)
-        if callback is not None:
-            callback({"step": call, "total": total, "t": level(cur), "x": x,
-                      "pred_x0": torch.where(noisy, x0.float(), x)})
-        call += 1
-    denoiser.check_finite()
-    return x
 
 
 def _renoise(x: torch.Tensor, alpha: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -216,155 +410,180 @@ def _ddim_update(eta: float):
     return update
 
 
-@torch.no_grad()
-def sample_ddpm(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = DEFAULT_STEPS["ddpm"],
-                generator: torch.Generator | None = None, callback: Callback | None = None,
-                y: torch.Tensor | None = None, resample: int = 0, jump: int = DEFAULT_JUMP) -> torch.Tensor:
-    """RAD inpainting by the element-wise DDPM reverse process (paper eq. (5), §4.2) -> [B,3,H,W] in [-1, 1].
-
-    ``resample`` r > 0: every ``jump`` steps the hole goes back up ``jump`` steps of its own schedule and is denoised
-    again, r times (``rad_times``; ``rad_calls`` network calls). 0 (default): the paper's sampler."""
-    return _loop(model, image, schedule, steps, generator, callback, _ddpm_update, y, resample, jump)
+def _image_levels(curves: NoiseCurves, device) -> Callable[[int], torch.Tensor]:
+    """abar of Phase 1's DDPM curve after step t, one per image, [1,1,1,1] float64 (1 at t = -1): RePaint's."""
+    abar1, one = curves.abar1.to(device), torch.ones(1, 1, 1, 1, dtype=torch.float64, device=device)
+    return lambda t: abar1[t].reshape(1, 1, 1, 1) if t >= 0 else one
 
 
-@torch.no_grad()
-def sample_ddim(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = DEFAULT_STEPS["ddim"],
-                generator: torch.Generator | None = None, callback: Callback | None = None,
-                y: torch.Tensor | None = None, eta: float = 0.0, resample: int = 0,
-                jump: int = DEFAULT_JUMP) -> torch.Tensor:
-    """RAD inpainting by element-wise DDIM (paper §3.4; eta = 0 deterministic, 1 DDPM-like) -> [B,3,H,W].
-    ``resample``, ``jump``: as ``sample_ddpm`` (the jumps draw noise even at eta 0)."""
-    eta = settings.check("eta", eta)
-    return _loop(model, image, schedule, steps, generator, callback, _ddim_update(eta), y, resample, jump)
-
-
-def check_resample(resample: int, jump: int, steps: int,
-                   names: tuple[str, str, str] = ("resample", "jump", "steps")) -> None:
-    """Raise ValueError unless ``resample`` (>= 0; 0 = off) and ``jump`` (>= 1, below ``steps`` when resampling) are
-    valid RAD resampling settings. ``names``: how the caller's interface calls the three (CLI flags, node inputs)."""
-    settings.check("resample", resample, names[0])  # settings.RANGES: 0 (no resampling) to 100
-    settings.check("jump", jump, names[1])
-    if resample and jump >= steps:
-        raise ValueError(f"{names[1]} {jump} must be below {names[2]} {steps} to jump back: lower {names[1]}, raise "
-                         f"{names[2]}, or set {names[0]} to 0 (no resampling)")
-
-
-def rad_times(steps: int, resample: int = 0, jump: int = DEFAULT_JUMP) -> list[int]:
-    """The respaced step positions a RAD sampler's state visits, from ``steps - 1`` (the first, noisiest step) to
-    -1 (clean): straight down without resampling; with ``resample`` r > 0, RePaint's jump schedule
-    (``repaint_times(steps, jump, r + 1)``): at every multiple of ``jump`` below ``steps - jump`` the walk goes back
-    up ``jump`` positions, r times, before it goes on down."""
-    check_resample(resample, jump, steps)
-    return repaint_times(steps, jump, resample + 1) if resample else list(range(steps - 1, -2, -1))
-
-
-def rad_calls(steps: int, resample: int = 0, jump: int = DEFAULT_JUMP) -> int:
-    """Network calls of one RAD DDPM/DDIM run (steps down in ``rad_times``): ``steps`` without resampling; 190 for
-    100 steps, r = 1, j = 10 (RePaint 100/10/2's count)."""
-    return _downs(rad_times(steps, resample, jump))
-
-
-def _downs(times: list[int]) -> int:
-    return sum(nxt < cur for cur, nxt in zip(times, times[1:]))
-
-
-def repaint_times(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
-    """The respaced step indices RePaint's state visits, from ``steps - 1`` (pure noise) to -1 (clean), as a list.
-
-    Walking down, each multiple j of ``jump_length`` below ``steps - jump_length`` sends the walk back up to
-    j + ``jump_length`` (re-noising), ``jump_n_sample - 1`` times for that j, before it goes on down (RePaint §4.2).
-    Each step down is one network call: 2,410 for (250, 10, 10) (RAD_NOTES §6).
-    """
-    for name, value in (("steps", steps), ("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if jump_n_sample > 1 and jump_length >= steps:
-        raise ValueError(f"jump_length {jump_length} must be below steps {steps} to jump back: lower jump_length, "
-                         "or set jump_n_sample to 1 (no jumps)")
-    left = {j: jump_n_sample - 1 for j in range(0, steps - jump_length, jump_length)}
-    times = [steps - 1]
-    while times[-1] >= 0:
-        t = times[-1]
-        if left.get(t, 0) > 0:
-            left[t] -= 1
-            times.append(t + jump_length)
-        else:
-            times.append(t - 1)
-    return times
-
-
-def repaint_calls(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> int:
-    """Network calls (steps down in ``repaint_times``) of one RePaint run: 2,410 for (250, 10, 10)."""
-    return _downs(repaint_times(steps, jump_length, jump_n_sample))
-
-
-@torch.no_grad()
-def sample_repaint(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = DEFAULT_STEPS["repaint"],
-                   generator: torch.Generator | None = None, callback: Callback | None = None,
-                   y: torch.Tensor | None = None, jump_length: int = 10, jump_n_sample: int = 10) -> torch.Tensor:
-    """RePaint (Lugmayr et al. 2022, Alg. 1 with the jump schedule) on any ADM -> [B,3,H,W] in [-1, 1].
-
-    One timestep per image: ``steps`` respaced steps of Phase 1's DDPM curve (abar at the chosen steps, as the
-    other samplers), guided-diffusion's learned-range variance. Before every network call the known region
-    (mask 0) is replaced by the input re-noised to that step, q(x_t | x0); a jump back re-noises the whole image,
-    x_{t+j} ~ q(x_{t+j} | x_t). Finally the known region is copied back, bit-identical to the input.
-    The mask must be binary, 1 = inpaint (RePaint's own mask files use 1 = keep: invert those). Pixels under the
-    mask are never read. With an all-ones mask no known-region noise is drawn, so jump_n_sample = 1 is plain DDPM.
-    ``callback`` gets a dict per network call: ``step`` over all calls, ``total`` calls, DDPM ``t``, ``x``, ``pred_x0``.
-    """
-    if not schedule.is_binary:
-        raise ValueError("RePaint needs a binary mask (0 = keep, 1 = inpaint), got values between 0 and 1: "
-                         "threshold it (Spatial Noise Schedule mask_mode binary, or masks.prepare)")
-    times = repaint_times(steps, jump_length, jump_n_sample)
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    denoiser, schedule, x, pairs = _prepare(model, image, schedule, steps, generator)
-    hole = (schedule.mask >= 1).expand_as(x)
-    known = torch.where(hole, 0.0, image.to(x.device, torch.float32))  # never read what must be invented
-    ts = [t for t, _ in reversed(pairs)]  # the respaced DDPM steps, ascending
-    abar1 = schedule.curves.abar1.to(x.device)
-    one = torch.ones(1, 1, 1, 1, dtype=torch.float64, device=x.device)
-
-    def abar(i: int) -> torch.Tensor:
-        return abar1[ts[i]].reshape(1, 1, 1, 1) if i >= 0 else one
-
-    replace = not bool(hole.all())
-    total, call = repaint_calls(steps, jump_length, jump_n_sample), 0
-    for cur, nxt in zip(times, times[1:]):
-        abar_t, abar_next = abar(cur), abar(nxt)
-        if nxt > cur:  # 1. jump back: x_{t+j} ~ q(x_{t+j} | x_t) = N(sqrt(a) x_t, (1 - a) I), a = abar_{t+j} / abar_t
-            alpha = abar_next / abar_t
-            x = (alpha.sqrt() * x + (1 - alpha).sqrt() * _randn(generator, x.shape, x.device)).float()
+def _walk(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, timesteps: list[int], generator,
+          callback: Callback | None, y, update, *, baseline: bool = False) -> torch.Tensor:
+    """The reverse walk every sampler takes, over ``timesteps`` (first to -1): a step up re-noises, a step down is
+    one network call and one ``update(x, x0, eps, v, abar_t, abar_next, z)``. RAD's levels are per pixel, from
+    the mask; ``baseline`` (RePaint's conditioning) gives one level per image, replaces the known region before
+    every call and copies it back at the end. Noise draws in a fixed order: start, then per step (jump | known
+    region, z)."""
+    x, known, hole = _start(denoiser, image, mask, timesteps[0], generator)
+    level = _image_levels(denoiser.curves, x.device) if baseline else (lambda t: denoiser.curves.abar(mask, t))
+    replace = baseline and not bool(hole.all())
+    total, call = _downs(timesteps), 0
+    for t, t_next in zip(timesteps, timesteps[1:]):
+        abar_t, abar_next = level(t), level(t_next)
+        if t_next > t:  # 1. jump back up: x_{t+j} ~ q(x_{t+j} | x_t), element-wise; unchanged levels get no noise
+            x = _renoise(x, abar_next / abar_t, _randn(generator, x.shape, x.device))
             continue
-        if replace:  # 2. known region at this step's level, q(x_t | x0) (RePaint eq. (8))
+        if replace:  # 2. RePaint: the known region at this step's level, q(x_t | x0) (RePaint eq. (8))
             noisy_known = abar_t.sqrt() * known + (1 - abar_t).sqrt() * _randn(generator, x.shape, x.device)
             x = torch.where(hole, x, noisy_known.float())
-        # 3. the unknown region by one DDPM step (RePaint eq. (7)), on the whole image as the network sees it
+        # 3. one step down on the whole image as the network sees it (RePaint eq. (7): the unknown region)
         eps, v = denoiser(x, abar_t, y)
+        noisy = abar_t < 1  # pixels that have received noise; the others pass through untouched
         x0 = _predict_x0(x, eps, abar_t)
-        z = _randn(generator, x.shape, x.device) if nxt >= 0 else None
-        x = _ddpm_update(x, x0, eps, v, abar_t, abar_next, z).float()
+        z = _randn(generator, x.shape, x.device) if t_next >= 0 else None
+        x = torch.where(noisy, update(x, x0, eps, v, abar_t, abar_next, z).float(), x)
         if callback is not None:
-            callback({"step": call, "total": total, "t": ts[cur], "x": x,
-                      "pred_x0": torch.where(hole, x0.float(), known)})
+            preview = torch.where(hole, x0.float(), known) if baseline else torch.where(noisy, x0.float(), x)
+            callback({"step": call, "total": total, "t": t, "x": x, "pred_x0": preview})
         call += 1
     denoiser.check_finite()
-    return torch.where(hole, x, known)  # 4. the known region is the input, bit for bit
+    return torch.where(hole, x, known) if baseline else x  # 4. RePaint: the known region is the input, bit for bit
+
+
+# ---------------------------------------------------------------------------------------------- the samplers
 
 
 @torch.no_grad()
-def sample_replace(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int = DEFAULT_STEPS["replace"],
+def ddpm_loop(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, timesteps: list[int], generator,
+              callback: Callback | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+    """RAD inpainting by the element-wise DDPM reverse process (paper eq. (5), §4.2) -> [B,3,H,W] in [-1, 1]."""
+    return _walk(denoiser, image, mask, timesteps, generator, callback, y, _ddpm_update)
+
+
+@torch.no_grad()
+def ddim_loop(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, timesteps: list[int], generator,
+              callback: Callback | None = None, y: torch.Tensor | None = None, eta: float = 1.0) -> torch.Tensor:
+    """RAD inpainting by element-wise DDIM (paper §3.4; eta 0 deterministic, 1 DDPM-like) -> [B,3,H,W]. Jumps draw
+    noise even at eta 0."""
+    return _walk(denoiser, image, mask, timesteps, generator, callback, y, _ddim_update(eta))
+
+
+@torch.no_grad()
+def repaint_loop(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, timesteps: list[int], generator,
+                 callback: Callback | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+    """RePaint (Lugmayr et al. 2022, Alg. 1 with the jump schedule) on any ADM -> [B,3,H,W] in [-1, 1]: DDPM with one
+    timestep per image (abar of Phase 1's curve at the visited steps, guided-diffusion's learned-range variance),
+    the known region (mask 0) replaced by the input re-noised to each step's level before every call, a jump
+    re-noising the whole image, and the known region copied back at the end, bit-identical to the input. Binary
+    masks, 1 = inpaint; pixels under the mask are never read. Without jumps: the "replace" baseline."""
+    return _walk(denoiser, image, mask, timesteps, generator, callback, y, _ddpm_update, baseline=True)
+
+
+def _check_binary(schedule: SpatialSchedule, name: str) -> None:
+    if not schedule.is_binary:
+        raise ValueError(f"{name} needs a binary mask (0 = keep, 1 = inpaint), got values between 0 and 1: "
+                         "threshold it (Spatial Noise Schedule mask_mode binary, or masks.prepare)")
+
+
+def sample(spec: SamplerSpec, model, image: torch.Tensor, schedule: SpatialSchedule,
+           generator: torch.Generator | None = None, callback: Callback | None = None,
+           y: torch.Tensor | None = None) -> torch.Tensor:
+    """Run ``spec`` on ``image`` [B,3,H,W] in [-1, 1] where ``schedule``'s mask (1 = inpaint) says -> [B,3,H,W].
+
+    The one entry of every sampler: ``model`` is a ``RADDenoiser`` (its curves are used) or a bare ADM, wrapped
+    here over the schedule's curves (``as_denoiser``); ``generator`` None: seed 0."""
+    denoiser = as_denoiser(model, schedule.curves)
+    _check_inputs(image, schedule.mask)
+    if spec.baseline:
+        _check_binary(schedule, spec.name)
+    timesteps = spec.timesteps(denoiser.curves.T1)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    mask = schedule.mask.to(denoiser.device)
+    return spec.sampler.loop(denoiser, image, mask, timesteps, generator, callback, y, **spec.settings())
+
+
+# ------------------------------------------------------------------------- the public samplers, old signature
+
+
+@torch.no_grad()
+def sample_ddpm(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int | None = None,
+                generator: torch.Generator | None = None, callback: Callback | None = None,
+                y: torch.Tensor | None = None, resample: int | None = None, jump: int | None = None) -> torch.Tensor:
+    """RAD inpainting by the element-wise DDPM reverse process (paper eq. (5), §4.2) -> [B,3,H,W] in [-1, 1].
+
+    ``model``: a ``RADDenoiser`` or a bare ADM; ``image`` [B,3,H,W] in [-1, 1]; ``schedule``: a ``SpatialSchedule``
+    whose mask is 1 where to inpaint. ``steps`` default 100. ``resample`` r > 0: every ``jump`` steps the hole goes
+    back up ``jump`` steps of its own schedule and is denoised again, r times (``rad_calls`` network calls).
+    0 (default): the paper's sampler."""
+    return sample(SamplerSpec.create("ddpm", steps=steps, resample=resample, jump=jump), model, image, schedule,
+                  generator, callback, y)
+
+
+@torch.no_grad()
+def sample_ddim(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int | None = None,
+                generator: torch.Generator | None = None, callback: Callback | None = None,
+                y: torch.Tensor | None = None, eta: float | None = None, resample: int | None = None,
+                jump: int | None = None) -> torch.Tensor:
+    """RAD inpainting by element-wise DDIM (paper §3.4; eta 0 deterministic, 1 DDPM-like) -> [B,3,H,W].
+    ``steps`` default 50, ``eta`` default 1 (0 before issue 19). ``resample``, ``jump``: as ``sample_ddpm``."""
+    return sample(SamplerSpec.create("ddim", steps=steps, eta=eta, resample=resample, jump=jump), model, image,
+                  schedule, generator, callback, y)
+
+
+@torch.no_grad()
+def sample_repaint(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int | None = None,
+                   generator: torch.Generator | None = None, callback: Callback | None = None,
+                   y: torch.Tensor | None = None, jump_length: int | None = None,
+                   jump_n_sample: int | None = None) -> torch.Tensor:
+    """RePaint (``repaint_loop``) on any ADM -> [B,3,H,W] in [-1, 1]; ``steps`` default 250, ``jump_length``
+    10, ``jump_n_sample`` 10 (2,410 network calls). With an all-ones mask no known-region noise is drawn, so
+    jump_n_sample = 1 is plain DDPM. The mask must be binary, 1 = inpaint (RePaint's own mask files use 1 = keep:
+    invert those). ``callback`` gets a dict per network call: ``step`` over all calls, ``total``, DDPM ``t``."""
+    _check_binary(schedule, "RePaint")
+    return sample(SamplerSpec.create("repaint", steps=steps, jump_length=jump_length, jump_n_sample=jump_n_sample),
+                  model, image, schedule, generator, callback, y)
+
+
+@torch.no_grad()
+def sample_replace(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int | None = None,
                    generator: torch.Generator | None = None, callback: Callback | None = None,
                    y: torch.Tensor | None = None) -> torch.Tensor:
     """The "replace" baseline on any ADM: RePaint's conditioning (Lugmayr et al. 2022, eq. (8)) without resampling.
 
-    Ordinary DDPM on the whole image with one timestep per image (``steps`` respaced steps, learned-range variance);
-    after each step the known region (mask 0) is replaced by the input noised to the new level, q(x_t | x0), and at
-    the end by the input itself. That is ``sample_repaint`` without jumps (jump_n_sample = 1), which is how it is
-    computed: same noise draws, same callback. Binary masks only, 1 = inpaint; pixels under the mask are never read.
+    Ordinary DDPM on the whole image with one timestep per image (``steps`` respaced steps, default 100,
+    learned-range variance); before each step the known region (mask 0) is replaced by the input noised to the
+    level, q(x_t | x0), and at the end by the input itself. That is ``sample_repaint`` without jumps
+    (jump_n_sample = 1): same loop, same noise draws, same callback. Binary masks only, 1 = inpaint.
     """
-    return sample_repaint(model, image, schedule, steps, generator, callback, y, jump_length=1, jump_n_sample=1)
+    _check_binary(schedule, "replace")
+    return sample(SamplerSpec.create("replace", steps=steps), model, image, schedule, generator, callback, y)
 
 
-SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "repaint": sample_repaint, "replace": sample_replace}
-BASELINE_SAMPLERS = settings.BASELINE_SAMPLERS
+# ---------------------------------------------------------------------------------------------- the registry
+
+
+def register(name: str, loop: Callable, *, sample_fn: Callable | None = None, settings: tuple[str, ...] = (),
+             resamples: bool = True, calls: Callable | None = None, baseline: bool = False, **defaults) -> Sampler:
+    """Add sampler ``name``: its ``loop`` (k-diffusion's shape), the spec fields its loop takes (``settings``),
+    whether it may jump back (``resamples``), its ``calls`` rule (``spec -> int``; default one call per step down)
+    and whether it is a ``baseline``. Its defaults are its row of ``settings.SAMPLER_DEFAULTS`` (steps; eta, resample,
+    jump from ``settings.DEFAULTS`` unless the row says otherwise), ``defaults`` over them. ``sample_fn``: its public
+    ``sample_x`` (default: one built from ``sample``)."""
+    row = {**DEFAULTS, **SAMPLER_DEFAULTS.get(name, {}), **defaults}
+    if "steps" not in row:
+        raise ValueError(f"sampler {name!r} has no default steps: add its row to settings.SAMPLER_DEFAULTS")
+    if sample_fn is None:
+        def sample_fn(model, image, schedule, steps=None, generator=None, callback=None, y=None, **kw):
+            return sample(SamplerSpec.create(name, steps=steps, **kw), model, image, schedule, generator, callback, y)
+        sample_fn.__name__ = f"sample_{name}"
+    entry = Sampler(name, loop, sample_fn, row, settings, resamples, calls, baseline)
+    _REGISTRY[name], SAMPLERS[name], DEFAULT_STEPS[name] = entry, sample_fn, row["steps"]
+    return entry
+
+
+register("ddpm", ddpm_loop, sample_fn=sample_ddpm)
+register("ddim", ddim_loop, sample_fn=sample_ddim, settings=("eta",))
+register("repaint", repaint_loop, sample_fn=sample_repaint, baseline=True)
+register("replace", repaint_loop, sample_fn=sample_replace, baseline=True, resamples=False)
+
+BASELINE_SAMPLERS = tuple(name for name, entry in _REGISTRY.items() if entry.baseline)
 """Samplers that work on any ADM (one timestep per image); the others are RAD's and need a RAD-trained model."""

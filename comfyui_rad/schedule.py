@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .masks import as_bhw, is_binary
 
 __all__ = ["TAU_OFFSETS", "TAU_CONVENTIONS", "EMBEDDINGS", "NoiseCurves", "RADInfo", "rad_info", "SpatialSchedule",
-           "step_pairs"]
+           "respaced_steps", "schedule_preview"]
 
 TAU_OFFSETS = {"gd": -1.0, "authors": 0.0}
 """Model timestep = (index into [clean, after 1 step, ..., after T1 steps]) + offset, per tau convention."""
@@ -211,12 +212,11 @@ def rad_info(model: torch.nn.Module) -> RADInfo:
     return info if isinstance(info, RADInfo) else RADInfo()
 
 
-def step_pairs(steps: int, T1: int = 1000) -> list[tuple[int, int]]:
-    """Reverse-process (t, prev) pairs over Phase 1, one list for both: 100 of 1000 -> (990, 980), ..., (0, -1)."""
-    if not isinstance(steps, int) or not 1 <= steps <= T1:
+def respaced_steps(steps: int, T1: int = 1000) -> list[int]:
+    """The ``steps`` reverse steps spread over Phase 1's ``T1``, descending: 100 of 1000 -> [990, 980, ..., 0]."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T1:
         raise ValueError(f"steps must be an integer in [1, {T1}], got {steps!r}")
-    ts = [(i * T1) // steps for i in range(steps)][::-1]
-    return list(zip(ts, ts[1:] + [-1]))
+    return [(i * T1) // steps for i in range(steps)][::-1]
 
 
 class SpatialSchedule:
@@ -247,5 +247,25 @@ class SpatialSchedule:
         """abar per pixel after step t, float64 [B or 1, 1, H, W]."""
         return self.curves.abar(self.mask, t)
 
-    def steps(self, steps: int) -> list[tuple[int, int]]:
-        return step_pairs(steps, self.curves.T1)
+
+def schedule_preview(mask: torch.Tensor, steps: int, curves: NoiseCurves | None = None, frames: int = 5,
+                     size: int = 256) -> torch.Tensor:
+    """Pictures of the noise a sampler puts in each pixel, float32 [B, h, frames*w + gaps] in [0,1].
+
+    Per mask [B,H,W] (1 = inpaint), shrunk to at most ``size`` pixels on the long side: ``frames`` snapshots of the
+    noise standard deviation sqrt(1 - abar) along the ``steps`` reverse steps (first step on the left, the last on
+    the right), side by side with 4-pixel gray gaps. White = pure noise, black = the input pixel, untouched.
+    """
+    mask = as_bhw(mask)
+    height, width = mask.shape[-2:]
+    scale = min(1.0, size / max(height, width))
+    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    small = F.adaptive_max_pool2d(mask[:, None], shape) if scale < 1 else mask[:, None]
+    schedule = SpatialSchedule(small, curves)
+    ts = respaced_steps(steps, schedule.curves.T1)
+    picks = sorted({round(i * (len(ts) - 1) / max(1, frames - 1)) for i in range(frames)})
+    gap = torch.full((mask.shape[0], shape[0], 4), 0.5)
+    frames_ = []
+    for k in picks:
+        frames_ += [(1 - schedule.abar(ts[k])).sqrt().float()[:, 0], gap]
+    return torch.cat(frames_[:-1], dim=2)

@@ -6,9 +6,10 @@ One table, torch-free, so a CLI parses its arguments (and answers ``--help``) be
   ``--eta``); ``check(name, value)`` is the Python API's check (an error names the argument, ``eta``). Both come
   from the same ``Range``, so the CLIs and the API accept the same values.
 - The choices: ``SAMPLER_NAMES``, ``BASELINE_SAMPLERS``, ``FIT_NAMES``, ``MASK_MODES``, ``MASK_KINDS``,
-  ``DTYPE_NAMES``, the names of the engine's registries (``sampling.SAMPLERS``, ``pipeline.FITS``,
+  ``DTYPE_NAMES``, the names of the engine's registries (``sampling.SAMPLERS``, ``plan.FITS``,
   ``masks.GENERATED_MASKS``, ``devices.DTYPES``; tests/test_cli.py pins them equal).
-- The defaults: the samplers' ``DEFAULT_STEPS`` and ``DEFAULT_JUMP``, the built-in ``DEFAULT_MODEL``.
+- The defaults: the samplers' (``SAMPLER_DEFAULTS``, ``DEFAULTS``: ``sampling.SamplerSpec`` reads them;
+  ``DEFAULT_STEPS``, ``DEFAULT_JUMP``), the built-in ``DEFAULT_MODEL``.
 
 rad-train's own options and ranges live with the trainer (``comfyui_rad.train``).
 """
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from .checks import SEED_MAX, Int, Real, check_int, check_real
 
-__all__ = ["SEED_MAX", "BUILTIN_WEIGHTS", "DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_JUMP", "SAMPLER_NAMES",
+__all__ = ["SEED_MAX", "BUILTIN_WEIGHTS", "DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_JUMP", "DEFAULTS",
+           "SAMPLER_DEFAULTS", "SAMPLER_NAMES",
            "BASELINE_SAMPLERS", "FIT_NAMES", "MASK_MODES", "MASK_KINDS", "DTYPE_NAMES", "Range", "RANGES", "arg_type", "check"]
 
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -29,21 +31,35 @@ BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = BUILTIN_WEIGHTS / "rad_default.safetensors"
 """The small RAD model rad-inpaint and the nodes use when no model is chosen."""
 
-DEFAULT_STEPS = {"ddpm": 100, "ddim": 50, "repaint": 250, "replace": 100}
-"""Reverse steps per sampler when none are given (the signatures below, ``pipeline.inpaint``, rad-inpaint, rad-eval):
-the paper's 100 DDPM steps, DDIM's usual 50, RePaint's 250."""
-
 DEFAULT_JUMP = 10
 """RAD resampling's jump length when none is given (RePaint's 10); resampling itself is off by default."""
 
-SAMPLER_NAMES = ("ddim", "ddpm", "repaint", "replace")
+DEFAULTS = {"eta": 1.0, "resample": 0, "jump": DEFAULT_JUMP}
+"""The sampler settings every sampler has unless ``SAMPLER_DEFAULTS`` says otherwise. DDIM's eta is 1 (as random as
+DDPM: the noise washes out model error, docs/EXPERIMENTS.md) in rad-inpaint, rad-eval, the node and the Python API
+alike (the API's was 0 before issue 19)."""
+
+SAMPLER_DEFAULTS = {
+    "ddpm": {"steps": 100},
+    "ddim": {"steps": 50},
+    "repaint": {"steps": 250, "resample": 9, "jump": 10},  # RePaint 250/10/10: jump_n_sample = resample + 1
+    "replace": {"steps": 100},
+}
+"""The one table of sampler defaults, by sampler (the rest from ``DEFAULTS``): the paper's 100 DDPM steps, DDIM's
+usual 50, RePaint's 250 with jumps of 10 sampled 10 times. ``sampling.SamplerSpec`` fills a spec from it; a new
+sampler is one row here (torch-free, so the CLIs state its defaults in --help) and one ``sampling.register`` line."""
+
+DEFAULT_STEPS = {name: row["steps"] for name, row in SAMPLER_DEFAULTS.items()}
+"""Reverse steps per sampler when none are given (``SAMPLER_DEFAULTS``)."""
+
+SAMPLER_NAMES = tuple(sorted(SAMPLER_DEFAULTS))
 """The samplers by name (``sampling.SAMPLERS`` maps them to their functions)."""
 
 BASELINE_SAMPLERS = ("repaint", "replace")
 """Samplers that work on any ADM (one timestep per image); the others are RAD's and need a RAD-trained model."""
 
 FIT_NAMES = ("crop", "resize", "pad", "tiles")
-"""How ``pipeline.inpaint`` meets the model's resolution (``pipeline.FITS``)."""
+"""How ``pipeline.inpaint`` meets the model's resolution (``plan.FITS``, ``plan.FIT_MODES``)."""
 
 MASK_MODES = ("binary", "soft")
 """How a mask file is read: thresholded, or its values as how much each pixel is regenerated (``masks.prepare``)."""

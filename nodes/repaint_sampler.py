@@ -7,8 +7,8 @@ import logging
 import comfy.model_management
 from comfy_api.latest import io
 
-from comfyui_rad.pipeline import inpaint, network_calls
-from comfyui_rad.sampling import repaint_calls
+from comfyui_rad.pipeline import plan_inpaint, run_plan
+from comfyui_rad.sampling import SamplerSpec
 
 from .common import (
     CATEGORY, check_image_and_mask, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule,
@@ -56,14 +56,12 @@ class RADRePaintSampler(io.ComfyNode):
         check_schedule(schedule)
         image = image_to_bchw(image)
         check_image_and_mask(image, schedule.mask)
-        repaint_calls(steps, jump_length, jump_n_sample)  # checks the jump settings before loading
-        jumps = {"jump_length": jump_length, "jump_n_sample": jump_n_sample}
-        calls = network_calls(rad_model.model.config.image_size, image, schedule.mask, steps=steps,
-                              sampler="repaint", fit=fit, options=jumps)
+        # checked before loading, in the node's input names
+        spec = SamplerSpec.create("repaint", steps=steps, jump_length=jump_length, jump_n_sample=jump_n_sample)
+        plan = plan_inpaint(rad_model.model, image, schedule.mask, fit=fit)
         comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
         comfy.model_management.throw_exception_if_processing_interrupted()
-        result, mask = inpaint(rad_model.model, image, schedule.mask, steps=steps, sampler="repaint",
-                               seed=seed, fit=fit, callback=progress(calls),
-                               y=None if class_label < 0 else class_label, curves=schedule.curves,
-                               options=jumps)
-        return io.NodeOutput(image_to_bhwc(result), mask)
+        log.info("RePaint Sampler: %s", plan.describe(spec))
+        result = run_plan(rad_model.model, plan, spec, seed=seed, callback=progress(plan.calls(spec)),
+                          y=None if class_label < 0 else class_label, curves=schedule.curves)
+        return io.NodeOutput(image_to_bhwc(result), plan.mask)

@@ -7,8 +7,8 @@ import logging
 import comfy.model_management
 from comfy_api.latest import io
 
-from comfyui_rad.pipeline import inpaint, network_calls
-from comfyui_rad.sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, SAMPLERS, check_resample
+from comfyui_rad.pipeline import plan_inpaint, run_plan
+from comfyui_rad.sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, SAMPLERS, SamplerSpec
 
 from .common import (
     CATEGORY, check_image_and_mask, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule,
@@ -66,14 +66,12 @@ class RADSampler(io.ComfyNode):
         check_schedule(schedule)
         image = image_to_bchw(image)
         check_image_and_mask(image, schedule.mask)
-        steps = steps or schedule.steps
-        check_resample(resample, jump, steps)  # before loading: names the node's inputs
+        # checked before loading; the inputs carry the API's names
+        spec = SamplerSpec.create(sampler, steps=steps or schedule.steps, eta=eta, resample=resample, jump=jump)
+        plan = plan_inpaint(rad_model.model, image, schedule.mask, fit=fit)
         comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
         comfy.model_management.throw_exception_if_processing_interrupted()
-        options = {"resample": resample, "jump": jump} if resample else None
-        calls = network_calls(rad_model.model.config.image_size, image, schedule.mask, steps=steps, sampler=sampler,
-                              fit=fit, options=options)
-        result, mask = inpaint(rad_model.model, image, schedule.mask, steps=steps, sampler=sampler,
-                               eta=eta, seed=seed, fit=fit, callback=progress(calls),
-                               y=None if class_label < 0 else class_label, curves=schedule.curves, options=options)
-        return io.NodeOutput(image_to_bhwc(result), mask)
+        log.info("RAD Sampler: %s", plan.describe(spec))
+        result = run_plan(rad_model.model, plan, spec, seed=seed, callback=progress(plan.calls(spec)),
+                          y=None if class_label < 0 else class_label, curves=schedule.curves)
+        return io.NodeOutput(image_to_bhwc(result), plan.mask)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from comfyui_rad.masks import MASK_MODES, prepare
-from comfyui_rad.pipeline import schedule_preview
-from comfyui_rad.schedule import NoiseCurves
+from comfyui_rad.schedule import NoiseCurves, schedule_preview
 
 from .common import CATEGORY, MaskSchedule, RADSchedule, advanced, mask_to_bhw
 

@@ -51,8 +51,9 @@ import digits_experiment as de  # noqa: E402
 
 from comfyui_rad.checkpoints import load_adm  # noqa: E402
 from comfyui_rad.devices import resolve_device  # noqa: E402
-from comfyui_rad.evaluate import eval_masks, inpaint_set, network_calls, write_json  # noqa: E402
+from comfyui_rad.evaluate import eval_masks, inpaint_set, write_json  # noqa: E402
 from comfyui_rad.fileio import atomic_write  # noqa: E402
+from comfyui_rad.sampling import SamplerSpec  # noqa: E402
 from comfyui_rad.train import Trainer  # noqa: E402
 from comfyui_rad.train.state import list_checkpoints  # noqa: E402
 
@@ -74,8 +75,14 @@ class Method:
     options: tuple[tuple[str, int], ...] = ()
 
     @property
+    def spec(self) -> SamplerSpec:
+        """How it samples (checked): ``sampler``, ``steps``, ``eta``, ``options`` (resample, jump; RePaint's
+        jump_length, jump_n_sample)."""
+        return SamplerSpec.create(self.sampler, steps=self.steps, eta=self.eta, **dict(self.options))
+
+    @property
     def calls(self) -> int:
-        return network_calls(self.sampler, self.steps, dict(self.options))
+        return self.spec.calls()
 
     @property
     def key(self) -> str:

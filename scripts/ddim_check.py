@@ -31,19 +31,19 @@ import torch
 from torch import nn
 
 from comfyui_rad.masks import box_mask
-from comfyui_rad.sampling import sample_ddim, sample_ddpm
+from comfyui_rad.sampling import SamplerSpec, sample
 from comfyui_rad.schedule import NoiseCurves, RADInfo, SpatialSchedule
 
-SAMPLERS = {  # name: (function, steps, eta)
-    "DDPM-100": (sample_ddpm, 100, None),
-    "DDPM-25": (sample_ddpm, 25, None),
-    "DDIM-25 eta 0": (sample_ddim, 25, 0.0),
-    "DDIM-25 eta 0.5": (sample_ddim, 25, 0.5),
-    "DDIM-25 eta 1": (sample_ddim, 25, 1.0),
-    "DDIM-100 eta 0": (sample_ddim, 100, 0.0),
-    "DDPM-250": (sample_ddpm, 250, None),
-    "DDIM-250 eta 0": (sample_ddim, 250, 0.0),
-    "DDIM-250 eta 1": (sample_ddim, 250, 1.0),
+SAMPLERS = {
+    "DDPM-100": SamplerSpec.create("ddpm", steps=100),
+    "DDPM-25": SamplerSpec.create("ddpm", steps=25),
+    "DDIM-25 eta 0": SamplerSpec.create("ddim", steps=25, eta=0.0),
+    "DDIM-25 eta 0.5": SamplerSpec.create("ddim", steps=25, eta=0.5),
+    "DDIM-25 eta 1": SamplerSpec.create("ddim", steps=25, eta=1.0),
+    "DDIM-100 eta 0": SamplerSpec.create("ddim", steps=100, eta=0.0),
+    "DDPM-250": SamplerSpec.create("ddpm", steps=250),
+    "DDIM-250 eta 0": SamplerSpec.create("ddim", steps=250, eta=0.0),
+    "DDIM-250 eta 1": SamplerSpec.create("ddim", steps=250, eta=1.0),
 }
 """Part 1's samplers; part 2 runs the 25-step ones and DDIM eta 0 at 100 and 250 steps."""
 
@@ -82,9 +82,8 @@ def oracle_part(size: int = 32, batch: int = 8, mu: float = 0.0, s: float = 0.3,
     rows = []
     for scale in (1.0, 1.0 - error):
         model = GaussianOracle(mu, s, scale)
-        for name, (sampler, steps, eta) in SAMPLERS.items():
-            kw = {} if eta is None else {"eta": eta}
-            out = sampler(model, image, SpatialSchedule(mask), steps, torch.Generator().manual_seed(seed + 1), **kw)
+        for name, spec in SAMPLERS.items():
+            out = sample(spec, model, image, SpatialSchedule(mask), torch.Generator().manual_seed(seed + 1))
             assert torch.equal(out[:, :, mask < 1], image[:, :, mask < 1])  # kept pixels exact
             rows.append({"model": "exact" if scale == 1 else f"eps x {scale:g}", "sampler": name,
                          **hole_stats(out, mask)})
@@ -112,11 +111,9 @@ def digits_part(budget: Path, stage: int, threads: int, seed: int = 0) -> list[d
         mask = eval_masks(kind, truth.shape[0], bc.SIZE, seed)  # [N,H,W]
         hole = mask[:, None].expand_as(truth) >= 1
         rows.append({"kind": kind, "sampler": "truth", **hole_stats(truth * 2 - 1, mask)})
-        for name, (_, steps, eta) in runs.items():
-            sampler = "ddpm" if eta is None else "ddim"
+        for name, spec in runs.items():
             tick = time.perf_counter()
-            results, _ = inpaint_set(model, truth, mask, sampler=sampler, steps=steps, seed=seed,
-                                     batch_size=b.digits.eval_batch, eta=eta or 0.0)
+            results, _ = inpaint_set(model, truth, mask, spec=spec, seed=seed, batch_size=b.digits.eval_batch)
             mse = ((results - truth)[hole] ** 2).mean().item()  # pooled over every digit's hole (see the docs)
             rows.append({"kind": kind, "sampler": name, "hole_psnr": 10 * torch.log10(torch.tensor(1 / mse)).item(),
                          **hole_stats(results * 2 - 1, mask), "seconds": time.perf_counter() - tick})

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from comfyui_rad import imaging, load_adm, masks, metrics
 from comfyui_rad.checkpoints import DEFAULT_MODEL
 from comfyui_rad.pipeline import inpaint
+from comfyui_rad.sampling import SamplerSpec
 
 MASKS = ("box", "wide", "perlin")
 
@@ -113,7 +114,8 @@ def run_case(models: dict, truth: torch.Tensor, mask: torch.Tensor, fit: str, ar
     for name, model in models.items():
         tick = time.perf_counter()
         batch = truth.expand(args.samples, -1, -1, -1).clone()  # independent samples: one batch, its own noise
-        result, _ = inpaint(model, batch, mask, steps=args.steps, seed=args.seed, fit=fit)
+        result, _ = inpaint(model, batch, mask, spec=SamplerSpec.create("ddpm", steps=args.steps), seed=args.seed,
+                            fit=fit)
         numbers[name] = {**measures(result, truth, mask), "seconds": time.perf_counter() - tick}
         shown.append(result[:1])
     return numbers, shown

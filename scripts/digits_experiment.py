@@ -69,11 +69,11 @@ from comfyui_rad.evaluate import (
     inpaint_set,
     masked_input,
     measure,
-    network_calls,
     sample_grid,
     write_json,
 )
 from comfyui_rad.metrics import frechet_distance
+from comfyui_rad.sampling import SamplerSpec
 from comfyui_rad.train import Trainer, TrainOptions
 
 log = logging.getLogger("digits")
@@ -348,11 +348,12 @@ def evaluate_all(out: Path, s: Settings, data: dict, net: DigitNet, args, clock:
         pictures[kind] = {"masked": masked}
         for name, (model, sampler, steps, options) in runs.items():
             with clock(f"eval {kind} {name}"):
-                results, seconds = inpaint_set(model, truth, mask, sampler=sampler, steps=steps,
-                                               seed=args.eval_seed, batch_size=s.eval_batch, options=options)
+                spec = SamplerSpec.create(sampler, steps=steps, **options)
+                results, seconds = inpaint_set(model, truth, mask, spec=spec, seed=args.eval_seed,
+                                               batch_size=s.eval_batch)
             numbers[kind][name] = {**score(net, results, truth, labels, mask, truth_features),
                                    "seconds_per_image": seconds / truth.shape[0],
-                                   "calls_per_image": network_calls(sampler, steps, options),
+                                   "calls_per_image": spec.calls(),
                                    "sampler": sampler, "steps": steps, **options}
             pictures[kind][name] = results
         pictures[kind]["original"] = truth

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 
-from comfyui_rad import imaging, metrics, tiles
+from comfyui_rad import imaging, metrics, plan, tiles
 from comfyui_rad.checkpoints import DEFAULT_MODEL, load_adm
 from comfyui_rad.pipeline import inpaint
-from comfyui_rad.sampling import SAMPLERS, RADDenoiser
+from comfyui_rad.sampling import RADDenoiser, SamplerSpec, sample
 from comfyui_rad.schedule import SpatialSchedule
 
 log = logging.getLogger("tiles_seams")
@@ -57,10 +57,10 @@ PICTURED = ("downscale", "naive", "tiles", "tiles+coarse")
 
 def downscaled(model, image, mask, steps: int, sampler: str, seed: int) -> torch.Tensor:
     """fit="crop" before tiles: one window around the hole, downscaled to the model, upscaled back."""
-    model_image, model_mask, fitted = imaging.fit_crop(image, mask, model.config.image_size)
-    result = SAMPLERS[sampler](RADDenoiser(model), imaging.to_model_range(model_image),
-                               SpatialSchedule(model_mask[:, None]), steps, torch.Generator().manual_seed(seed), None)
-    return imaging.stitch(imaging.from_model_range(result.float().cpu()), image, mask, fitted)
+    model_image, model_mask, fitted = plan.fit_crop(image, mask, model.config.image_size)
+    result = sample(SamplerSpec.create(sampler, steps=steps), RADDenoiser(model), imaging.to_model_range(model_image),
+                    SpatialSchedule(model_mask[:, None]), torch.Generator().manual_seed(seed))
+    return plan.stitch(imaging.from_model_range(result.float().cpu()), image, mask, fitted)
 
 
 def hole_mask(height: int, width: int, side: int) -> torch.Tensor:

@@ -115,6 +115,7 @@ def test_resample_keeps_the_rest_and_changes_the_hole(files):
     (["--mask", "box", "--resample", "1", "--jump", "5"], "--jump 5 must be below --steps 5 to jump back"),
     (["--mask", "box", "--resample", "1", "--jump", "0"], "argument --jump: 0 is out of range"),
     (["--mask", "box", "--resample", "1", "--sampler", "repaint"], "--resample works with --sampler ddpm or ddim"),
+    (["--mask", "box", "--sampler", "repaint", "--steps", "10"], "--sampler repaint jumps back 10 steps: give --steps"),
 ])
 def test_errors_are_one_line(files, capsys, args, message):
     args = [a.format(d=files) for a in args]

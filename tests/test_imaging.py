@@ -6,19 +6,15 @@ import torch
 from PIL import Image
 
 from comfyui_rad.imaging import (
-    FIT_MODES,
-    fit_crop,
-    fit_pad,
-    fit_resize,
     from_model_range,
     load_image,
     load_mask,
     normalize_mask,
     save_image,
-    stitch,
     to_model_range,
 )
 from comfyui_rad.masks import binarize
+from comfyui_rad.plan import FIT_MODES, fit_crop, fit_pad, fit_resize, stitch
 
 
 def quantized(*shape, seed=0):

@@ -131,3 +131,15 @@ def test_imports_run_down_into_the_engine_only():
     upward = [f"{a} ({_layer(a)}) imports {b} ({_layer(b)})" for a, targets in import_graph().items() for b in targets
               if _layer(b) not in ("engine", _layer(a))]
     assert upward == []
+
+
+def test_one_way_through_an_inpaint_call():
+    """An inpaint call's modules import one way: schedule <- sampling <- plan <- tiles <- pipeline (issue 19); the
+    Spatial Noise Schedule node needs no pipeline for its picture."""
+    chain = ["comfyui_rad.schedule", "comfyui_rad.sampling", "comfyui_rad.plan", "comfyui_rad.tiles",
+             "comfyui_rad.pipeline"]
+    graph = import_graph()
+    for i, module in enumerate(chain):
+        assert not graph[module] & set(chain[i + 1:]), (module, graph[module] & set(chain[i + 1:]))
+    assert "comfyui_rad.pipeline" not in graph["nodes.schedule"]
+    assert "comfyui_rad.plan" not in graph["comfyui_rad.imaging"]  # files and ranges below the fit geometry

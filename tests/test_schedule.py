@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_rad.schedule import NoiseCurves, SpatialSchedule, step_pairs
+from comfyui_rad.schedule import NoiseCurves, SpatialSchedule, respaced_steps
 
 # DDPM's linear schedule, computed independently in numpy
 ABAR = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
@@ -99,19 +99,18 @@ def test_inverse_map_with_other_t1_maps_onto_phase1_curve():
     assert torch.equal(c.timestep(c.abar(torch.ones(1), 249)), torch.tensor([249.0]))
 
 
-def test_step_pairs():
-    pairs = step_pairs(100)
-    assert pairs[0] == (990, 980) and pairs[-1] == (0, -1) and len(pairs) == 100
-    assert [p for _, p in pairs[:-1]] == [t for t, _ in pairs[1:]]  # one consistent list
-    assert step_pairs(1) == [(0, -1)]
-    assert [t for t, _ in step_pairs(1000)] == list(range(999, -1, -1))
+def test_respaced_steps():
+    ts = respaced_steps(100)
+    assert ts[0] == 990 and ts[1] == 980 and ts[-1] == 0 and len(ts) == 100
+    assert respaced_steps(1) == [0]
+    assert respaced_steps(1000) == list(range(999, -1, -1))
     for n in (7, 25, 30, 333):
-        ts = [t for t, _ in step_pairs(n)]
+        ts = respaced_steps(n)
         assert len(set(ts)) == n and ts == sorted(ts, reverse=True) and ts[-1] == 0
     with pytest.raises(ValueError, match="steps must be an integer in \\[1, 1000\\], got 0"):
-        step_pairs(0)
+        respaced_steps(0)
     with pytest.raises(ValueError, match="got 1001"):
-        step_pairs(1001)
+        respaced_steps(1001)
 
 
 def test_schedule_memory_is_curves_plus_mask():

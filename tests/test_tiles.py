@@ -9,6 +9,7 @@ from conftest import TINY, make_adm
 
 from comfyui_rad import imaging
 from comfyui_rad.pipeline import inpaint, network_calls, resolve_fit
+from comfyui_rad.plan import fit_crop, stitch
 from comfyui_rad.sampling import SAMPLERS, repaint_calls
 from comfyui_rad.schedule import SpatialSchedule
 from comfyui_rad.tiles import TileSettings, count_calls, crop_fits, plan_tiles, window_mask
@@ -161,10 +162,10 @@ def test_crop_whose_hole_fits_is_bit_identical_to_the_single_window_path(model, 
     assert crop_fits(mask, SIZE) and resolve_fit("crop", mask, SIZE) == "crop"
     out, _ = inpaint(model, image, mask, steps=3, fit="crop", seed=4)
     # the path crop always took, written out: fit, one sampler pass, stitch
-    model_image, model_mask, fitted = imaging.fit_crop(image, mask, SIZE)
+    model_image, model_mask, fitted = fit_crop(image, mask, SIZE)
     result = SAMPLERS["ddpm"](model, imaging.to_model_range(model_image), SpatialSchedule(model_mask[:, None]), 3,
                               torch.Generator().manual_seed(4), None, y=None)
-    assert torch.equal(out, imaging.stitch(imaging.from_model_range(result.float()), image, mask, fitted))
+    assert torch.equal(out, stitch(imaging.from_model_range(result.float()), image, mask, fitted))
 
 
 def test_crop_switches_to_tiles_when_the_hole_does_not_fit(model, one_thread):

@@ -202,3 +202,48 @@ def test_resample_jump_must_be_below_the_steps(host, rad_model, state):
     with pytest.raises(ValueError, match="jump 4 must be below steps 4 to jump back.*set resample to 0"):
         sample(host, rad_model, photo(1, 32, 32), box(1, 32, 32), schedule_steps=4, resample=1, jump=4)
     assert state.loaded == []
+
+
+def test_the_bar_is_sized_by_the_plan_it_runs(host, rad_model, state, monkeypatch):
+    """No counting pre-pass: the node plans once, sizes the bar with plan.calls and runs that plan."""
+    from comfyui_rad import pipeline
+
+    made, plans = [], []
+    forward = rad_model.model.forward
+    monkeypatch.setattr(rad_model.model, "forward", lambda *a, **k: made.append(1) or forward(*a, **k))
+    make_plan = pipeline.make_plan
+    monkeypatch.setattr(pipeline, "make_plan", lambda *a, **k: plans.append(1) or make_plan(*a, **k))
+    size = rad_model.model.config.image_size
+    out, used = sample(host, rad_model, photo(1, 2 * size, 3 * size), box(1, 2 * size, 3 * size, 0.1, 0.1, 0.8),
+                       fit="tiles", schedule_steps=2)
+    assert len(plans) == 1 and len(made) > 2 and kept_equal(out, photo(1, 2 * size, 3 * size), used)
+    assert {t for _, t, _ in state.progress} == {len(made)} and state.progress[-1][0] == len(made)
+
+
+def test_sampler_defaults_agree_across_the_clis_the_nodes_and_the_api(host):
+    """One table (sampling's registry): rad-inpaint's and rad-eval's parser defaults, the sampler nodes' schema
+    defaults and the Python API's (None = the table's) all say the same; DDIM's eta is 1 everywhere."""
+    import inspect
+
+    from comfyui_rad import cli, evaluate, pipeline
+    from comfyui_rad.sampling import SamplerSpec, sample_ddim
+
+    inpaint_args = cli.build_parser().parse_args(["--image", "x.png", "--mask", "box", "-o", "o.png"])
+    eval_args = evaluate.build_parser().parse_args(["--model", "m", "--images", "i", "--out", "o.json"])
+
+    def node(cls):
+        return {i.id: i.options.get("default") for i in cls.define_schema().inputs}
+
+    rad, repaint, schedule = node(host.nodes.RADSampler), node(host.nodes.RADRePaintSampler), \
+        node(host.nodes.RADSpatialSchedule)
+    ddpm, ddim, rp = SamplerSpec("ddpm"), SamplerSpec("ddim"), SamplerSpec("repaint")
+    assert inpaint_args.eta == eval_args.eta == rad["eta"] == ddim.eta == 1.0
+    assert inpaint_args.resample == eval_args.resample == rad["resample"] == ddpm.resample == 0
+    assert inpaint_args.jump == eval_args.jump == rad["jump"] == ddpm.jump
+    assert inpaint_args.steps is None and eval_args.steps is None  # the sampler's steps from the table
+    assert schedule["steps"] == ddpm.steps and rad["sampler"] == ddpm.name == inpaint_args.sampler
+    assert repaint["steps"] == rp.steps and repaint["jump_length"] == eval_args.jump_length == rp.jump
+    assert repaint["jump_n_sample"] == eval_args.jump_n_sample == rp.resample + 1
+    for function in (pipeline.inpaint, evaluate.inpaint_set, evaluate.evaluate, sample_ddim):
+        params = inspect.signature(function).parameters
+        assert params["eta"].default is None and params["steps"].default is None, function.__name__
