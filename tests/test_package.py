@@ -60,25 +60,50 @@ def _layer(module: str) -> str:
     return FRONT_ENDS.get(module, "engine")
 
 
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in [*(ROOT / "comfyui_rad").rglob("*.py"), *(ROOT / "nodes").rglob("*.py")]}
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, str, str | None]]:
+    """(the name bound, the module of comfyui_rad/ or nodes/ it comes from, the name taken from that module or None
+    when the module itself is bound) for each import of ``name`` (module level or inside functions: ast).
+    ``from . import name`` binds the submodule ``name`` when there is one, else takes ``name`` from the package."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(a.asname or a.name.split(".")[0], a.name, None) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            base = ".".join(base + ([node.module] if node.module else []))
+            found += [(a.asname or a.name, f"{base}.{a.name}", None) if f"{base}.{a.name}" in modules
+                      else (a.asname or a.name, base, a.name) for a in node.names]
+    return [(bound, module, taken) for bound, module, taken in found if module in modules and module != name]
+
+
 def import_graph() -> dict[str, set[str]]:
-    """module -> the modules of comfyui_rad/ and nodes/ it imports, at module level or inside functions (ast), a
-    package's ``__init__`` named by the package. ``from . import name`` is an arrow to the submodule ``name`` when
-    there is one, else to the package itself (its ``__init__`` runs its imports)."""
-    paths = [*(ROOT / "comfyui_rad").rglob("*.py"), *(ROOT / "nodes").rglob("*.py")]
-    modules = {_module_name(p): p for p in paths}
-    graph = {}
+    """module -> the modules of comfyui_rad/ and nodes/ it imports, a package's ``__init__`` named by the package
+    (``from . import __version__`` is an arrow to the package: its ``__init__`` runs its imports)."""
+    modules = _modules()
+    return {name: {module for _, module, _ in _imports(name, path, modules)} for name, path in modules.items()}
+
+
+def private_names_taken() -> list[str]:
+    """"module: other._name" for each private name a module takes from another (imported, or read off an imported
+    module)."""
+    modules, taken = _modules(), []
     for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        found = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                found.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
-                base = ".".join(base + ([node.module] if node.module else []))
-                found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
-        graph[name] = {m for m in found if m in modules and m != name}
-    return graph
+        imports = _imports(name, path, modules)
+        bound = {b: module for b, module, what in imports if what is None}
+        taken += [f"{name}: {module}.{what}" for _, module, what in imports if what and _is_private(what)]
+        taken += [f"{name}: {bound[node.value.id]}.{node.attr}" for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id in bound and _is_private(node.attr)]
+    return sorted(set(taken))
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -120,6 +145,21 @@ def test_the_import_graph_is_read():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_the_walker_finds_circles_and_private_names(tmp_path, monkeypatch):
+    """On a made-up tree: a circle hidden in a function-level import, private names imported and read off a module."""
+    engine = tmp_path / "comfyui_rad"
+    engine.mkdir()
+    (tmp_path / "nodes").mkdir()
+    (engine / "__init__.py").write_text("from .a import run\n")
+    (engine / "a.py").write_text("from . import b\n\ndef run():\n    return b._helper()\n")
+    (engine / "b.py").write_text("def _helper():\n    from .a import _LIMIT\n    return _LIMIT\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert import_graph() == {"comfyui_rad": {"comfyui_rad.a"}, "comfyui_rad.a": {"comfyui_rad.b"},
+                              "comfyui_rad.b": {"comfyui_rad.a"}}
+    assert _cycles(import_graph()) == [["comfyui_rad.a", "comfyui_rad.b"]]
+    assert private_names_taken() == ["comfyui_rad.a: comfyui_rad.b._helper", "comfyui_rad.b: comfyui_rad.a._LIMIT"]
+
+
 def test_no_import_circle():
     """No modules import each other, not even through a function-level import (they hide a circle, not remove it)."""
     assert _cycles(import_graph()) == []
@@ -143,3 +183,9 @@ def test_one_way_through_an_inpaint_call():
         assert not graph[module] & set(chain[i + 1:]), (module, graph[module] & set(chain[i + 1:]))
     assert "comfyui_rad.pipeline" not in graph["nodes.schedule"]
     assert "comfyui_rad.plan" not in graph["comfyui_rad.imaging"]  # files and ranges below the fit geometry
+
+
+def test_no_private_name_crosses_modules():
+    """A name another module needs is public (``_name`` is its own module's business): a private name taken across
+    modules is a module that wants splitting, or a helper that wants a public name."""
+    assert private_names_taken() == []
