@@ -29,7 +29,10 @@ from typing import TYPE_CHECKING, Callable
 
 from .checks import EXIT_STATUS, ArgumentParser, check_folder, check_outputs
 from .errors import run_main, setup_logging
-from .settings import DEFAULT_JUMP, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, MASK_KINDS, SAMPLER_NAMES, arg_type
+from .settings import (
+    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, MASK_KINDS, SAMPLER_NAMES, START_NAMES,
+    START_STRENGTH, arg_type,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -91,11 +94,13 @@ def inpaint_set(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor
                 steps: int | None = None, seed: int = 0, batch_size: int = 16, eta: float | None = None,
                 options: dict | None = None, embedding: str = "auto",
                 progress: Callable[[int, int], None] | None = None,
-                spec: SamplerSpec | None = None) -> tuple[torch.Tensor, float]:
+                spec: SamplerSpec | None = None, start: str = "noise",
+                start_strength: float = START_STRENGTH) -> tuple[torch.Tensor, float]:
     """Inpaint images [N,3,S,S] in [0,1] (S = the model's size) under masks [N,S,S] in batches: (results [N,3,S,S]
     in [0,1], seconds spent sampling). Batch k starts at image i and uses noise seed ``seed + i``. ``embedding`` as
     ``sampling.RADDenoiser``. The sampler: ``spec``, or ``SamplerSpec.create(sampler, steps=steps, eta=eta,
-    **options)`` (built once here; defaults from the one table, eta 1)."""
+    **options)`` (built once here; defaults from the one table, eta 1). ``start``, ``start_strength`` as
+    ``pipeline.inpaint`` (RAD from a classical start)."""
     import torch
 
     from .pipeline import inpaint
@@ -108,11 +113,11 @@ def inpaint_set(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     out, seconds = [], 0.0
-    for start in range(0, images.shape[0], batch_size):
-        stop = min(start + batch_size, images.shape[0])
+    for first in range(0, images.shape[0], batch_size):
+        stop = min(first + batch_size, images.shape[0])
         tick = time.perf_counter()
-        result, _ = inpaint(model, images[start:stop], mask[start:stop], spec=spec, seed=seed + start, fit="resize",
-                            embedding=embedding)
+        result, _ = inpaint(model, images[first:stop], mask[first:stop], spec=spec, seed=seed + first, fit="resize",
+                            embedding=embedding, start=start, start_strength=start_strength)
         seconds += time.perf_counter() - tick
         out.append(result)
         if progress is not None:
@@ -187,12 +192,14 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, kinds: list[str] | tu
              eta: float | None = None, options: dict | None = None, embedding: str = "auto",
              lpips: torch.nn.Module | None = None, inception: torch.nn.Module | None = None,
              progress: Callable[[str, int, int], None] | None = None,
-             spec: SamplerSpec | None = None) -> dict[str, MaskRun]:
+             spec: SamplerSpec | None = None, start: str = "noise",
+             start_strength: float = START_STRENGTH) -> dict[str, MaskRun]:
     """Inpaint ``images`` [N,3,S,S] in [0,1] (S = the model's size) under each mask kind and measure the results.
 
     The sampler: ``spec``, or ``SamplerSpec.create(sampler, steps=steps, eta=eta, **options)`` (``steps`` default
     rad-inpaint's per sampler; ``options`` repaint's jump_length, jump_n_sample or ddpm/ddim's resample, jump);
-    ``embedding`` as ``sampling.RADDenoiser``. ``inception``: a feature network
+    ``embedding`` as ``sampling.RADDenoiser``; ``start``, ``start_strength`` as ``pipeline.inpaint`` (RAD from a
+    classical start). ``inception``: a feature network
     (``perceptual.InceptionFeatures``) for the FID of results against ``images``.
     """
     from . import metrics
@@ -210,8 +217,10 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, kinds: list[str] | tu
         mask = eval_masks(kind, images.shape[0], size, seed)
         tick = (lambda done, total, k=kind: progress(k, done, total)) if progress else None
         results, seconds = inpaint_set(model, images, mask, spec=spec, seed=seed, batch_size=batch_size,
-                                       embedding=embedding, progress=tick)
-        run = MaskRun(kind, mask, results, measure(results, images, mask, lpips), seconds, spec.calls())
+                                       embedding=embedding, progress=tick, start=start,
+                                       start_strength=start_strength)
+        calls = 0 if start != "noise" and start_strength == 0 else spec.calls()
+        run = MaskRun(kind, mask, results, measure(results, images, mask, lpips), seconds, calls)
         if inception is not None:
             run.fid = metrics.frechet_distance(_features(inception, results), truth_features)
         log.info("%s: %s, %.3f s per image", kind, ", ".join(f"{k} {v:.4f}" for k, v in run.means().items()
@@ -317,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0 = off)")
     p.add_argument("--jump", type=arg_type("jump"), default=DEFAULT_JUMP,
                    help=f"ddpm/ddim with --resample: steps each jump goes back up (default {DEFAULT_JUMP})")
+    p.add_argument("--start", choices=START_NAMES, default="noise",
+                   help="where the hole starts: noise (the paper's RAD) or harmonic: filled from the pixels around "
+                        "it, then regenerated at --start-strength (ddpm/ddim; as rad-inpaint)")
+    p.add_argument("--start-strength", type=arg_type("start_strength"), default=START_STRENGTH,
+                   help="with --start harmonic: how much of the hole is regenerated, in [0, 1] (1 = RAD from noise, "
+                        "0 = the fill alone)")
     p.add_argument("--embedding", choices=("auto", "spatial", "scalar"), default="auto",
                    help="how the model takes timesteps: auto (from its metadata), spatial, scalar (Cfg. 2)")
     p.add_argument("--seed", type=arg_type("seed"), default=0, help="mask and noise seed, 0 to 2**63-1 (default 0)")
@@ -357,6 +372,9 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.start != "noise" and args.sampler in BASELINE_SAMPLERS:
+        raise ValueError(f"--start {args.start} works with --sampler ddpm or ddim, not {args.sampler} (binary masks "
+                         "only): use --start noise")
     if args.sampler == "repaint" and args.jump_n_sample > 1:
         steps = args.steps if args.steps is not None else DEFAULT_STEPS["repaint"]
         if args.jump_length >= steps:
@@ -448,12 +466,14 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
             print(f"{kind}: {done}/{total} images", file=sys.stderr, flush=True)
 
     runs = evaluate(model, images, kinds, spec=spec, seed=args.seed, batch_size=args.batch_size,
-                    embedding=args.embedding, lpips=lpips, inception=inception, progress=progress)
+                    embedding=args.embedding, lpips=lpips, inception=inception, progress=progress, start=args.start,
+                    start_strength=args.start_strength)
     config = {"model": str(args.model), "adapter": str(args.adapter) if args.adapter else None,
               "strength": args.strength, "embedding": RADDenoiser(model, embedding=args.embedding).embedding,
               "is_rad": rad_info(model).is_rad, "images": str(args.images),
               "count": len(paths), "image_size": model.config.image_size, "sampler": spec.name, "steps": spec.steps,
               "eta": spec.eta if spec.name == "ddim" else None, "options": options, "seed": args.seed,
+              "start": args.start, "start_strength": args.start_strength if args.start != "noise" else None,
               "batch_size": args.batch_size, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
               "threads": torch.get_num_threads(), "lpips": bool(lpips), "fid": bool(inception),
               "created_by": f"comfyui-rad {__version__}"}

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_image, check_mask, check_real
+from . import settings
+from .checks import check_image, check_mask
 from .masks import as_bhw
 
 __all__ = ["FILLS", "STARTS", "harmonic_fill", "fill", "start_image", "DEFAULT_TOL"]
@@ -301,7 +302,8 @@ def fill(image: torch.Tensor, mask: torch.Tensor, method: str = "harmonic", *, n
 
 
 STARTS = ("noise", *FILLS)
-"""Where RAD's hole starts (``start_image``): noise (the paper's sampler) or a classical fill."""
+"""Where RAD's hole starts (``start_image``): noise (the paper's sampler) or a classical fill
+(``settings.START_NAMES``)."""
 
 
 def start_image(image: torch.Tensor, mask: torch.Tensor, start: str = "noise", strength: float = 1.0, *,
@@ -321,7 +323,7 @@ def start_image(image: torch.Tensor, mask: torch.Tensor, start: str = "noise", s
     """
     if start not in STARTS:
         raise ValueError(f"unknown {names[0]} {start!r}: use one of {', '.join(STARTS)}")
-    strength = check_real(strength, names[1], 0.0, 1.0)
+    strength = settings.check("start_strength", strength, names[1])
     if start == "noise" or strength == 1.0:
         return image, mask
     hidden = (as_bhw(mask) >= 1).to(image.device)

@@ -8,12 +8,14 @@ live there). No ComfyUI import.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Callable
 
 import torch
 
 from . import imaging, settings
 from .checks import check_image, check_mask
+from .fill import start_image
 from .masks import as_bhw
 from .plan import FITS, Plan, TileSettings, make_plan, resolve_fit, stitch, to_model
 from .sampling import RADDenoiser, SamplerSpec, sample
@@ -43,28 +45,43 @@ def match_batches(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
 
 def network_calls(image_size: int, image: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
                   sampler: str = "ddpm", fit: str = "crop", options: dict | None = None,
-                  tile_settings: TileSettings | None = None, spec: SamplerSpec | None = None) -> int:
+                  tile_settings: TileSettings | None = None, spec: SamplerSpec | None = None,
+                  start: str = "noise", start_strength: float = settings.START_STRENGTH) -> int:
     """How many network calls ``inpaint`` makes for these arguments (a model of ``image_size`` pixels), before
-    any is made: ``plan_inpaint(...).calls(spec)``. 0 for an empty mask."""
+    any is made: ``plan_inpaint(...).calls(spec)``. 0 for an empty mask or a start at strength 0."""
     spec = spec or SamplerSpec.create(sampler, steps=steps, **(options or {}))
-    return plan_inpaint(image_size, image, mask, fit=fit, tile_settings=tile_settings).calls(spec)
+    return plan_inpaint(image_size, image, mask, fit=fit, tile_settings=tile_settings, start=start,
+                        start_strength=start_strength).calls(spec)
 
 
 def plan_inpaint(model: torch.nn.Module | int, image: torch.Tensor, mask: torch.Tensor, *, fit: str = "crop",
-                 tile_settings: TileSettings | None = None) -> Plan:
+                 tile_settings: TileSettings | None = None, start: str = "noise",
+                 start_strength: float = settings.START_STRENGTH, names: tuple[str, str] = ("start", "start_strength"),
+                 mask_name: str = "mask") -> Plan:
     """The plan of one inpaint call (``plan.make_plan``): ``image`` [B,3,H,W] in [0,1] and ``mask`` (1 = inpaint)
     checked and matched (``match_batches``), the windows for ``model``'s resolution (or a size in pixels) and
     ``fit`` decided. ``plan.calls(spec)`` is the call's network calls, ``plan.describe(spec)`` says what it does,
-    ``plan.mask`` is the mask used [B,H,W]; ``run_plan`` runs it. Refused with a ValueError naming the argument:
-    images or masks that are empty, hold NaN/inf or lie outside [0, 1] (0..255 data: divide by 255), an unknown
-    fit."""
+    ``plan.mask_used`` is the mask used [B,H,W]; ``run_plan`` runs it. Refused with a ValueError naming the
+    argument: images or masks that are empty, hold NaN/inf or lie outside [0, 1] (0..255 data: divide by 255), an
+    unknown fit, a start that cannot be made (``fill.start_image``).
+
+    ``start``, ``start_strength``: RAD from a classical start (``fill.start_image``). With a fill, ``plan.image``
+    is the started image (the hidden pixels hold the fill: a preview of the start) and ``plan.mask`` the mask
+    scaled by the strength, which every fit samples and stitches with (tiles included: their window masks scale
+    with it); at strength 0 the plan is empty and its result is the fill. ``names``, ``mask_name``: how the
+    caller's interface calls the two settings and the mask, for its errors."""
     check_image(image, "image")  # [0, 1]: finite, not empty, not 0..255
     check_mask(mask, "mask")
     if fit not in FITS:
         raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(FITS)}")
-    image, mask = match_batches(image.float(), mask)
+    image, given = match_batches(image.float(), mask)
+    image, mask = start_image(image, given, start, start_strength, names=names, name=mask_name)
     size = model if isinstance(model, int) else model.config.image_size
-    return make_plan(image, mask, size, fit, tile_settings)
+    if mask is given:
+        return make_plan(image, mask, size, fit, tile_settings)
+    if not bool((mask > 0).any()):
+        fit = "crop"  # strength 0: nothing is sampled, the start is the result (an empty one-window plan)
+    return replace(make_plan(image, mask, size, fit, tile_settings), start=start, given_mask=given)
 
 
 def run_plan(model: torch.nn.Module, plan: Plan, spec: SamplerSpec = SamplerSpec(), *, seed: int = 0,
@@ -81,6 +98,9 @@ def run_plan(model: torch.nn.Module, plan: Plan, spec: SamplerSpec = SamplerSpec
     if plan.size != model.config.image_size:
         raise ValueError(f"the plan is for a {plan.size}-pixel model, this one is {model.config.image_size}: plan "
                          "with this model")
+    if plan.start != "noise" and spec.baseline:
+        raise ValueError(f"start {plan.start} works with RAD's samplers (ddpm, ddim) only: {spec.name} takes binary "
+                         "masks; use start noise")
     if not spec.baseline and not rad_info(model).is_rad:
         log.warning("the model has no RAD adapter: RAD steps on a plain ADM inpaint poorly (paper Table 3, Cfg. 1); "
                     "load a RAD adapter or a RAD model")
@@ -92,7 +112,8 @@ def run_plan(model: torch.nn.Module, plan: Plan, spec: SamplerSpec = SamplerSpec
     if plan.fit == "tiles":
         return run_tiles(denoiser, plan, spec, generator, callback, y)
     if plan.empty:
-        log.warning("the mask is empty: nothing to inpaint, the image is returned unchanged")
+        if plan.start == "noise":
+            log.warning("the mask is empty: nothing to inpaint, the image is returned unchanged")
         return image.clone()
     model_image, model_mask = to_model(image, mask, plan.window)
     schedule = SpatialSchedule(model_mask[:, None], denoiser.curves)
@@ -105,7 +126,8 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
             callback: Callable[[dict], None] | None = None, y: int | torch.Tensor | None = None,
             curves: NoiseCurves | None = None, options: dict | None = None,
             embedding: str = "auto", tile_settings: TileSettings | None = None,
-            spec: SamplerSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            spec: SamplerSpec | None = None, start: str = "noise", start_strength: float = settings.START_STRENGTH
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint ``image`` [B,3,H,W] in [0,1] (CPU) where ``mask`` (1 = inpaint, read as given) is above 0:
     ``run_plan(model, plan_inpaint(model, image, mask, ...), spec, ...)``.
 
@@ -117,10 +139,17 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
     tiles where a hole does not fit, ``plan.resolve_fit``), and the result is stitched back: pixels with mask 0 are
     bit-identical to the input. Refused with a ValueError naming the argument: bad images or masks
     (``plan_inpaint``), a sampler setting out of range (``SamplerSpec``), a seed torch cannot take, a model whose
-    output turns non-finite while sampling (``sampling.NonFiniteOutput``, naming the model).
-    Returns (result [B,3,H,W] in [0,1] on the CPU, the mask used [B,H,W]).
+    output turns non-finite while sampling (``sampling.NonFiniteOutput``, naming the model). ``start``: where the
+    hole starts, "noise" (the paper's sampler, default) or "harmonic" (``fill.STARTS``): RAD from a classical
+    start, the hole filled first and regenerated at ``start_strength`` in [0, 1] (``fill.start_image``: 1 is plain
+    RAD bit for bit, 0 returns the fill without a network call; RAD's samplers only; every fit, tiles included).
+    Returns (result [B,3,H,W] in [0,1] on the CPU, the mask used [B,H,W]: the mask given, whatever the start).
     """
     spec = spec or SamplerSpec.create(sampler, steps=steps, eta=eta, **(options or {}))
-    plan = plan_inpaint(model, image, mask, fit=fit, tile_settings=tile_settings)
+    if start != "noise" and spec.baseline:  # before the fill is computed
+        raise ValueError(f"start {start} works with RAD's samplers (ddpm, ddim) only: {spec.name} takes binary "
+                         "masks; use start noise")
+    plan = plan_inpaint(model, image, mask, fit=fit, tile_settings=tile_settings, start=start,
+                        start_strength=start_strength)
     return run_plan(model, plan, spec, seed=seed, callback=callback, y=y, curves=curves, embedding=embedding), \
-        plan.mask
+        plan.mask_used

@@ -359,7 +359,7 @@ class Plan:
     """The windows of one inpaint call. ``fit``: the fit used (``resolve_fit``); ``size``: the model's window;
     ``image`` [B,3,H,W] in [0,1] and ``mask`` [B,H,W] (batches matched; image None for a plan only counted);
     one-window fits: ``window``, the ``Fit`` (one window per image); tiles: ``groups`` [(image indices, TilePlan)]
-    and the resolved ``settings``."""
+    and the resolved ``settings``. ``start`` / ``given_mask``: see ``mask_used``."""
 
     fit: str
     size: int
@@ -368,6 +368,14 @@ class Plan:
     window: Fit | None = None
     groups: tuple = ()
     settings: TileSettings | None = None
+    start: str = "noise"
+    given_mask: torch.Tensor | None = None
+
+    @property
+    def mask_used(self) -> torch.Tensor:
+        """The mask as given [B,H,W] (batches matched): ``mask``, unless a start (``fill.start_image``, "noise" in
+        ``start`` when none) scaled ``mask`` by its strength and filled ``image``'s hidden pixels."""
+        return self.mask if self.given_mask is None else self.given_mask
 
     @property
     def empty(self) -> bool:

@@ -22,8 +22,8 @@ from pathlib import Path
 from .checks import SEED_MAX, Int, Real, check_int, check_real
 
 __all__ = ["SEED_MAX", "BUILTIN_WEIGHTS", "DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_JUMP", "DEFAULTS",
-           "SAMPLER_DEFAULTS", "SAMPLER_NAMES",
-           "BASELINE_SAMPLERS", "FIT_NAMES", "MASK_MODES", "MASK_KINDS", "DTYPE_NAMES", "Range", "RANGES", "arg_type", "check"]
+           "SAMPLER_DEFAULTS", "SAMPLER_NAMES", "BASELINE_SAMPLERS", "FIT_NAMES", "MASK_MODES", "MASK_KINDS",
+           "DTYPE_NAMES", "START_NAMES", "START_STRENGTH", "Range", "RANGES", "arg_type", "check"]
 
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
 """The pack's own model folder (listed by the ComfyUI loader too)."""
@@ -67,6 +67,14 @@ MASK_MODES = ("binary", "soft")
 MASK_KINDS = ("box", "extreme", "wide", "perlin")
 """The generated masks (``masks.GENERATED_MASKS``): rad-inpaint ``--mask box``, rad-eval ``--masks``."""
 
+START_NAMES = ("noise", "harmonic")
+"""Where RAD's hole starts (``fill.STARTS``): noise (the paper's sampler) or a classical fill, regenerated at the
+start strength (``fill.start_image``)."""
+
+START_STRENGTH = 0.5
+"""The start strength when none is given (``pipeline.inpaint``, rad-inpaint, rad-eval, the RAD Sampler node): how
+much of a start from a fill is regenerated. Only a start other than noise reads it (docs/EXPERIMENTS.md)."""
+
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 """The precisions a user names (``devices.DTYPES``)."""
 
@@ -107,6 +115,7 @@ RANGES: dict[str, Range] = {
     "jump_length": Range(1, 1000, integer=True),
     "jump_n_sample": Range(1, 100, integer=True),
     "seed": Range(0, SEED_MAX, integer=True),
+    "start_strength": Range(0.0, 1.0),
     "torch_seed": Range(-2**63, 2**64 - 1, integer=True),  # what a torch generator takes (pipeline.inpaint's seed)
     # the model (load_adm, rad-inpaint, rad-eval)
     "strength": Range(0.0, 2.0),

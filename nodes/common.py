@@ -108,11 +108,15 @@ class PreviewThrottle:
         return True
 
 
-def progress(total: int):
+def progress(total: int, start: torch.Tensor | None = None):
     """A sampler callback: ComfyUI's progress bar over ``total`` network calls (all windows), with the predicted
-    picture as a throttled preview (``PreviewThrottle``); raises on Cancel, so Cancel stops within one step."""
+    picture as a throttled preview (``PreviewThrottle``); raises on Cancel, so Cancel stops within one step.
+    ``start``: the picture sampling starts from ([B,3,H,W] in [0,1], e.g. a fill), shown at once as the first
+    preview (step 0)."""
     bar = comfy.utils.ProgressBar(total)
     throttle = PreviewThrottle()
+    if start is not None:
+        bar.update_absolute(0, total, ("JPEG", to_pil(start[0] * 2 - 1), PREVIEW_SIZE))
 
     def callback(info: dict) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from comfyui_rad.pipeline import plan_inpaint, run_plan
 from comfyui_rad.sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, SAMPLERS, SamplerSpec
+from comfyui_rad.settings import START_NAMES, START_STRENGTH
 
 from .common import (
     CATEGORY, check_image_and_mask, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule,
@@ -56,22 +57,34 @@ class RADSampler(io.ComfyNode):
                                      "paper's sampler). 1 with jump 10 at 100 steps: 190 network calls."),
                 io.Int.Input("jump", default=DEFAULT_JUMP, min=1, max=1000, optional=True,
                              tooltip="With resample: how many steps each jump goes back up; below the steps."),
+                io.Combo.Input("start", options=list(START_NAMES), default="noise", optional=True,
+                               tooltip="Where the hole starts. noise: the paper's RAD, the model invents the hole. "
+                                       "harmonic: the hole is first filled from the pixels around it (as Fill "
+                                       "(RAD)), then regenerated at start_strength: it keeps the picture's colours "
+                                       "(+1 to +3 dB with the built-in model). The progress preview shows the start."),
+                io.Float.Input("start_strength", default=START_STRENGTH, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip="harmonic start only: how much of the hole is regenerated, like a denoise. "
+                                       "1 = as from noise, 0 = the fill itself (no model call); 0.25-0.5 measured "
+                                       "best with the built-in model."),
             ],
             outputs=sampler_outputs(),
         )
 
     @classmethod
     def execute(cls, rad_model, image, schedule: MaskSchedule, seed: int, steps: int, sampler: str, eta: float,
-                fit: str, class_label: int, resample: int = 0, jump: int = DEFAULT_JUMP) -> io.NodeOutput:
+                fit: str, class_label: int, resample: int = 0, jump: int = DEFAULT_JUMP, start: str = "noise",
+                start_strength: float = START_STRENGTH) -> io.NodeOutput:
         check_schedule(schedule)
         image = image_to_bchw(image)
         check_image_and_mask(image, schedule.mask)
         # checked before loading; the inputs carry the API's names
         spec = SamplerSpec.create(sampler, steps=steps or schedule.steps, eta=eta, resample=resample, jump=jump)
-        plan = plan_inpaint(rad_model.model, image, schedule.mask, fit=fit)
+        plan = plan_inpaint(rad_model.model, image, schedule.mask, fit=fit, start=start, start_strength=start_strength,
+                            mask_name="the schedule's mask")
         comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
         comfy.model_management.throw_exception_if_processing_interrupted()
         log.info("RAD Sampler: %s", plan.describe(spec))
-        result = run_plan(rad_model.model, plan, spec, seed=seed, callback=progress(plan.calls(spec)),
+        shown = plan.image if plan.start != "noise" else None  # the start (the fill in the hole), at step 0
+        result = run_plan(rad_model.model, plan, spec, seed=seed, callback=progress(plan.calls(spec), shown),
                           y=None if class_label < 0 else class_label, curves=schedule.curves)
-        return io.NodeOutput(image_to_bhwc(result), plan.mask)
+        return io.NodeOutput(image_to_bhwc(result), plan.mask_used)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from comfyui_rad import imaging, load_adm, metrics
 from comfyui_rad.checkpoints import DEFAULT_MODEL
-from comfyui_rad.fill import harmonic_fill, start_image
+from comfyui_rad.fill import harmonic_fill
 from comfyui_rad.pipeline import inpaint
 
 HOLES = {"6.25 %": 16, "25 %": 32}
@@ -63,9 +63,8 @@ def run(model, truth: torch.Tensor, mask: torch.Tensor, args) -> tuple[dict[str,
     batch = truth.repeat(args.samples, 1, 1, 1)  # independent samples: one batch, its own noise
     for name, start, strength in starts:
         tick = time.perf_counter()
-        started, scaled = start_image(batch, mask.expand(len(batch), -1, -1), start, strength)
-        result, _ = inpaint(model, started, scaled, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                            seed=args.seed, fit="crop")
+        result, _ = inpaint(model, batch, mask, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                            seed=args.seed, fit="crop", start=start, start_strength=strength)
         rows[name] = measures(result, batch, mask)
         shown.append(result[:len(truth)])
         print(f"  {name}: {time.perf_counter() - tick:.1f} s", file=sys.stderr)

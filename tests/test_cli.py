@@ -11,6 +11,7 @@ from comfyui_rad.adapters import lora_target_modules, save_adapter
 from comfyui_rad.adm import ADMConfig
 from comfyui_rad.checkpoints import save_model
 from comfyui_rad.cli import main
+from comfyui_rad.fill import harmonic_fill
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,7 @@ def files(tmp_path_factory):
     mask[10:30, 20:45] = 255
     Image.fromarray(mask).save(d / "mask.png")
     Image.fromarray(np.zeros((50, 70), np.uint8)).save(d / "empty.png")
+    Image.fromarray(np.full((50, 70), 255, np.uint8)).save(d / "full.png")
     g = torch.Generator().manual_seed(0)
     sd = model.state_dict()
     lora = {}
@@ -104,7 +106,31 @@ def test_resample_keeps_the_rest_and_changes_the_hole(files):
     assert (a[~hole] == c[~hole]).all() and not (b[hole] == c[hole]).all()
 
 
+def test_a_harmonic_start(files):
+    plain, full, half, zero = (files / f"start_{n}.png" for n in ("plain", "full", "half", "zero"))
+    mask = ["--mask", str(files / "mask.png"), "--sampler", "ddim"]
+    assert run(files, *mask, "-o", str(plain)) == 0
+    assert run(files, *mask, "-o", str(full), "--start", "harmonic", "--start-strength", "1") == 0
+    assert run(files, *mask, "-o", str(half), "--start", "harmonic") == 0
+    assert run(files, *mask, "-o", str(zero), "--start", "harmonic", "--start-strength", "0") == 0
+    a, hole = pixels(files / "in.png"), pixels(files / "mask.png") > 0
+    assert (pixels(full) == pixels(plain)).all()  # strength 1: RAD from noise, bit for bit
+    for out in (half, zero):
+        assert (pixels(out)[~hole] == a[~hole]).all()
+    assert not (pixels(half)[hole] == pixels(zero)[hole]).all()
+    filled = harmonic_fill(torch.from_numpy(a).float().permute(2, 0, 1)[None] / 255, torch.from_numpy(hole).float())
+    expected = (filled[0].permute(1, 2, 0) * 255).round().numpy().astype(int)
+    assert np.abs(pixels(zero) - expected).max() <= 1  # strength 0: the fill itself
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--mask", "box", "--start", "harmonic", "--sampler", "repaint"], "--start harmonic works with --sampler ddpm or "
+                                                                       "ddim, not repaint"),
+    (["--mask", "box", "--start", "harmonic", "--start-strength", "1.5"], "argument --start-strength: 1.5 is out of "
+                                                                          "range: give a number in [0, 1]"),
+    (["--mask", "box", "--start", "telea"], "argument --start: invalid choice: 'telea'"),
+    (["--mask", "{d}/full.png", "--start", "harmonic"], "--start harmonic fills the hole from the pixels around it, "
+                                                        "but the mask covers the whole image: use --start noise"),
     (["--mask", "box", "--model", "missing.pt"], "--model file missing.pt does not exist"),
     (["--mask", "nothere.png"], "mask file nothere.png does not exist"),
     (["--mask", "{d}/empty.png"], "the mask is empty: nothing to inpaint"),

@@ -126,6 +126,23 @@ def test_cli_resample_flags(files, capsys):
     assert "--resample works with --sampler ddpm or ddim, not replace" in capsys.readouterr().err
 
 
+def test_cli_start_flags(files, capsys):
+    args = ["--model", str(files / "model.safetensors"), "--images", str(files / "held"), "--masks", "box",
+            "--steps", "3", "--limit", "2", "--sampler", "ddim", "-q"]
+    runs = {}
+    for name, extra in (("plain", []), ("full", ["--start", "harmonic", "--start-strength", "1"]),
+                        ("zero", ["--start", "harmonic", "--start-strength", "0"])):
+        assert ev.main([*args, "--out", str(files / f"start_{name}.json"), *extra]) == 0
+        runs[name] = json.loads((files / f"start_{name}.json").read_text())
+    psnr = {n: [r["hole_psnr"] for r in d["masks"]["box"]["per_image"]] for n, d in runs.items()}
+    assert psnr["full"] == psnr["plain"] and psnr["zero"] != psnr["plain"]  # strength 1 is RAD from noise
+    assert runs["zero"]["config"]["start"] == "harmonic" and runs["zero"]["config"]["start_strength"] == 0
+    assert runs["zero"]["masks"]["box"]["network_calls_per_image"] == 0
+    assert runs["plain"]["config"]["start_strength"] is None
+    assert ev.main([*args, "--out", str(files / "never.json"), "--start", "harmonic", "--sampler", "repaint"]) == 2
+    assert "--start harmonic works with --sampler ddpm or ddim, not repaint" in capsys.readouterr().err
+
+
 def test_cli_writes_json_and_grids_and_refuses_to_clobber(files, capsys):
     out, grids = files / "res.json", files / "grids"
     args = ["--model", str(files / "model.safetensors"), "--images", str(files / "held"), "--out", str(out),

@@ -180,3 +180,9 @@ def test_start_settings_are_checked_naming_the_interface():
     for bad in (1.5, -0.1, float("nan"), "0.5"):
         with pytest.raises(ValueError, match="start_strength must be a"):
             start_image(image, mask, "harmonic", bad)
+
+
+def test_the_starts_are_the_settings_table():
+    from comfyui_rad import fill as module, settings
+
+    assert module.STARTS == settings.START_NAMES

@@ -32,10 +32,11 @@ CONTRACT = {
         "category": "inpaint/RAD",
         "inputs": [("rad_model", "RAD_MODEL"), ("image", "IMAGE"), ("schedule", "RAD_SCHEDULE"), ("seed", "INT"),
                    ("steps", "INT"), ("sampler", "COMBO"), ("eta", "FLOAT"), ("fit", "COMBO"),
-                   ("class_label", "INT"), ("resample", "INT"), ("jump", "INT")],
+                   ("class_label", "INT"), ("resample", "INT"), ("jump", "INT"), ("start", "COMBO"),
+                   ("start_strength", "FLOAT")],
         "outputs": [("image", "IMAGE"), ("mask", "MASK")],
         "widgets": ["seed", "control_after_generate", "steps", "sampler", "eta", "fit", "class_label", "resample",
-                    "jump"],
+                    "jump", "start", "start_strength"],
     },
     "RADRePaintSampler": {
         "category": "inpaint/RAD",

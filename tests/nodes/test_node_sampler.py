@@ -5,6 +5,8 @@ import torch
 from comfy_stub import Interrupted, host, rad_model, state  # noqa: F401
 from PIL import Image
 
+from comfyui_rad.fill import harmonic_fill
+
 
 def photo(batch, height, width, seed=0):
     """ComfyUI IMAGE [B,H,W,3] in [0,1]."""
@@ -247,3 +249,44 @@ def test_sampler_defaults_agree_across_the_clis_the_nodes_and_the_api(host):
     for function in (pipeline.inpaint, evaluate.inpaint_set, evaluate.evaluate, sample_ddim):
         params = inspect.signature(function).parameters
         assert params["eta"].default is None and params["steps"].default is None, function.__name__
+
+
+def test_a_harmonic_start_shows_the_start_first_and_keeps_old_workflows(host, rad_model, state):
+    image, mask = photo(1, 32, 40), box(1, 32, 40)
+    plain, _ = sample(host, rad_model, image, mask)
+    assert all(i > 0 for i, _, _ in state.progress)  # no start preview from noise
+    for same in ({"start": "noise", "start_strength": 0.2}, {"start": "harmonic", "start_strength": 1.0}):
+        assert torch.equal(sample(host, rad_model, image, mask, **same)[0], plain)
+    state.reset()
+    half, used = sample(host, rad_model, image, mask, start="harmonic", start_strength=0.5, schedule_steps=3)
+    keep = (mask == 0)[..., None].expand_as(image)
+    assert torch.equal(half[keep], image[keep]) and torch.equal(used, mask) and not torch.equal(half, plain)
+    first, total, preview = state.progress[0]
+    assert (first, total) == (0, 3) and preview[0] == "JPEG" and preview[1].size == (40, 32)
+    state.reset()
+    zero, _ = sample(host, rad_model, image, mask, start="harmonic", start_strength=0.0)
+    filled = harmonic_fill(image.movedim(-1, 1), mask).movedim(1, -1)
+    assert torch.equal(zero, filled) and state.loaded == [rad_model]
+    assert [(i, t) for i, t, _ in state.progress] == [(0, 0)]
+
+
+def test_start_refusals_name_the_node_inputs(host, rad_model):
+    image = photo(1, 32, 32)
+    with pytest.raises(ValueError, match="start harmonic fills the hole .* but the schedule's mask covers the whole"):
+        sample(host, rad_model, image, torch.ones(1, 32, 32), start="harmonic", start_strength=0.5)
+    with pytest.raises(ValueError, match="start_strength must be a finite number in \\[0, 1\\]"):
+        sample(host, rad_model, image, box(1, 32, 32), start="harmonic", start_strength=1.5)
+
+
+def test_start_defaults_agree_across_the_clis_the_node_and_the_api(host):
+    import inspect
+
+    from comfyui_rad import cli, evaluate, pipeline
+
+    inpaint_args = cli.build_parser().parse_args(["--image", "x.png", "--mask", "box", "-o", "o.png"])
+    eval_args = evaluate.build_parser().parse_args(["--model", "m", "--images", "i", "--out", "o.json"])
+    node = {i.id: i.options.get("default") for i in host.nodes.RADSampler.define_schema().inputs}
+    api = inspect.signature(pipeline.inpaint).parameters
+    assert inpaint_args.start == eval_args.start == node["start"] == api["start"].default == "noise"
+    assert (inpaint_args.start_strength == eval_args.start_strength == node["start_strength"]
+            == api["start_strength"].default == 0.5)

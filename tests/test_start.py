@@ -1,0 +1,100 @@
+"""RAD from a classical start (``pipeline.inpaint(start=..., start_strength=...)``, issue 21): strength 1 is plain
+RAD bit for bit, strength 0 the fill, kept pixels bit-identical in every fit, soft masks compose by the definition
+(``fill.start_image``) (tiny random 16x16 ADM on CPU)."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import TINY, make_adm
+
+from comfyui_rad.fill import harmonic_fill, start_image
+from comfyui_rad.pipeline import FITS, inpaint, network_calls
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_adm(replace(TINY, image_size=SIZE))
+
+
+class Counter(torch.nn.Module):
+    """The model, counting its calls."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config, self.calls = inner, inner.config, 0
+
+    def forward(self, x, t, y=None):
+        self.calls += 1
+        return self.inner(x, t, y=y)
+
+
+def picture(batch=1, height=24, width=30, seed=0):
+    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def hole(height=24, width=30, box=(6, 14, 8, 18)):
+    mask = torch.zeros(1, height, width)
+    mask[:, box[0]:box[1], box[2]:box[3]] = 1
+    return mask
+
+
+def run(model, image, mask, fit="crop", **kw):
+    return inpaint(model, image, mask, sampler="ddim", steps=3, seed=5, fit=fit, **kw)
+
+
+@pytest.mark.parametrize("fit", FITS)
+def test_full_strength_or_a_noise_start_is_plain_rad_bit_for_bit(model, one_thread, fit):
+    image, mask = picture(), hole(box=(2, 22, 3, 27)) if fit == "tiles" else hole()
+    plain, used = run(model, image, mask, fit)
+    for kw in ({"start": "harmonic", "start_strength": 1.0}, {"start": "noise", "start_strength": 0.3}):
+        result, used_now = run(model, image, mask, fit, **kw)
+        assert torch.equal(result, plain) and torch.equal(used_now, used)
+
+
+@pytest.mark.parametrize("fit", FITS)
+def test_strength_0_returns_the_fill_without_a_network_call(model, fit):
+    image, mask = picture(2), hole()
+    counted = Counter(model)
+    result, used = run(counted, image, mask, fit, start="harmonic", start_strength=0.0)
+    assert counted.calls == 0 and torch.equal(used, mask.expand(2, -1, -1))
+    assert network_calls(SIZE, image, mask, steps=3, sampler="ddim", fit=fit, start="harmonic",
+                         start_strength=0.0) == 0
+    assert torch.equal(result, harmonic_fill(image, mask))
+
+
+@pytest.mark.parametrize("fit", FITS)
+def test_a_partial_start_keeps_the_kept_pixels_and_changes_the_hole(model, one_thread, fit):
+    image, mask = picture(), hole(box=(2, 22, 3, 27)) if fit == "tiles" else hole()
+    counted = Counter(model)
+    result, used = run(counted, image, mask, fit, start="harmonic", start_strength=0.5)
+    assert counted.calls == network_calls(SIZE, image, mask, steps=3, sampler="ddim", fit=fit, start="harmonic",
+                                          start_strength=0.5) > 0
+    keep = (mask == 0)[:, None].expand_as(image)
+    assert torch.equal(result[keep], image[keep]) and torch.equal(used, mask)
+    fill = harmonic_fill(image, mask)
+    assert 0 < (result - fill)[~keep].abs().mean() < (run(model, image, mask, fit)[0] - fill)[~keep].abs().mean()
+
+
+def test_a_soft_mask_composes_as_defined(model, one_thread):
+    image = picture()
+    mask = hole(box=(4, 18, 6, 22)) * 0.5
+    mask[:, 7:15, 9:19] = 1
+    result, used = run(model, image, mask, start="harmonic", start_strength=0.5)
+    started, scaled = start_image(image, mask, "harmonic", 0.5)
+    assert torch.equal(used, mask)
+    assert torch.equal(result, run(model, started, scaled)[0])  # the definition: a fill start, a scaled mask
+    soft = ((mask > 0) & (mask < 1))[:, None].expand_as(image)
+    assert torch.equal(started[soft], image[soft])  # soft pixels are read as they are, not filled
+
+
+def test_baselines_and_bad_settings_are_refused_naming_the_argument(model):
+    image, mask = picture(), hole()
+    with pytest.raises(ValueError, match="start harmonic works with RAD's samplers"):
+        inpaint(model, image, mask, sampler="replace", steps=3, start="harmonic", start_strength=0.5)
+    with pytest.raises(ValueError, match="unknown start 'telea'"):
+        run(model, image, mask, start="telea")
+    with pytest.raises(ValueError, match="start_strength must be a finite number in \\[0, 1\\]"):
+        run(model, image, mask, start="harmonic", start_strength=2.0)
