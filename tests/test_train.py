@@ -240,8 +240,10 @@ def test_init_warm_starts_every_parameter_and_refuses_another_layout(files):
     with torch.no_grad():
         assert not torch.equal(cold.model.eval()(x, tau), load_adm(source)(x, tau))
     cold.close()
-    with pytest.raises(ValueError, match=r"--init init-src.safetensors is not a 'digits32' model.*--preset"):
-        Trainer(options(files, "init-bad", preset="digits32", resolution=16, init=source))
+    with pytest.raises(ValueError, match=r"^init init-src.safetensors is not a 'digits32' model.*give the preset"):
+        Trainer(options(files, "init-bad", preset="digits32", resolution=16, init=source))  # the API names fields
+    with pytest.raises(ValueError, match=r"^--init init-src.safetensors is not a 'digits32' model.*--preset"):
+        Trainer(options(files, "init-bad", preset="digits32", resolution=16, init=source), names=CLI)
     with pytest.raises(ValueError, match="^init starts a preset model.*base"):  # the API names fields
         options(files, "init-none", init=source).check()
     with pytest.raises(ValueError, match="--init starts a --preset model.*--base"):  # the CLI names flags

@@ -54,7 +54,7 @@ def torchrun(files, jobs: list[dict], name: str, restarts: int = 0) -> subproces
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "--max-restarts", str(restarts), "--monitor-interval", "0.2", str(REPO / "tests" / "ddp_worker.py"),
            str(spec)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
 
@@ -71,7 +71,7 @@ def accelerate_launch(files, jobs: list[dict], name: str) -> subprocess.Complete
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
            str(port), str(REPO / "tests" / "ddp_worker.py"), str(spec)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
 

@@ -166,7 +166,7 @@ def test_a_non_finite_loss_stops_the_run_at_log_time_and_is_never_checkpointed(f
 
     monkeypatch.setattr(loop, "rad_loss", nan_loss)
     trainer = Trainer(options(files, "nan", preset="tiny", steps=4, log_every=2, save_every=0))
-    with pytest.raises(FloatingPointError, match=r"the loss is nan between steps 1 and 2: lower --lr"):
+    with pytest.raises(FloatingPointError, match=r"the loss is nan between steps 1 and 2: lower lr"):
         trainer.fit()
     trainer.close()
     trainer = Trainer(options(files, "nan2", preset="tiny", steps=4, log_every=0, save_every=1))

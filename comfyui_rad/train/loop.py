@@ -159,20 +159,20 @@ def _check_paths(opts: TrainOptions, name: Callable[[str], str]) -> None:
         check_outputs([(name("export"), opts.export)], inputs)
 
 
-def _warm_start(model: torch.nn.Module, path: Path, preset: str) -> dict[str, str]:
-    """Copy a trained model's weights (``--init``: same layout as ``--preset``) into the fresh ``model``; returns
-    what the run records of it (name and sha256)."""
+def _warm_start(model: torch.nn.Module, path: Path, preset: str, n: Callable[[str], str] = API) -> dict[str, str]:
+    """Copy a trained model's weights (``init``: same layout as ``preset``) into the fresh ``model``; returns what
+    the run records of it (name and sha256). Errors name the options as ``n`` spells them."""
     trained = load_adm(path, device="cpu", dtype=torch.float32)
     mine, theirs = model.config.to_dict(), trained.config.to_dict()
     diffs = sorted(k for k in mine if mine[k] != theirs.get(k))
     if diffs:
-        raise ValueError(f"--init {path.name} is not a {preset!r} model: its {', '.join(diffs)} differ "
+        raise ValueError(f"{n('init')} {path.name} is not a {preset!r} model: its {', '.join(diffs)} differ "
                          f"({', '.join(f'{k} {theirs.get(k)!r} != {mine[k]!r}' for k in diffs[:3])}); "
-                         "give the --preset it was trained with (and its --resolution / head options)")
+                         f"give the {n('preset')} it was trained with (and its {n('resolution')} / head options)")
     info = rad_info(trained)
     if info.is_rad and info.tau_convention != TAU_CONVENTION:
-        raise ValueError(f"--init {path.name} uses tau convention {info.tau_convention!r}; rad-train trains "
-                         f"{TAU_CONVENTION!r}: convert it or start from a fresh --preset")
+        raise ValueError(f"{n('init')} {path.name} uses tau convention {info.tau_convention!r}; rad-train trains "
+                         f"{TAU_CONVENTION!r}: convert it or start from a fresh {n('preset')}")
     model.load_state_dict(trained.state_dict())
     log.info("--init: every parameter starts from %s", path)
     return {"name": path.name, "sha256": file_sha256(path)}
@@ -203,14 +203,14 @@ def _warn_masks(paths: list[Path], root: Path, flag: str) -> None:
                     ", ..." if len(found) > 3 else "")
 
 
-def _precision(name: str, device: torch.device) -> torch.dtype:
+def _precision(name: str, device: torch.device, n: Callable[[str], str] = API) -> torch.dtype:
     """The autocast dtype of ``--precision``. Its "auto" is the trainer's own, not ``devices.resolve_dtype``'s:
     fp16 autocast needs a grad scaler and loses range, so without bf16 training stays in fp32."""
     if name == "auto":
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if cuda_bf16 else torch.float32
     if name == "fp16" and device.type != "cuda":
-        raise ValueError(f"--precision fp16 needs a CUDA device (this run is on {device}): use fp32 or bf16")
+        raise ValueError(f"{n('precision')} fp16 needs a CUDA device (this run is on {device}): use fp32 or bf16")
     return DTYPES[name]
 
 
@@ -297,12 +297,12 @@ class Trainer:
     def _build(self, device: torch.device) -> None:
         opts, dist = self.opts, self.dist
         self.device = dist.device_for(device)
-        self.autocast_dtype = _precision(opts.precision, self.device)
+        self.autocast_dtype = _precision(opts.precision, self.device, self.name)
         self.is_main = dist.is_main
         self.writes = self.is_main and not opts.dry_run  # rank 0 alone writes; a dry run writes nothing
         if opts.export is not None and Path(opts.export).exists() and not opts.force and not opts.dry_run:
-            raise FileExistsError(f"--export {opts.export} already exists: pass --force to overwrite it, or choose "
-                                  "another name")
+            raise FileExistsError(f"{self.name('export')} {opts.export} already exists: pass {self.name('force')} "
+                                  "to overwrite it, or choose another name")
         self.out = Path(opts.out)
         resume = opts.resume
         if resume is None and elastic_restart() and list_checkpoints(self.out):
@@ -322,7 +322,7 @@ class Trainer:
         self._log_parameters()
 
         self.size = self.run["model_config"]["image_size"]
-        paths = scan_images(opts.data, self.size, opts.workers)
+        paths = scan_images(opts.data, self.size, opts.workers, flag=self.name("data"))
         train, self.holdout = split_holdout(paths, opts.holdout, opts.seed, Path(opts.data))
         self.holdout = _decodable_holdout(self.holdout, self.size)
         if self.is_main:
@@ -433,11 +433,11 @@ class Trainer:
             model = build_fresh(cfg, opts.seed)
             run.update(kind="full", preset=opts.preset)
             if opts.init is not None:
-                run["init"] = _warm_start(model, Path(opts.init), opts.preset)
+                run["init"] = _warm_start(model, Path(opts.init), opts.preset, self.name)
         factor = 2 ** (len(cfg.channel_mult) - 1)
         if cfg.image_size % factor:
             fit = cfg.image_size // factor * factor or factor
-            raise ValueError(f"--resolution {cfg.image_size} is not a multiple of {factor}, which this ADM's "
+            raise ValueError(f"{self.name('resolution')} {cfg.image_size} is not a multiple of {factor}, which this ADM's "
                              f"{len(cfg.channel_mult)} levels need: use e.g. {fit}")
         run["model_config"] = cfg.to_dict()
         return model, run
@@ -622,8 +622,8 @@ class Trainer:
         bad = [k for k, p in self.params.items() if not torch.isfinite(p).all()]
         if bad:
             raise FloatingPointError(f"{len(bad)} trained tensor(s) hold inf/NaN at step {self.step} (first: "
-                                     f"{bad[0]}): lower --lr, or use --precision fp32/bf16, and resume from the last "
-                                     "checkpoint")
+                                     f"{bad[0]}): lower {self.name('lr')}, or use {self.name('precision')} "
+                                     "fp32/bf16, and resume from the last checkpoint")
 
     def _read_metrics(self, sums: torch.Tensor, count: int) -> dict[str, float]:
         """Means of the metrics over the ``count`` steps since the last log and over the processes, from their
@@ -631,8 +631,8 @@ class Trainer:
         row = dict(zip(_LOGGED, self.dist.mean(sums / count).tolist()))
         if not math.isfinite(row["loss"]):
             raise FloatingPointError(f"the loss is {row['loss']} between steps {self.step - count + 1} and "
-                                     f"{self.step}: lower --lr, or use --precision fp32/bf16, and resume from the "
-                                     "last checkpoint")
+                                     f"{self.step}: lower {self.name('lr')}, or use {self.name('precision')} "
+                                     "fp32/bf16, and resume from the last checkpoint")
         if self.writes:
             seconds = self.clock.since_log(self.step)
             out = {"step": self.step, **row, "lr": self.optimizer.param_groups[0]["lr"], "ema_decay": self.opts.ema,

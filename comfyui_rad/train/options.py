@@ -114,11 +114,12 @@ class Names:
     def __call__(self, field: str) -> str:
         if self.style == "cli":
             return _FLAGS.get(field, "--" + field.replace("_", "-"))
-        return field
+        return f"{field}=True" if field == "force" else field
 
 
 API, CLI = Names("api"), Names("cli")
-_FLAGS = {"flip": "--no-flip", "learn_sigma": "--no-learn-sigma", "use_ema": "--no-ema"}
+_FLAGS = {"flip": "--no-flip", "learn_sigma": "--no-learn-sigma", "use_ema": "--no-ema",
+          "tensorboard": "--no-tensorboard"}
 
 
 def check_ranges(values: dict[str, Any], name: Callable[[str], str]) -> None:
