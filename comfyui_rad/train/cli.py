@@ -46,7 +46,7 @@ EXAMPLES = """examples:
     rad-train --print-config > run.toml; rad-train --config run.toml --steps 2000
     accelerate launch --multi_gpu --num_processes 8 -m comfyui_rad.train --config run.toml
     tensorboard --logdir runs/
-  the whole path at toy scale, on the CPU in about a minute (a 16 px plain base, a RAD adapter on it):
+  the whole path at toy scale, a few minutes on one CPU thread (a 16 px plain base, a RAD adapter on it):
     rad-train --data photos/ --preset tiny --mask-sampling full --out runs/toy-base --steps 200 \\
               --batch-size 8 --val-every 0 --export toy-base.safetensors
     rad-train --data photos/ --base toy-base.safetensors --out runs/toy-rad --steps 200 --batch-size 8 \\
