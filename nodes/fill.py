@@ -18,7 +18,7 @@ class RADFill(io.ComfyNode):
             category=CATEGORY,
             description="Fills the masked region from the pixels around it, without a model: harmonic = the kept "
                         "pixels' colours diffused smoothly into the hole (Laplace's equation, solved exactly; "
-                        "milliseconds for a small hole, seconds for 4K). A start for any sampler at denoise "
+                        "milliseconds for a small hole, seconds to tens of seconds for 4K). A start for any sampler at denoise "
                         "below 1, or a quick object removal. Pixels outside the mask are returned untouched.",
             inputs=[
                 io.Image.Input("image", tooltip="The image(s) to fill. One image with many masks, many images with "
