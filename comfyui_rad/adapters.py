@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -177,6 +178,14 @@ def parse_metadata(raw: Mapping[str, str], source: str) -> dict[str, Any]:
     if "tau_convention" in meta and meta["tau_convention"] not in TAU_CONVENTIONS:
         raise CheckpointError(f"{source}: metadata tau_convention={meta['tau_convention']!r} is not one of "
                               f"{TAU_CONVENTIONS}")
+    if "lora_rank" in meta and not 1 <= meta["lora_rank"] <= 4096:  # the merge divides alpha by it
+        raise CheckpointError(f"{source}: metadata lora_rank is {meta['lora_rank']}: it must be in [1, 4096]")
+    if "lora_alpha" in meta and not math.isfinite(meta["lora_alpha"]):
+        raise CheckpointError(f"{source}: metadata lora_alpha is {meta['lora_alpha']}: it must be a finite number")
+    try:  # the schedule's numbers size tables: checked here, before any model is built
+        RADInfo.from_metadata({k: meta[k] for k in ("schedule", "tau_convention", "train_embedding") if k in meta})
+    except ValueError as err:
+        raise CheckpointError(f"{source}: {err}") from None
     return meta
 
 

@@ -5,6 +5,9 @@
   ``verify_config``). The attention head layout is not in the weights: it defaults to 64 channels per head (every
   public ADM checkpoint) and is overridable (``check_overrides``: ``ADMConfig`` field names). A comfyui-rad.model
   file's stored architecture (``config_json`` / ``config_from_json``) is used instead of inference.
+- ``check_config``: every number a file declares (metadata, config.json, key indices, shapes) has its type and a
+  sane range, and the layout's cost (parameters, ``sampling_bytes`` at its window) is not absurd: checked before
+  anything is built, one ``CheckpointError`` naming the file, the field, the value and the limit.
 - ``foreign_kind``: what a file is when it is not an ADM (an adapter, a LoRA, a diffusers UNet, Stable Diffusion).
 - ``channel_multiplier``: ADM's per-level multiplier for a channel count (fractions allowed); ``diffusers_format``
   uses it for diffusers' ``block_out_channels``.
@@ -18,6 +21,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -29,10 +33,12 @@ import torch
 from torch import Tensor
 
 from .adm import ADM, ADMConfig
+from .checks import memory_limit
 from .fileio import ADAPTER_FORMAT, MODEL_FORMAT, CheckpointError
 
 __all__ = [
-    "CONFIG_FIELDS", "HEAD_FIELDS", "config_from_state_dict", "foreign_kind", "adm_shapes", "verify_config",
+    "CONFIG_FIELDS", "HEAD_FIELDS", "MAX_PARAMETERS", "MAX_BLOCKS", "check_config", "sampling_bytes",
+    "config_from_state_dict", "foreign_kind", "adm_shapes", "verify_config",
     "config_summary", "check_overrides", "overridden_fields", "channel_multiplier", "config_json", "config_from_json",
 ]
 
@@ -69,6 +75,106 @@ def foreign_kind(sd: Mapping[str, Any], metadata: Mapping[str, str]) -> str | No
     if missing:
         return f"not a guided-diffusion ADM: no {' / '.join(missing)} (its first keys: {', '.join(keys[:3])})"
     return None
+
+
+# ------------------------------------------------------------------------------------- what a file may declare
+
+MAX_PARAMETERS = 4_000_000_000
+"""The most parameters a declared layout may have (16 GB in float32; the largest public ADM has 559 M)."""
+MAX_BLOCKS = 256
+"""The most input (or output) blocks: levels x (num_res_blocks + 1); public ADMs have 12 to 28."""
+
+_INT, _REAL, _BOOL = "a whole number", "a number", "true or false"
+_FIELDS: dict[str, tuple[str, float | None, float | None, tuple]] = {
+    # field: (kind, lowest, highest, other values allowed)
+    "model_channels": (_INT, 1, 8192, ()),
+    "num_res_blocks": (_INT, 1, 64, ()),
+    "in_channels": (_INT, 1, 64, ()),
+    "out_channels": (_INT, 1, 128, ()),
+    "num_classes": (_INT, 1, 1_000_000, (None,)),
+    "num_heads": (_INT, 1, 4096, ()),
+    "num_head_channels": (_INT, 1, 8192, (-1,)),
+    "num_heads_upsample": (_INT, 1, 4096, (-1,)),
+    "use_scale_shift_norm": (_BOOL, None, None, ()),
+    "resblock_updown": (_BOOL, None, None, ()),
+    "conv_resample": (_BOOL, None, None, ()),
+    "use_new_attention_order": (_BOOL, None, None, ()),
+    "image_size": (_INT, 8, 8192, ()),
+    "norm_eps": (_REAL, 1e-12, 0.1, ()),
+    "norm_num_groups": (_INT, 1, 1024, ()),
+    "attn_norm_num_groups": (_INT, 1, 1024, (None,)),
+    "freq_shift": (_REAL, 0, 4096, ()),
+    "flip_sin_to_cos": (_BOOL, None, None, ()),
+    "max_period": (_REAL, 1e-9, 1e9, ()),
+}
+
+
+def _field_ok(value: Any, kind: str, lo: float | None, hi: float | None, also: tuple) -> bool:
+    if any(value is a or (a is not None and type(value) is type(a) and value == a) for a in also):
+        return True
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real if kind == _REAL else numbers.Integral):
+        return False
+    return math.isfinite(value) and lo <= value <= hi
+
+
+def _describe(kind: str, lo: float | None, hi: float | None, also: tuple) -> str:
+    text = kind if kind == _BOOL else f"{kind} in [{lo:g}, {hi:g}]"
+    return text + "".join(f" or {'null' if a is None else a}" for a in also)
+
+
+def check_config(cfg: ADMConfig, source: str) -> ADMConfig:
+    """``cfg`` when every field a file declared has its type and a sane range, the layout is consistent (heads
+    divide channels, GroupNorm groups divide them) and its cost is not absurd (``MAX_PARAMETERS`` parameters, the
+    activations of one sampling call at ``image_size`` within ``checks.memory_limit()``); else one
+    ``CheckpointError`` naming ``source``, the field, the value and the limit. Checked before anything is built."""
+    for name, (kind, lo, hi, also) in _FIELDS.items():
+        value = getattr(cfg, name)
+        if not _field_ok(value, kind, lo, hi, also):
+            raise CheckpointError(f"{source}: architecture field {name} is {value!r}: it must be "
+                                  f"{_describe(kind, lo, hi, also)}")
+    mults, ds = cfg.channel_mult, cfg.attention_ds
+    if not 1 <= len(mults) <= 16 or not all(_field_ok(m, _REAL, 1e-3, 256, ()) for m in mults) or any(
+            int(m * cfg.model_channels) < 1 for m in mults):
+        raise CheckpointError(f"{source}: architecture field channel_mult is {list(mults)!r}: it must be 1 to 16 "
+                              "positive numbers (each level's channels / model_channels)")
+    if not all(_field_ok(d, _INT, 1, 2 ** 16, ()) for d in ds):
+        raise CheckpointError(f"{source}: architecture field attention_ds is {list(ds)!r}: it must be downsampling "
+                              "factors 1, 2, 4, ...")
+    if len(mults) * (cfg.num_res_blocks + 1) > MAX_BLOCKS:
+        raise CheckpointError(f"{source}: {len(mults)} levels of num_res_blocks {cfg.num_res_blocks} make "
+                              f"{len(mults) * (cfg.num_res_blocks + 1)} blocks, over the {MAX_BLOCKS} allowed")
+    half = cfg.model_channels // 2
+    if cfg.freq_shift >= half:
+        raise CheckpointError(f"{source}: architecture field freq_shift is {cfg.freq_shift!r}: it must be below "
+                              f"model_channels / 2 = {half} (the embedding divides by their difference)")
+    try:
+        shapes = adm_shapes(cfg)  # the meta device: no memory; heads and GroupNorm groups checked here
+    except (ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{source}: the ADM layout {config_summary(cfg)} cannot be built: {err}") from None
+    params = sum(math.prod(s) for s in shapes.values())
+    if params > MAX_PARAMETERS:
+        raise CheckpointError(f"{source}: the declared layout {config_summary(cfg)} has {params:,} parameters, over "
+                              f"the {MAX_PARAMETERS:,} allowed: the file is damaged or not a model to run here")
+    need, limit = sampling_bytes(cfg), memory_limit()
+    if need > limit:
+        raise CheckpointError(f"{source}: architecture field image_size is {cfg.image_size}: one sampling call at "
+                              f"that window needs about {need / 2**30:,.1f} GiB of activations, over the "
+                              f"{limit / 2**30:.1f} GiB allowed (a window of 256 or 512 pixels is what ADMs use)")
+    return cfg
+
+
+def sampling_bytes(cfg: ADMConfig, batch: int = 1) -> int:
+    """About the peak activation memory (float32 bytes) of one network call on ``batch`` windows of
+    ``cfg.image_size`` pixels: the skips kept for the decoder and a block's temporaries at the widest level
+    (attention runs through ``scaled_dot_product_attention``, whose kernels do not hold tokens x tokens)."""
+    skips = work = 0
+    for level, mult in enumerate(cfg.channel_mult):
+        channels, pixels = int(mult * cfg.model_channels), math.ceil(cfg.image_size / 2 ** level) ** 2
+        skips += (cfg.num_res_blocks + 1) * channels * pixels
+        work = max(work, 6 * channels * pixels)
+    return 4 * batch * (skips + work)
 
 
 @dataclass
@@ -174,13 +280,14 @@ def config_from_state_dict(state_dict: Mapping[str, Tensor], *, metadata: Mappin
         cfg = _with_overrides(config_from_json(metadata["architecture"], source), overrides)
     else:
         cfg = _infer(shapes, overrides, source)
+    check_config(cfg, source)  # every declared number in range, the cost sane: before the layout is compared
     verify_config(cfg, shapes, source)
     return cfg
 
 
 def _infer(shapes: Mapping[str, tuple[int, ...]], overrides: Mapping[str, Any], source: str) -> ADMConfig:
     """Try each (levels, num_res_blocks) with levels * (num_res_blocks + 1) blocks; keep the one that fits."""
-    counts = {_block_count(shapes, "input_blocks"), _block_count(shapes, "output_blocks")}
+    counts = {_block_count(shapes, "input_blocks", source), _block_count(shapes, "output_blocks", source)}
     layouts = sorted({(lv, n // lv - 1) for n in counts for lv in range(1, n + 1) if n % lv == 0 and n // lv >= 2},
                      key=lambda c: (c[1], -c[0]))  # more levels first: guided-diffusion's presets have 4 to 7
     if "num_res_blocks" in overrides:
@@ -228,8 +335,18 @@ def _upsampler_blocks(shapes: Mapping[str, Any]) -> set[int]:
     return found
 
 
-def _block_count(shapes: Mapping[str, Any], prefix: str) -> int:
-    return 1 + max((int(k.split(".")[1]) for k in shapes if k.startswith(prefix + ".")), default=-1)
+def _block_count(shapes: Mapping[str, Any], prefix: str, source: str = "state dict") -> int:
+    """How many ``prefix`` blocks the keys hold: indices 0 .. n-1, each with a weight (a key index is a number a file
+    supplies: ``input_blocks.1000000.0.weight`` alone is refused, not a million-block model)."""
+    indices = {k.split(".")[1] for k in shapes if k.startswith(prefix + ".")}
+    if not all(i.isdigit() for i in indices):
+        raise CheckpointError(f"{source}: keys {prefix}.<index> with a non-numeric index: the file is damaged")
+    numbers_ = {int(i) for i in indices}
+    count = 1 + max(numbers_, default=-1)
+    if count > MAX_BLOCKS or count > 2 * len(numbers_):  # gaps: only weightless (AvgPool) resamplers
+        raise CheckpointError(f"{source}: its {prefix} keys go up to index {count - 1} but hold {len(numbers_)} "
+                              f"block(s) (at most {MAX_BLOCKS}, numbered from 0): the file is damaged or crafted")
+    return count
 
 
 def _res_out(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> int | None:
@@ -316,7 +433,11 @@ def config_from_json(text: str | Mapping[str, Any], source: str) -> ADMConfig:
     if unknown:
         log.warning("%s: ignoring unknown architecture fields %s (made by a newer comfyui-rad?)", source, unknown)
     known = {k: v for k, v in data.items() if k in CONFIG_FIELDS}
+    for name in ("channel_mult", "attention_ds"):
+        if name in known and not isinstance(known[name], (list, tuple)):
+            raise CheckpointError(f"{source}: architecture field {name} is {known[name]!r}: it must be a list")
     try:
-        return ADMConfig(**known)
+        cfg = ADMConfig(**known)
     except TypeError as err:
         raise CheckpointError(f"{source}: its stored architecture is incomplete ({err})") from None
+    return check_config(cfg, source)

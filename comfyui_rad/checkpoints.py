@@ -68,12 +68,16 @@ and the nodes use when no model is chosen."""
 def _read_gd_base(path: Path, adapter: Adapter | None, overrides: dict[str, Any]):
     """(state dict, ADMConfig, RADInfo) of a guided-diffusion checkpoint or comfyui-rad file."""
     sd, raw = read_state_dict(path)
+    is_model_file = raw.get("format") == MODEL_FORMAT
+    meta = parse_metadata(raw, path.name) if is_model_file else {}  # the schedule's numbers checked first
+    try:
+        info = RADInfo.from_metadata(meta, is_rad=is_model_file, base=path.name,
+                                     strength=1.0 if is_model_file else 0.0)
+    except ValueError as err:  # a file's schedule, tau convention or embedding
+        raise CheckpointError(f"{path.name}: {err}") from None
     if adapter is not None:
         overrides = {**adapter.head_layout(overrides), **overrides}
     cfg = config_from_state_dict(sd, metadata=raw, source=path.name, **overrides)
-    is_model_file = raw.get("format") == MODEL_FORMAT
-    meta = parse_metadata(raw, path.name) if is_model_file else {}
-    info = RADInfo.from_metadata(meta, is_rad=is_model_file, base=path.name, strength=1.0 if is_model_file else 0.0)
     return sd, cfg, info
 
 

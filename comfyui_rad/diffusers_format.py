@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -156,7 +157,44 @@ def _read_config(weights: Path) -> dict:
     if kind not in (AUTHORS_CLASS, PLAIN_CLASS, None):
         raise _error(f"{cfg_path}: _class_name {kind!r} is not an ADM UNet ({AUTHORS_CLASS} or {PLAIN_CLASS}): "
                      "comfyui-rad cannot run it")
+    _check_numbers(data, cfg_path)
     return data
+
+
+_NUMBERS = {  # config.json field: (whole number?, lowest, highest); null allowed where diffusers allows it
+    "layers_per_block": (True, 1, 64), "in_channels": (True, 1, 64), "out_channels": (True, 1, 128),
+    "num_train_timesteps": (True, 1, 100_000), "norm_num_groups": (True, 1, 1024),
+    "attn_norm_num_groups": (True, 1, 1024), "attention_head_dim": (True, 1, 8192), "sample_size": (True, 8, 8192),
+    "norm_eps": (False, 1e-12, 0.1), "freq_shift": (False, 0, 4096),
+}
+
+
+def _number_ok(value: Any, whole: bool, lo: float, hi: float) -> bool:
+    kind = numbers.Integral if whole else numbers.Real
+    return (isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+            and lo <= value <= hi)
+
+
+def _check_numbers(config: dict, cfg_path: Path) -> None:
+    """Every number of a config.json that sizes the model or its tables: its type and range, before anything is
+    built (a number written as a string, a 0 in block_out_channels, a negative norm_eps ...); one CheckpointError
+    naming the file and the field."""
+    def refuse(name: str, value: Any, want: str) -> CheckpointError:
+        return _error(f"{cfg_path}: {name} is {value!r}: it must be {want}; restore the config.json that came with "
+                      "the model")
+
+    for name, (whole, lo, hi) in _NUMBERS.items():
+        value = config.get(name)
+        values = value if name == "sample_size" and isinstance(value, list) and value else [value]
+        if value is not None and not all(_number_ok(v, whole, lo, hi) for v in values):
+            raise refuse(name, value, f"{'a whole number' if whole else 'a number'} in [{lo:g}, {hi:g}]")
+    boc = config.get("block_out_channels")
+    if boc is not None and (not isinstance(boc, list) or not 1 <= len(boc) <= 16
+                            or not all(_number_ok(c, True, 1, 65536) for c in boc)):
+        raise refuse("block_out_channels", boc, "a list of 1 to 16 whole numbers in [1, 65536]")
+    for name in ("flip_sin_to_cos", "center_input_sample", "attention_legacy_order"):
+        if name in config and not isinstance(config[name], bool):
+            raise refuse(name, config[name], "true or false")
 
 
 def _split_lora(sd: dict[str, Tensor], source: str) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 
 from . import imaging, settings
-from .checks import check_image, check_mask
+from .architecture import sampling_bytes
+from .checks import check_image, check_mask, check_memory
 from .fill import start_image
 from .masks import as_bhw
 from .plan import FITS, Plan, TileSettings, make_plan, resolve_fit, stitch, to_model
@@ -101,6 +102,10 @@ def run_plan(model: torch.nn.Module, plan: Plan, spec: SamplerSpec = SamplerSpec
     if plan.start != "noise" and spec.baseline:
         raise ValueError(f"start {plan.start} works with RAD's samplers (ddpm, ddim) only: {spec.name} takes binary "
                          "masks; use start noise")
+    batch = plan.image.shape[0]
+    check_memory(sampling_bytes(model.config, batch),
+                 f"inpainting a batch of {batch} at the model's {plan.size}x{plan.size} window",
+                 "give fewer images or masks at once")  # a batch from a workflow: before any network call
     if not spec.baseline and not rad_info(model).is_rad:
         log.warning("the model has no RAD adapter: RAD steps on a plain ADM inpaint poorly (paper Table 3, Cfg. 1); "
                     "load a RAD adapter or a RAD model")

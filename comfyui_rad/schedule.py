@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -49,6 +50,10 @@ def _linear_abar(steps: int, start: float, end: float) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+MAX_T = 100_000
+"""The most diffusion steps a phase may have (DDPM has 1,000; the tables hold T float64 values each)."""
+
+
 @dataclass(frozen=True)
 class NoiseCurves:
     """The 1-D curves behind a two-phase schedule: linear betas per phase, as DDPM (float64)."""
@@ -61,9 +66,16 @@ class NoiseCurves:
     beta2_end: float | None = None
 
     def __post_init__(self):
-        for name in ("T1", "T2"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("T1", "T2"):  # a file's numbers: each T sizes tables of T float64 values
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_T:
+                raise ValueError(f"{name} must be a positive integer, at most {MAX_T:,}, got {value!r}")
+        for name in ("beta_start", "beta_end", "beta2_start", "beta2_end"):
+            value = getattr(self, name)
+            if value is None and name.startswith("beta2"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number in (0, 1), got {value!r}")
         for lo, hi in ((self.beta_start, self.beta_end), (self.phase2_betas)):
             if not 0.0 < lo <= hi < 1.0:
                 raise ValueError(f"betas must satisfy 0 < start <= end < 1, got start={lo}, end={hi}")
@@ -199,8 +211,14 @@ class RADInfo:
         is RAD (a comfyui-rad model or adapter); weights rad-train trained with ``--mask-sampling full`` are not.
         ``provenance``: ``base``, ``adapter``, ``strength``."""
         schedule = metadata.get("schedule")
-        schedule = json.loads(schedule) if isinstance(schedule, str) else schedule
-        return cls(curves=NoiseCurves.from_dict(schedule), tau_convention=metadata.get("tau_convention", "gd"),
+        try:
+            schedule = json.loads(schedule) if isinstance(schedule, str) else schedule
+            if schedule is not None and not isinstance(schedule, Mapping):
+                raise ValueError("it must be a JSON object")
+            curves = NoiseCurves.from_dict(schedule)
+        except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+            raise ValueError(f"metadata schedule {str(metadata.get('schedule'))[:80]!r}: {err}") from None
+        return cls(curves=curves, tau_convention=metadata.get("tau_convention", "gd"),
                    embedding=metadata.get("train_embedding", "spatial"),
                    is_rad=is_rad and metadata.get("train_mask_sampling") != "full", **provenance)
 

@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,13 +21,17 @@ import pytest
 import torch
 from conftest import TINY, make_adm
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from comfyui_rad import evaluate, masks
-from comfyui_rad.checkpoints import save_model
+from comfyui_rad.architecture import sampling_bytes
+from comfyui_rad.adapters import parse_metadata
+from comfyui_rad.checkpoints import load_adm, save_model
 from comfyui_rad.checks import check_mask_values, check_not_inputs, is_within
 from comfyui_rad.cli import main as inpaint_main
 from comfyui_rad.convert import main as convert_main
-from comfyui_rad.fileio import DiskFullError, atomic_write
+from comfyui_rad.fileio import MODEL_FORMAT, CheckpointError, DiskFullError, atomic_write
 from comfyui_rad.pipeline import inpaint
 from comfyui_rad.schedule import SpatialSchedule
 from comfyui_rad.train import cli as train_cli
@@ -308,3 +313,121 @@ def test_a_loaded_model_survives_its_file_rewritten_in_place(tmp_path, suffix):
                           text=True, env=env, timeout=300)
     assert done.returncode == 0, f"exit {done.returncode} (-7 = SIGBUS): {done.stderr[-2000:]}"
     assert done.stdout.strip() == "same"
+
+
+# --------------------------------------------------------------- 1. a few bytes must not ask for gigabytes or minutes
+
+GOOD_ARCH = {"model_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 2], "attention_ds": [2],
+             "num_head_channels": 16, "image_size": 32}
+STUB = {"time_embed.0.weight": torch.zeros(128, 32), "input_blocks.0.0.weight": torch.zeros(32, 3, 3, 3)}
+
+
+def crafted(path: Path, metadata: dict | None = None, tensors: dict | None = None) -> Path:
+    """A few-KB safetensors file: a couple of small tensors and the metadata a stranger chose."""
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    save_file(dict(tensors or STUB), str(path), metadata={"format": MODEL_FORMAT, **meta})
+    assert path.stat().st_size < 64 * 1024
+    return path
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"image_size": 100000}, "architecture field image_size is 100000"),  # asked 112 GiB when sampling
+    ({"image_size": 4096, "model_channels": 256, "channel_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 2,
+      "num_head_channels": 64}, "image_size is 4096: one sampling call at that window needs about"),
+    ({"num_res_blocks": 1000000}, "num_res_blocks is 1000000: it must be a whole number in [1, 64]"),
+    ({"num_res_blocks": 30, "channel_mult": [1] * 16}, "496 blocks, over the 256 allowed"),
+    ({"model_channels": 8192, "channel_mult": [16, 16], "num_head_channels": 64}, "parameters, over the"),
+    ({"model_channels": "32"}, "model_channels is '32': it must be a whole number"),  # a number as a string
+    ({"num_head_channels": 0}, "num_head_channels is 0"),
+    ({"max_period": 0}, "max_period is 0"),  # was "math domain error"
+    ({"norm_eps": -1e-5}, "norm_eps is -1e-05"),  # was blamed on the weights
+    ({"channel_mult": [1, 0]}, "channel_mult is [1, 0]"),
+    ({"channel_mult": 2}, "channel_mult is 2: it must be a list"),
+    ({"freq_shift": 16}, "freq_shift is 16: it must be below model_channels / 2 = 16"),  # a zero divisor
+    ({"num_heads": 3, "num_head_channels": -1}, "cannot be built: num_heads=3 does not divide"),
+    ({"use_scale_shift_norm": "yes"}, "use_scale_shift_norm is 'yes': it must be true or false"),
+])
+def test_architecture_metadata_is_checked_before_anything_is_built(tmp_path, change, needle):
+    path = crafted(tmp_path / "m.safetensors", {"architecture": {**GOOD_ARCH, **change}})
+    with pytest.raises(CheckpointError, match=re.escape(needle)) as err:
+        load_adm(path)
+    assert str(err.value).startswith("m.safetensors: ")  # the file, the field, the value and the limit
+
+
+@pytest.mark.parametrize("schedule, needle", [
+    ({"T1": 10**9}, "T1 must be a positive integer, at most 100,000, got 1000000000"),  # asked 7.5 GiB at load
+    ({"T2": "1000"}, "T2 must be a positive integer, at most 100,000, got '1000'"),
+    ({"beta_end": "0.02"}, "beta_end must be a finite number in (0, 1), got '0.02'"),
+    ({"beta_start": 0.5, "beta_end": 0.1}, "betas must satisfy 0 < start <= end < 1"),
+    ([1000], "it must be a JSON object"),
+])
+def test_schedule_metadata_is_checked(tmp_path, schedule, needle):
+    path = crafted(tmp_path / "m.safetensors", {"architecture": GOOD_ARCH, "schedule": schedule})
+    with pytest.raises(CheckpointError, match=r"^m\.safetensors: metadata schedule .*" + re.escape(needle)):
+        load_adm(path)
+    with pytest.raises(CheckpointError, match=r"a\.safetensors: metadata schedule"):  # what read_adapter parses
+        parse_metadata({"schedule": json.dumps(schedule)}, "a.safetensors")
+
+
+def test_key_indices_and_layouts_that_do_not_match_their_tensors(tmp_path):
+    tensors = {**STUB, "input_blocks.1000000.0.weight": torch.zeros(1)}  # 4 KB
+    save_file(tensors, str(tmp_path / "plain.safetensors"))  # a guided-diffusion state dict: layout inferred
+    for path in (tmp_path / "plain.safetensors", crafted(tmp_path / "model.safetensors", tensors=tensors)):
+        with pytest.raises(CheckpointError, match="input_blocks keys go up to index 1000000 but hold 2 block"):
+            load_adm(path)  # it built a million-block model
+    save_model(tmp_path / "tiny.safetensors", make_adm(SMALL))
+    with safe_open(str(tmp_path / "tiny.safetensors"), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    arch = json.loads(meta["architecture"])
+    save_file(tensors, str(tmp_path / "lies.safetensors"),
+              metadata={**meta, "architecture": json.dumps({**arch, "num_res_blocks": 2})})
+    with pytest.raises(CheckpointError, match="lies.safetensors does not match the ADM layout"):
+        load_adm(tmp_path / "lies.safetensors")
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"sample_size": 1000000}, "sample_size is 1000000"),  # about 12 TB
+    ({"sample_size": [64, "64"]}, "sample_size is [64, '64']"),
+    ({"block_out_channels": [32, 0]}, "block_out_channels is [32, 0]"),
+    ({"block_out_channels": ["32", "64"]}, "block_out_channels is ['32', '64']"),
+    ({"layers_per_block": 1000000}, "layers_per_block is 1000000"),  # spun for minutes
+    ({"layers_per_block": "1"}, "layers_per_block is '1'"),
+    ({"num_train_timesteps": 0}, "num_train_timesteps is 0"),  # a zero divisor: max_period = pi / T
+    ({"norm_eps": -1e-6}, "norm_eps is -1e-06"),
+    ({"attention_head_dim": 0}, "attention_head_dim is 0"),
+    ({"norm_num_groups": 0}, "norm_num_groups is 0"),
+    ({"flip_sin_to_cos": "false"}, "flip_sin_to_cos is 'false': it must be true or false"),
+])
+def test_diffusers_config_json_numbers_are_checked(tmp_path, change, needle):
+    unet = tmp_path / "checkpoint-1" / "unet"
+    unet.mkdir(parents=True)
+    save_file({"conv_in.weight": torch.zeros(32, 3, 3, 3)}, str(unet / "diffusion_pytorch_model.safetensors"))
+    config = {"_class_name": "UNet2DModel", "block_out_channels": [32, 64], "layers_per_block": 1,
+              "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "sample_size": 32, **change}
+    (unet / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=re.escape(f"config.json: {needle}")):
+        load_adm(tmp_path / "checkpoint-1")
+
+
+def test_crafted_files_are_one_line_in_the_cli_and_the_loader_node(files, tmp_path, capsys):
+    path = crafted(tmp_path / "big.safetensors", {"architecture": {**GOOD_ARCH, "image_size": 100000}})
+    image = files / "data" / "img0.png"
+    assert inpaint_main(["--model", str(path), "--image", str(image), "--mask", "box", "-o",
+                         str(tmp_path / "o.png"), "-q"]) == 2
+    one_line_error(capsys, "rad-inpaint", "big.safetensors", "image_size is 100000")
+    state = tmp_path / "run" / "checkpoints" / "step-0000001.pt"
+    state.parent.mkdir(parents=True)
+    torch.save({"format": "comfyui-rad.train-checkpoint", "version": 2, "run": {}, "trainable": {}, "ema": {}}, state)
+    assert train_cli.main(["--export-from", str(state), "--export", str(tmp_path / "e.safetensors"), "-q"]) == 2
+    one_line_error(capsys, "rad-train", "step-0000001.pt", "'step' is missing")  # was a KeyError
+
+
+def test_a_batch_too_large_for_memory_is_refused_before_sampling(tiny_adm, monkeypatch):
+    import comfyui_rad.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "RADDenoiser", None)  # nothing may run: calling it would be a TypeError
+    per_window = sampling_bytes(tiny_adm.config)
+    monkeypatch.setattr("comfyui_rad.checks.memory_limit", lambda: 10 * per_window)
+    with pytest.raises(ValueError, match=r"inpainting a batch of 16 at the model's 256x256 window would need about "
+                                         r".*give fewer images or masks"):
+        pipeline.inpaint(tiny_adm, torch.rand(1, 3, 8, 8), torch.ones(16, 8, 8), steps=2, sampler="ddpm")

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from .. import diffusers_format
-from ..adm import ADM, ADMConfig
+from ..adm import ADM
 from ..adapters import save_adapter
+from ..architecture import config_from_json
 from ..checkpoints import save_model
 from ..devices import DTYPES
 from ..fileio import CheckpointError, file_sha256
@@ -67,7 +68,7 @@ def export_weights(path: str | os.PathLike, run: dict[str, Any], tensors: dict[s
     if dtype not in DTYPES:
         raise ValueError(f"unknown export dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     cast = {k: v.detach().to("cpu", DTYPES[dtype]) for k, v in tensors.items()}
-    cfg = ADMConfig(**run["model_config"])
+    cfg = config_from_json(run.get("model_config", {}), "the training checkpoint's model_config")  # checked numbers
     meta = _metadata(run, step, ema)
     if run["kind"] == "full":
         with torch.device("meta"):

@@ -90,6 +90,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if state.get("version") not in (1, CHECKPOINT_VERSION):  # 1 still exports; resuming it is refused (stream)
         raise ValueError(f"{path}: checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}: "
                          "it was written by another comfyui-rad version")
+    for key, kind in (("step", int), ("run", dict), ("trainable", dict), ("ema", dict)):
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (key == "step" and value < 0):
+            raise ValueError(f"{path}: its {key!r} is {'missing' if key not in state else repr(value)[:60]}, not "
+                             f"{'a step number' if key == 'step' else 'a table'}: the checkpoint is damaged")
     state["path"] = str(path)
     log.info("read checkpoint %s (step %d)", path, state["step"])
     return state

@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 
@@ -145,3 +146,18 @@ def test_traversal_names_are_refused_by_the_pack_itself(host, monkeypatch, name)
             loader.execute(absolute, "none", 1.0, "auto")
     finally:
         outside.unlink()
+
+
+def test_a_crafted_file_is_a_clear_error_in_the_node(host):
+    from safetensors.torch import save_file
+
+    path = host.models / "rad" / "crafted.safetensors"  # 4 KB asking for a 100000-pixel window
+    arch = {"model_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 2], "attention_ds": [2],
+            "image_size": 100000}
+    save_file({"time_embed.0.weight": torch.zeros(128, 32), "input_blocks.0.0.weight": torch.zeros(32, 3, 3, 3)},
+              str(path), metadata={"format": "comfyui-rad.model", "architecture": json.dumps(arch)})
+    try:
+        with pytest.raises(ValueError, match=r"cannot load .*crafted\.safetensors: .*image_size is 100000"):
+            host.nodes.RADModelLoader.execute("crafted.safetensors", "none", 1.0, "auto")
+    finally:
+        path.unlink()
