@@ -11,6 +11,12 @@ there is):
   (``fit=crop``): 48-pixel boxes at three seeded places (inside one 64-pixel window) and one 128-pixel box (region
   by region, ``tiles``).
 
+- **windows** (``--windows N``): N native-resolution windows of the model's size per picture (seeded places),
+  under a centred square hole of 6.25 % and of 25 % of the window, each window inpainted whole (as ``rad-inpaint``
+  runs a picture of the model's size); every model from the plain start and, for each ``--fill-strength`` s, from
+  the harmonic fill regenerated at strength s (the fill in the hole, the mask scaled to s: RAD's per-pixel
+  schedule regenerates each pixel by its mask value).
+
 Measures over the hole: PSNR, SSIM (the hole's bounding box) and seam (``metrics.seam``). Prints markdown tables,
 writes the grids (masked input | harmonic | each model | truth per row) and, with ``--json``, every number.
 
@@ -69,6 +75,66 @@ def centre_square(image: torch.Tensor, size: int) -> torch.Tensor:
     top, left = (h - s) // 2, (w - s) // 2
     return F.interpolate(image[:, :, top:top + s, left:left + s], size=(size, size), mode="bicubic",
                          antialias=True, align_corners=False).clamp(0, 1)
+
+
+WINDOW_HOLES = (("centre 6.25%", 0.25), ("centre 25%", 0.5))
+"""Centred square holes in a native window: (name, side as a fraction of the window's side)."""
+
+
+def window_places(height: int, width: int, size: int, count: int, seed: int) -> list[tuple[int, int]]:
+    """``count`` seeded (top, left) places of a ``size`` window inside a picture, distinct."""
+    g = torch.Generator().manual_seed(2000 + seed)
+    places: list[tuple[int, int]] = []
+    while len(places) < count:
+        place = (int(torch.randint(0, height - size + 1, (1,), generator=g)),
+                 int(torch.randint(0, width - size + 1, (1,), generator=g)))
+        if place not in places:
+            places.append(place)
+    return places
+
+
+def centred_hole(size: int, fraction: float) -> torch.Tensor:
+    """A centred square hole [1,S,S] (1 = inpaint) whose side is ``fraction`` of ``size``."""
+    side = round(size * fraction)
+    mask = torch.zeros(1, size, size)
+    top = (size - side) // 2
+    mask[:, top:top + side, top:top + side] = 1
+    return mask
+
+
+def run_windows(models: dict, pictures: dict[str, torch.Tensor], size: int, args) -> tuple[list, list]:
+    """Native windows of every picture under each centred hole: rows of measures (each the mean over windows and
+    samples) per method, and per hole a grid tile row (masked | harmonic | each method's first sample | truth) of
+    the first windows."""
+    windows = torch.cat([picture[:, :, t:t + size, l:l + size]
+                         for picture in pictures.values()
+                         for t, l in window_places(*picture.shape[-2:], size, args.windows, args.seed)])
+    rows, tiles_ = [], []
+    for name, fraction in WINDOW_HOLES:
+        hole = centred_hole(size, fraction)
+        smooth = harmonic_fill(windows, hole)
+        methods = {"mean fill": harmonic_fill(windows, hole, iterations=0), "harmonic fill": smooth}
+        truth = windows.repeat_interleave(args.samples, 0)  # each window's samples side by side
+        for model_name, model in models.items():
+            starts = [("plain", truth, hole)] + [(f"fill s={s:g}", smooth.repeat_interleave(args.samples, 0),
+                                                   hole * s) for s in args.fill_strength]
+            for start, image, mask in starts:
+                tick = time.perf_counter()
+                result, _ = inpaint(model, image, mask, steps=args.steps, seed=args.seed, fit="crop")
+                methods[f"{model_name} {start}"] = result
+                print(f"{name} {model_name} {start}: {time.perf_counter() - tick:.0f} s", file=sys.stderr)
+        row = {"picture": "+".join(pictures), "mask": name, "hole": float(hole.mean()),
+               "windows": windows.shape[0]}
+        for method, filled in methods.items():
+            reference = windows if filled.shape[0] == windows.shape[0] else truth
+            row[method] = measures(filled, reference, hole)
+        rows.append(row)
+        first = lambda x: x[::args.samples] if x.shape[0] > windows.shape[0] else x  # noqa: E731
+        masked = windows * (1 - hole[:, None]) + 0.5 * hole[:, None]
+        shown = [first(x) for x in methods.values() if x is not methods["mean fill"]]
+        tiles_.append(torch.cat([torch.cat([masked, *shown, windows], dim=3)[i:i + 1]
+                                 for i in range(min(args.grid_windows, windows.shape[0]))], dim=2))
+    return rows, tiles_
 
 
 NATIVE = (("box48", 48, 0), ("box48", 48, 1), ("box48", 48, 2), ("box128", 128, 0))
@@ -148,11 +214,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=4,
                         help="samples per picture and mask, measured and averaged (default 4; one sample's hole "
                              "PSNR swings by dB)")
+    parser.add_argument("--windows", type=int, default=0,
+                        help="native windows of the model's size per picture under centred 6.25 %% and 25 %% holes "
+                             "(0 = none)")
+    parser.add_argument("--fill-strength", type=float, action="append", default=[],
+                        help="with --windows: also start each model from the harmonic fill at this strength "
+                             "(repeatable)")
+    parser.add_argument("--windows-grid", type=Path, help="write the windows' grid here (PNG, refuses to overwrite)")
+    parser.add_argument("--grid-windows", type=int, default=6, help="windows per hole shown in --windows-grid")
+    parser.add_argument("--skip-standard", action="store_true",
+                        help="only the --windows measurement: skip the model-size (and --native) cases")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    for path in (args.grid, args.native_grid):
+    for path in (args.grid, args.native_grid, args.windows_grid):
         if path is not None:
             imaging.check_writable(path, 1)
     if args.json is not None and args.json.exists():
@@ -166,8 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         raise SystemExit(f"no pictures in {args.heldout}")
     methods = ["mean fill", "harmonic fill", *models]
-    small, native, small_tiles, native_tiles = [], [], [], []
-    for path in files:
+    small, native, small_tiles, native_tiles, windows, window_tiles = [], [], [], [], [], []
+    if args.windows:
+        pictures = {path.stem: imaging.load_image(path) for path in files}
+        windows, window_tiles = run_windows(models, pictures, size, args)
+        names = [m for m in windows[0] if isinstance(windows[0][m], dict)]
+        print_table(f"Native {size}x{size} windows ({windows[0]['windows']} of {', '.join(pictures)}), centred "
+                    f"holes, mean of {args.samples} samples per window", windows, names)
+    for path in [] if args.skip_standard else files:
         picture = imaging.load_image(path)
         truth = centre_square(picture, size)
         for kind in MASKS:
@@ -189,17 +271,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"models {', '.join(models)}; {size}x{size}; DDPM {args.steps} steps, seed {args.seed}, "
           f"mean of {args.samples} samples per case, CPU "
           f"{torch.get_num_threads()} thread(s); hole PSNR (dB) / SSIM / seam")
-    print_table("At the model's size (centre square resized, fit=resize)", small, methods)
+    if small:
+        print_table("At the model's size (centre square resized, fit=resize)", small, methods)
     if native:
         print_table("At native resolution (whole picture, fit=crop)", native, methods)
-    for grid_path, tiles_, scale in ((args.grid, small_tiles, 3), (args.native_grid, native_tiles, 2)):
+    for grid_path, tiles_, scale in ((args.grid, small_tiles, 3), (args.native_grid, native_tiles, 2),
+                                     (args.windows_grid, window_tiles, 2)):
         if grid_path is not None and tiles_:
             grid = F.interpolate(torch.cat(tiles_, dim=2), scale_factor=scale, mode="nearest")
             for written in imaging.save_image(grid, grid_path):
                 print(written)
     if args.json is not None:
         args.json.write_text(json.dumps({"models": {k: str(p) for k, p in zip(models, (args.model, *args.compare))},
-                                         "model_size": small, "native": native}, indent=1) + "\n")
+                                         "model_size": small, "native": native,
+                                         "windows": windows}, indent=1) + "\n")
     return 0
 
 
