@@ -111,12 +111,14 @@ def run_windows(models: dict, pictures: dict[str, torch.Tensor], size: int, args
                          for t, l in window_places(*picture.shape[-2:], size, args.windows, args.seed)])
     rows, tiles_ = [], []
     for name, fraction in WINDOW_HOLES:
+        if args.hole and name.split()[-1].rstrip("%") not in args.hole:
+            continue
         hole = centred_hole(size, fraction)
         smooth = harmonic_fill(windows, hole)
         methods = {"mean fill": harmonic_fill(windows, hole, iterations=0), "harmonic fill": smooth}
         truth = windows.repeat_interleave(args.samples, 0)  # each window's samples side by side
         for model_name, model in models.items():
-            starts = [("plain", truth, hole)] + [(f"fill s={s:g}", smooth.repeat_interleave(args.samples, 0),
+            starts = [("plain", truth, hole)] * (not args.no_plain) + [(f"fill s={s:g}", smooth.repeat_interleave(args.samples, 0),
                                                    hole * s) for s in args.fill_strength]
             for start, image, mask in starts:
                 tick = time.perf_counter()
@@ -220,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fill-strength", type=float, action="append", default=[],
                         help="with --windows: also start each model from the harmonic fill at this strength "
                              "(repeatable)")
+    parser.add_argument("--hole", action="append", choices=("6.25", "25"), default=[],
+                        help="with --windows: only this centred hole (repeatable; default both)")
+    parser.add_argument("--no-plain", action="store_true",
+                        help="with --windows: only the --fill-strength starts, not the plain one")
     parser.add_argument("--windows-grid", type=Path, help="write the windows' grid here (PNG, refuses to overwrite)")
     parser.add_argument("--grid-windows", type=int, default=6, help="windows per hole shown in --windows-grid")
     parser.add_argument("--skip-standard", action="store_true",
