@@ -13,7 +13,7 @@ from .checks import EXIT_STATUS, ArgumentParser, check_outputs
 from .errors import UserError, run_main, setup_logging
 from .settings import (
     BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, FIT_NAMES, MASK_KINDS,
-    MASK_MODES, SAMPLER_NAMES, START_NAMES, START_STRENGTH, arg_type,
+    MASK_MODES, SAMPLER_DEFAULTS, SAMPLER_NAMES, SPACING_NAMES, START_NAMES, START_STRENGTH, arg_type,
 )
 
 if TYPE_CHECKING:
@@ -55,15 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--save-mask", type=Path, help="also write the mask that was used")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddpm",
-                   help="ddpm (default, the paper's), ddim, or the baselines for any ADM: repaint (2,410 network "
-                        "calls at 250) and replace (plain DDPM, the known region replaced after each step)")
+                   help="ddpm (default, the paper's), ddim, ComfyUI's euler_ancestral, dpmpp_2m and dpmpp_2m_sde "
+                        "(per pixel, 25 steps), or the baselines for any ADM: repaint (2,410 network calls at 250) and "
+                        "replace (plain DDPM, the known region replaced after each step)")
     p.add_argument("--steps", type=arg_type("steps"), default=None,
                    help="reverse steps (default " + ", ".join(f"{n} {k}" for k, n in DEFAULT_STEPS.items()) + ")")
     p.add_argument("--eta", type=arg_type("eta"), default=DEFAULTS["eta"],
-                   help="DDIM eta in [0, 1]: 1 (default) adds DDPM-like noise, which washes out model error "
-                        "(DDIM-25 comes close to DDPM-100); 0 = deterministic, much worse with small models")
+                   help="ddim, euler_ancestral, dpmpp_2m_sde: fresh noise per step in [0, 1]: 1 (default) adds "
+                        "DDPM-like noise, which washes out model error (DDIM-25 comes close to DDPM-100); 0 = "
+                        "deterministic, much worse with small models")
+    p.add_argument("--spacing", choices=("auto", *SPACING_NAMES), default="auto",
+                   help="how the steps are spread over the noise levels: uniform in t (the paper's), uniform in the "
+                        "hole's log-SNR (lambda) or Karras et al.'s (default auto: the sampler's own, uniform for "
+                        "ddpm and ddim, " + ", ".join(f"{k} {v['spacing']}" for k, v in SAMPLER_DEFAULTS.items()
+                                                      if v.get("spacing")) + ")")
     p.add_argument("--resample", type=arg_type("resample"), default=DEFAULTS["resample"],
-                   help="ddpm/ddim: RAD with resampling: every --jump steps the hole goes back up --jump steps of "
+                   help="RAD's samplers: RAD with resampling: every --jump steps the hole goes back up --jump steps of "
                         "its own schedule and is denoised again, this many times (default 0 = off; 1 with "
                         "--jump 10 at 100 steps makes 190 network calls)")
     p.add_argument("--jump", type=arg_type("jump"), default=DEFAULT_JUMP,
@@ -88,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, mps ...")
     p.add_argument("--dtype", choices=["auto", *DTYPE_NAMES], default="auto",
                    help="weights' precision (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--threads", type=arg_type("threads"), default=0,
+                   help="CPU threads for torch while sampling on the CPU (default 0 = auto: the CPUs other "
+                        "processes leave free, 1 to 4; torch's own choice, one per CPU, is many times slower on a "
+                        "busy machine)")
     p.add_argument("--num-head-channels", type=arg_type("num_head_channels"),
                    help="attention head width (guided-diffusion's name; default 64)")
     p.add_argument("--num-heads", type=arg_type("num_heads"),
@@ -215,7 +226,11 @@ class Progress:
         sys.stderr.flush()
 
 
-SPEC_FLAGS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "resample": "--resample", "jump": "--jump"}
+RAD_SAMPLER_LIST = ", ".join(n for n in SAMPLER_NAMES if n not in BASELINE_SAMPLERS)
+"""RAD's samplers by name, for errors."""
+
+SPEC_FLAGS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "resample": "--resample", "jump": "--jump",
+              "spacing": "--spacing"}
 """How rad-inpaint (and rad-eval) call the ``SamplerSpec`` fields in their errors."""
 
 
@@ -227,9 +242,11 @@ def sampler_spec(args):
 
     baseline = args.sampler in BASELINE_SAMPLERS
     if args.resample and baseline:
-        raise UserError(f"--resample works with --sampler ddpm or ddim, not {args.sampler}: RePaint resamples on its "
-                        "own (2,410 calls at its defaults)")
+        raise UserError(f"--resample works with RAD's samplers (--sampler {RAD_SAMPLER_LIST}), not {args.sampler}: "
+                        "RePaint resamples on its own (2,410 calls at its defaults)")
     jumps = {} if baseline else {"resample": args.resample, "jump": args.jump}
+    if args.spacing != "auto":
+        jumps["spacing"] = args.spacing
     try:
         spec = SamplerSpec.create(args.sampler, steps=args.steps, eta=args.eta, names=SPEC_FLAGS, **jumps)
     except ValueError as err:
@@ -248,7 +265,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     """Inpaint as the arguments say; returns the written paths."""
     from . import imaging
     from .checkpoints import load_adm
-    from .devices import resolve_device, resolve_dtype
+    from .devices import cpu_threads, resolve_device, resolve_dtype
     from .pipeline import inpaint
 
     if args.model is None:
@@ -290,8 +307,12 @@ def run(args: argparse.Namespace) -> list[Path]:
     model = load_adm(args.model, adapter=args.adapter, strength=args.strength, device=device,
                      dtype=resolve_dtype(args.dtype, device), ema=args.ema, **overrides)
     _check_class_label(model, args.class_label)
-    out, _ = inpaint(model, image, mask, spec=spec, seed=args.seed, fit=args.fit, callback=Progress(not args.quiet),
-                     y=args.class_label, start=args.start, start_strength=args.start_strength)
+    with cpu_threads(args.threads, device) as threads:
+        if device.type == "cpu":
+            log.info("%d CPU thread(s) (--threads)", threads)
+        out, _ = inpaint(model, image, mask, spec=spec, seed=args.seed, fit=args.fit,
+                         callback=Progress(not args.quiet), y=args.class_label, start=args.start,
+                         start_strength=args.start_strength)
     written = imaging.save_image(out, args.output, force=args.force)
     if args.save_mask:
         written += imaging.save_image(mask[:, None].expand(-1, 3, -1, -1), args.save_mask, force=args.force)

@@ -7,12 +7,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-__all__ = ["DTYPES", "resolve_dtype", "resolve_device", "device_name"]
+__all__ = ["DTYPES", "resolve_dtype", "resolve_device", "device_name", "MAX_AUTO_THREADS", "cpu_count",
+           "auto_threads", "cpu_threads"]
+
+log = logging.getLogger(__name__)
+
+MAX_AUTO_THREADS = 4
+"""The most intra-op threads "auto" picks: small models gain little beyond 4 (docs/BENCHMARKS.md)."""
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 """The precisions a user names on the command line and in the nodes (torch's names are accepted too)."""
@@ -74,3 +85,48 @@ def device_name(device: torch.device | str) -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else ``os.cpu_count``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_threads(cpus: int | None = None, load: float | None = None) -> int:
+    """torch's intra-op threads for sampling on the CPU when the user names none: the CPUs other processes leave
+    free (``cpus`` minus the 1-minute load average, rounded up), at least 1 and at most ``MAX_AUTO_THREADS``.
+
+    torch's own default (one thread per CPU) oversubscribes a busy machine: its threads wait for each other at every
+    operation while other processes hold the cores (the README's first command: 63 s with 1 thread, about 10
+    minutes with torch's default on 2 busy cores). 2 CPUs, quiet: 2; one core busy: 1."""
+    cpus = cpu_count() if cpus is None else cpus
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average (Windows): assume a quiet machine
+            load = 0.0
+    return max(1, min(MAX_AUTO_THREADS, cpus - math.ceil(load - 0.5)))
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None, device: torch.device | str = "cpu") -> Iterator[int]:
+    """Run the block with ``threads`` intra-op threads (0 or None: ``auto_threads()``) when ``device`` is the CPU,
+    and put torch's setting back afterwards; on any other device the threads are left alone (the host's setting,
+    e.g. ComfyUI's, stays). Yields the threads in use."""
+    if torch.device(device).type != "cpu":
+        yield torch.get_num_threads()
+        return
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise ValueError(f"threads must be a whole number >= 0 (0 = auto), got {threads!r}")
+    before, wanted = torch.get_num_threads(), threads or auto_threads()
+    if wanted != before:
+        torch.set_num_threads(wanted)
+    log.debug("sampling on the CPU with %d thread(s)", wanted)
+    try:
+        yield wanted
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -30,9 +30,12 @@ from typing import TYPE_CHECKING, Callable
 from .checks import EXIT_STATUS, ArgumentParser, check_folder, check_outputs
 from .errors import run_main, setup_logging
 from .settings import (
-    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, MASK_KINDS, SAMPLER_NAMES, START_NAMES,
-    START_STRENGTH, arg_type,
+    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, MASK_KINDS, SAMPLER_NAMES, SPACING_NAMES,
+    START_NAMES, START_STRENGTH, arg_type,
 )
+
+RAD_SAMPLER_LIST = ", ".join(n for n in SAMPLER_NAMES if n not in BASELINE_SAMPLERS)
+"""RAD's samplers by name, for errors."""
 
 if TYPE_CHECKING:
     import torch
@@ -312,20 +315,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", default="box,extreme,wide",
                    help=f"comma-separated mask kinds of {', '.join(MASK_KINDS)} (default box,extreme,wide)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddpm",
-                   help="ddpm (RAD, default), ddim, repaint or replace (baselines on any ADM)")
+                   help="ddpm (RAD, default), ddim, euler_ancestral, dpmpp_2m, dpmpp_2m_sde (RAD, per pixel), "
+                        "repaint or replace (baselines on any ADM)")
     p.add_argument("--steps", type=arg_type("steps"),
-                   help="reverse steps (default 100 for ddpm and replace, 50 ddim, 250 repaint)")
+                   help="reverse steps (default " + ", ".join(f"{n} {k}" for k, n in DEFAULT_STEPS.items()) + ")")
     p.add_argument("--eta", type=arg_type("eta"), default=DEFAULTS["eta"],
-                   help="DDIM eta in [0, 1] (default 1, as rad-inpaint; 0 = deterministic)")
+                   help="ddim, euler_ancestral, dpmpp_2m_sde: eta in [0, 1] (default 1, as rad-inpaint; 0 = "
+                        "deterministic)")
+    p.add_argument("--spacing", choices=("auto", *SPACING_NAMES), default="auto",
+                   help="step spacing: uniform, lambda or karras (default auto: the sampler's own, as rad-inpaint)")
     p.add_argument("--jump-length", type=arg_type("jump_length"), default=10,
                    help="RePaint jump length (default 10)")
     p.add_argument("--jump-n-sample", type=arg_type("jump_n_sample"), default=10,
                    help="RePaint resamplings per jump point (default 10)")
     p.add_argument("--resample", type=arg_type("resample"), default=DEFAULTS["resample"],
-                   help="ddpm/ddim: RAD with resampling, how often each stretch of --jump steps is denoised again "
+                   help="RAD's samplers: RAD with resampling, how often each stretch of --jump steps is denoised again "
                         "(default 0 = off)")
     p.add_argument("--jump", type=arg_type("jump"), default=DEFAULT_JUMP,
-                   help=f"ddpm/ddim with --resample: steps each jump goes back up (default {DEFAULT_JUMP})")
+                   help=f"RAD's samplers with --resample: steps each jump goes back up (default {DEFAULT_JUMP})")
     p.add_argument("--start", choices=START_NAMES, default="noise",
                    help="where the hole starts: noise (the paper's RAD) or harmonic: filled from the pixels around "
                         "it, then regenerated at --start-strength (ddpm/ddim; as rad-inpaint)")
@@ -349,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("auto", *DTYPE_NAMES), default="auto",
                    help="model weights' precision (auto: bf16/fp16 on GPU, fp32 on CPU)")
     p.add_argument("--threads", type=arg_type("threads"), default=0,
-                   help="CPU threads for torch (default: torch's choice)")
+                   help="CPU threads for torch on the CPU (default 0 = auto: the CPUs other processes leave free, 1 "
+                        "to 4, as rad-inpaint)")
     p.add_argument("--num-head-channels", type=arg_type("num_head_channels"),
                    help="attention head width (guided-diffusion's; default 64)")
     p.add_argument("--num-heads", type=arg_type("num_heads"),
@@ -404,7 +412,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
     return kinds
 
 
-EVAL_FLAGS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "resample": "--resample", "jump": "--jump"}
+EVAL_FLAGS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "resample": "--resample", "jump": "--jump",
+              "spacing": "--spacing"}
 
 
 def sampler_spec(args: argparse.Namespace) -> tuple[SamplerSpec, dict]:
@@ -415,12 +424,15 @@ def sampler_spec(args: argparse.Namespace) -> tuple[SamplerSpec, dict]:
     if args.sampler == "repaint":
         options = {"jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample}
         return SamplerSpec.create("repaint", steps=args.steps, eta=args.eta, names=EVAL_FLAGS, **options), options
-    if args.resample and args.sampler not in ("ddpm", "ddim"):
-        raise ValueError(f"--resample works with --sampler ddpm or ddim, not {args.sampler} (RePaint resamples by "
-                         "--jump-length and --jump-n-sample)")
+    if args.resample and args.sampler in BASELINE_SAMPLERS:
+        raise ValueError(f"--resample works with RAD's samplers (--sampler {RAD_SAMPLER_LIST}), not {args.sampler} "
+                         "(RePaint resamples by --jump-length and --jump-n-sample)")
     jumps = {"resample": args.resample, "jump": args.jump} if args.sampler != "replace" else {}
+    if args.spacing != "auto":
+        jumps["spacing"] = args.spacing
     spec = SamplerSpec.create(args.sampler, steps=args.steps, eta=args.eta, names=EVAL_FLAGS, **jumps)
-    return spec, ({"resample": spec.resample, "jump": spec.jump} if spec.resample else {})
+    options = {"resample": spec.resample, "jump": spec.jump} if spec.resample else {}
+    return spec, options | ({"spacing": spec.spacing} if spec.spacing != "uniform" else {})
 
 
 def _table(runs: dict[str, MaskRun]) -> str:
@@ -442,16 +454,16 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
 
     from . import __version__, imaging
     from .checkpoints import load_adm
-    from .devices import resolve_device, resolve_dtype
+    from .devices import auto_threads, resolve_device, resolve_dtype
     from .perceptual import load_inception, load_lpips
     from .sampling import RADDenoiser
     from .schedule import rad_info
 
     kinds = _check_args(args)
     spec, options = sampler_spec(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if device.type == "cpu":  # rad-eval's own process: the setting holds for the run
+        torch.set_num_threads(args.threads or auto_threads())
     dtype = resolve_dtype(args.dtype, device)
     overrides = {k: v for k, v in (("num_head_channels", args.num_head_channels), ("num_heads", args.num_heads))
                  if v is not None}
@@ -472,7 +484,7 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
               "strength": args.strength, "embedding": RADDenoiser(model, embedding=args.embedding).embedding,
               "is_rad": rad_info(model).is_rad, "images": str(args.images),
               "count": len(paths), "image_size": model.config.image_size, "sampler": spec.name, "steps": spec.steps,
-              "eta": spec.eta if spec.name == "ddim" else None, "options": options, "seed": args.seed,
+              "eta": spec.eta if "eta" in spec.sampler.settings else None, "options": options, "seed": args.seed,
               "start": args.start, "start_strength": args.start_strength if args.start != "noise" else None,
               "batch_size": args.batch_size, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
               "threads": torch.get_num_threads(), "lpips": bool(lpips), "fid": bool(inception),

@@ -27,6 +27,13 @@ are accepted where they were public: ``sample_repaint``, ``SamplerSpec.create``,
 re-noised at every step, about 24x the network calls of RAD's DDPM at the defaults. ``replace`` is the plain
 "replace the known region" baseline: RePaint without its jumps, as many network calls as RAD.
 
+ComfyUI's samplers, per pixel (issue 22): ``euler_ancestral``, ``dpmpp_2m`` and ``dpmpp_2m_sde`` are k-diffusion's
+update rules with every pixel on its own level: alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda =
+log(alpha / sigma) and the step h per pixel, the network's one eps (and clipped x0) shared. Degenerate pixels fall
+back to first order (a pixel reaching abar = 1 lands on its x0; no 2M correction where the last step did not end at
+the pixel's level: its first step, after a jump) and a pixel whose level does not fall stays bit for bit. Their
+steps are spaced uniformly in the hole's lambda by default (``spacing``, ``schedule.step_times``).
+
 A new sampler is one ``register(...)`` line at the end of this module (its loop, the settings it takes, its call
 count when it is not one call per step down, whether it is a baseline on any ADM or RAD's) plus its row of defaults
 in ``settings.SAMPLER_DEFAULTS`` (the one table, torch-free so the CLIs can state it in --help). ``SAMPLERS``
@@ -44,14 +51,15 @@ from typing import Callable
 import torch
 
 from .checks import check_image
-from .schedule import EMBEDDINGS, NoiseCurves, SpatialSchedule, rad_info, respaced_steps
+from .schedule import EMBEDDINGS, SPACINGS, NoiseCurves, SpatialSchedule, rad_info, step_times
 from .settings import DEFAULT_JUMP, DEFAULT_STEPS, DEFAULTS, SAMPLER_DEFAULTS
 from .settings import check as check_setting
 
 __all__ = ["DEFAULT_STEPS", "DEFAULT_JUMP", "DEFAULTS", "FINITE_CHECK_EVERY", "NonFiniteOutput", "RADDenoiser",
            "as_denoiser", "SamplerSpec", "Sampler", "register", "sample", "ddpm_loop", "ddim_loop", "repaint_loop",
            "sample_ddpm", "sample_ddim", "sample_repaint", "sample_replace", "jump_walk", "repaint_times",
-           "repaint_calls", "check_resample", "rad_times", "rad_calls", "SAMPLERS", "BASELINE_SAMPLERS"]
+           "repaint_calls", "check_resample", "rad_times", "rad_calls", "SAMPLERS", "BASELINE_SAMPLERS",
+           "euler_ancestral_loop", "dpmpp_2m_loop", "dpmpp_2m_sde_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +233,8 @@ class Sampler:
 _REGISTRY: dict[str, Sampler] = {}
 SAMPLERS: dict[str, Callable] = {}
 """The registry of sampler names: name -> ``sample_x(model, image, schedule, steps, generator, callback, y, ...)``."""
-API_NAMES = {"sampler": "sampler", "steps": "steps", "eta": "eta", "resample": "resample", "jump": "jump"}
+API_NAMES = {"sampler": "sampler", "steps": "steps", "eta": "eta", "resample": "resample", "jump": "jump",
+             "spacing": "spacing"}
 """How the Python API names the spec's fields in its errors (``SamplerSpec.create(names=...)``: a CLI's flags)."""
 
 
@@ -235,12 +244,17 @@ def _entry(name: str, label: str = "sampler") -> Sampler:
     return _REGISTRY[name]
 
 
+_FIELDS = ("steps", "eta", "resample", "jump", "spacing")
+"""The settings of a ``SamplerSpec`` beside the sampler's name, in order."""
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """How one run samples: ``name`` (a ``SAMPLERS`` name), ``steps`` (respaced reverse steps), ``eta`` (DDIM's
     share of fresh noise, in [0, 1]; samplers without the setting ignore it), ``resample`` / ``jump`` (jump back
     ``jump`` steps, ``resample`` times at every ``jump``-th step; 0 = straight down; RePaint's jump_n_sample is
-    ``resample + 1`` and its jump_length is ``jump``). A field left None takes the sampler's default from the
+    ``resample + 1`` and its jump_length is ``jump``), ``spacing`` (how the steps are spread over the noise levels,
+    ``schedule.SPACINGS``; RAD's samplers only). A field left None takes the sampler's default from the
     registry, so ``SamplerSpec("ddim") == SamplerSpec.create("ddim")``. Checked on construction: a ValueError
     names the API argument (``create(names=...)`` names a CLI's flags or a node's inputs instead)."""
 
@@ -249,13 +263,14 @@ class SamplerSpec:
     eta: float | None = None
     resample: int | None = None
     jump: int | None = None
+    spacing: str | None = None
 
     def __post_init__(self):
         entry = _entry(self.name)
         for key, value in entry.defaults.items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
-        eta = _check_settings(entry, {k: getattr(self, k) for k in ("steps", "eta", "resample", "jump")}, API_NAMES)
+        eta = _check_settings(entry, {k: getattr(self, k) for k in _FIELDS}, API_NAMES)
         object.__setattr__(self, "eta", eta)
 
     @classmethod
@@ -269,13 +284,13 @@ class SamplerSpec:
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if repaint_names:
             overrides = _from_repaint_names(overrides, entry)
-        unknown = overrides.keys() - {"steps", "eta", "resample", "jump"}
+        unknown = overrides.keys() - set(_FIELDS)
         if unknown:
             raise TypeError(f"unknown sampler setting(s) {', '.join(sorted(unknown))}: use steps, eta, resample, "
-                            "jump (RePaint: jump_length, jump_n_sample)")
+                            "jump, spacing (RePaint: jump_length, jump_n_sample)")
         values = {**entry.defaults, **overrides}
         _check_settings(entry, values, names)  # in the caller's names first; the constructor checks again
-        return cls(name, values["steps"], values["eta"], values["resample"], values["jump"])
+        return cls(name, *(values[k] for k in _FIELDS))
 
     @property
     def sampler(self) -> Sampler:
@@ -293,10 +308,12 @@ class SamplerSpec:
         rule = self.sampler.calls
         return rule(self) if rule is not None else _downs(jump_walk(self.steps, self.jump, self.resample))
 
-    def timesteps(self, T1: int = 1000) -> list[int]:
-        """The Phase 1 steps (of ``T1``) the state visits, first to -1 (clean): the ``steps`` respaced steps
-        (``schedule.respaced_steps``), going back up where the walk jumps. DDPM-100: [990, 980, ..., 0, -1]."""
-        ascending = respaced_steps(self.steps, T1)[::-1]
+    def timesteps(self, T1: NoiseCurves | int = 1000) -> list[int]:
+        """The Phase 1 steps of the curves ``T1`` (or of default curves with ``T1`` steps) the state visits, first
+        to -1 (clean): the ``steps`` steps spread by ``spacing`` (``schedule.step_times``), going back up where the
+        walk jumps. DDPM-100: [990, 980, ..., 0, -1]."""
+        curves = T1 if isinstance(T1, NoiseCurves) else NoiseCurves(T1=T1)
+        ascending = step_times(self.steps, curves, self.spacing)[::-1]
         return [ascending[p] if p >= 0 else -1 for p in jump_walk(self.steps, self.jump, self.resample)]
 
     def settings(self) -> dict:
@@ -307,6 +324,8 @@ class SamplerSpec:
         """For logs: "ddim, 25 steps, eta 1", "ddpm, 100 steps, resampling 1x every 10 (190 network calls)"."""
         text = f"{self.name}, {self.steps} steps"
         text += "".join(f", {key} {getattr(self, key):g}" for key in self.sampler.settings)
+        if self.spacing != "uniform":
+            text += f", {self.spacing} spacing"
         if self.resample:
             text += f", resampling {self.resample}x every {self.jump} ({self.calls():,} network calls)"
         return text
@@ -331,6 +350,11 @@ def _check_settings(entry: Sampler, values: Mapping, names: Mapping[str, str]) -
         raise ValueError(f"{names['steps']} must be an integer >= 1, got {steps!r}")
     eta = check_setting("eta", values["eta"], names["eta"])
     check_resample(values["resample"], values["jump"], steps, (names["resample"], names["jump"], names["steps"]))
+    if values["spacing"] not in SPACINGS:
+        raise ValueError(f"{names['spacing']} must be one of {', '.join(SPACINGS)}, got {values['spacing']!r}")
+    if values["spacing"] != "uniform" and entry.baseline:
+        raise ValueError(f"{names['spacing']} {values['spacing']} works with RAD's samplers, not {entry.name}: leave "
+                         "it at uniform")
     if values["resample"] and not entry.resamples:
         raise ValueError(f"sampler {entry.name} does not resample: set {names['resample']} to 0 (repaint is the "
                          "sampler with jumps)")
@@ -478,6 +502,100 @@ def repaint_loop(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor,
     return _walk(denoiser, image, mask, timesteps, generator, callback, y, _ddpm_update, baseline=True)
 
 
+def _ve_sigma(abar: torch.Tensor) -> torch.Tensor:
+    """k-diffusion's noise level per pixel, sigma = sqrt((1 - abar) / abar) (0 where clean), float64."""
+    return ((1 - abar) / abar).clamp_min(0).sqrt()
+
+
+def _half_log_snr(abar: torch.Tensor) -> torch.Tensor:
+    """lambda = log(alpha / sigma) = (log abar - log(1 - abar)) / 2 per pixel (DPM-Solver's time), float64;
+    +inf where the pixel is clean."""
+    return 0.5 * (torch.log(abar) - torch.log1p(-abar))
+
+
+def _euler_ancestral_update(eta: float):
+    def update(x, x0, eps, v, abar_t, abar_next, z):
+        """Per-pixel Euler ancestral step (k-diffusion's ``sample_euler_ancestral``) in VE terms x / alpha."""
+        s, s_next = _ve_sigma(abar_t), _ve_sigma(abar_next)
+        # 1. split the next level into the deterministic part s_down and fresh noise s_up (s_down^2 + s_up^2 = s_next^2)
+        s_up = torch.minimum(s_next, eta * (s_next**2 * (s**2 - s_next**2) / s**2).clamp_min(0).sqrt())
+        s_down = (s_next**2 - s_up**2).clamp_min(0).sqrt()
+        # 2. Euler step of the probability-flow ODE dx/ds = (x - x0) / s from s to s_down, then noise up to s_next
+        out = x0 + (s_down / s) * (x / abar_t.sqrt() - x0)
+        if z is not None:
+            out = out + s_up * z
+        # 3. a pixel whose level does not fall stays where it is
+        return torch.where(abar_next > abar_t, abar_next.sqrt() * out, x)
+    return update
+
+
+class _DPMSolver2M:
+    """Per-pixel DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), and with ``eta`` > 0 its SDE variant (k-diffusion's
+    ``sample_dpmpp_2m_sde``, midpoint); eta 0 is the ODE solver. One instance per run: it keeps the last step's x0.
+
+    Every pixel has its own lambda and step h = lambda_next - lambda. The second-order correction uses the last step's
+    x0 only where that step ended at this pixel's current level (so a resampling jump, or a pixel just starting,
+    gives a first-order step); a pixel reaching abar = 1 lands on its x0 (first order, as k-diffusion's last step);
+    a pixel whose level does not fall (h <= 0) stays where it is."""
+
+    def __init__(self, eta: float):
+        self.eta, self.last = eta, None
+
+    def __call__(self, x, x0, eps, v, abar_t, abar_next, z):
+        lam, lam_next = _half_log_snr(abar_t), _half_log_snr(abar_next)
+        h = lam_next - lam
+        d = self._corrected(x0.double(), abar_t, lam, h)
+        self.last = (abar_t, abar_next, x0.double())
+        # 1. the exponential integrator, data prediction, from lambda to lambda_next (k-diffusion's VE form times
+        #    alpha_next): x' = (sigma'/sigma) e^{-eta h} x + alpha' (1 - e^{-(1+eta) h}) D
+        #    + sigma' sqrt(1 - e^{-2 eta h}) z
+        sigma, sigma_next = (1 - abar_t).sqrt(), (1 - abar_next).sqrt()
+        out = ((sigma_next / sigma) * torch.exp(-self.eta * h) * x
+               - abar_next.sqrt() * torch.expm1(-(1 + self.eta) * h) * d)
+        if self.eta and z is not None:
+            out = out + sigma_next * (-torch.expm1(-2 * self.eta * h)).sqrt() * z
+        # 2. degenerate steps: clean next level -> x0 (first order); a level that does not fall -> unchanged
+        out = torch.where(abar_next >= 1, x0, out)
+        return torch.where(h > 0, out, x)
+
+    def _corrected(self, x0, abar_t, lam, h):
+        """D = x0 + (x0 - x0_last) / (2r), r = h_last / h, where the last step ended at this level; x0 elsewhere."""
+        if self.last is None:
+            return x0
+        abar_from, abar_to, x0_last = self.last
+        h_last = lam - _half_log_snr(abar_from)
+        ok = (abar_to == abar_t) & torch.isfinite(h_last) & (h_last > 0) & torch.isfinite(h) & (h > 0)
+        half_inv_r = torch.where(ok, h / (2 * h_last), torch.zeros_like(h))
+        return torch.where(ok, x0 + half_inv_r * (x0 - x0_last), x0)
+
+
+@torch.no_grad()
+def euler_ancestral_loop(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, timesteps: list[int],
+                         generator, callback: Callback | None = None, y: torch.Tensor | None = None,
+                         eta: float = 1.0) -> torch.Tensor:
+    """RAD inpainting by per-pixel Euler ancestral (k-diffusion's ``sample_euler_ancestral``; it is DDIM at the same
+    eta, written in VE terms; eta 0: Euler) -> [B,3,H,W] in [-1, 1]."""
+    return _walk(denoiser, image, mask, timesteps, generator, callback, y, _euler_ancestral_update(eta))
+
+
+@torch.no_grad()
+def dpmpp_2m_loop(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, timesteps: list[int], generator,
+                  callback: Callback | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+    """RAD inpainting by per-pixel DPM-Solver++(2M) (Lu et al. 2022; deterministic but for the start and the
+    resampling jumps; a jump restarts the history) -> [B,3,H,W] in [-1, 1]."""
+    return _walk(denoiser, image, mask, timesteps, generator, callback, y, _DPMSolver2M(0.0))
+
+
+@torch.no_grad()
+def dpmpp_2m_sde_loop(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, timesteps: list[int],
+                      generator, callback: Callback | None = None, y: torch.Tensor | None = None,
+                      eta: float = 1.0) -> torch.Tensor:
+    """RAD inpainting by per-pixel DPM-Solver++(2M) SDE (k-diffusion's ``sample_dpmpp_2m_sde``, midpoint; Gaussian
+    noise per step from ``generator`` instead of a Brownian tree) -> [B,3,H,W]. eta 0 is ``dpmpp_2m_loop``; a
+    first-order step at eta 1 is DDPM's posterior with the small variance."""
+    return _walk(denoiser, image, mask, timesteps, generator, callback, y, _DPMSolver2M(eta))
+
+
 def _check_binary(schedule: SpatialSchedule, name: str) -> None:
     if not schedule.is_binary:
         raise ValueError(f"{name} needs a binary mask (0 = keep, 1 = inpaint), got values between 0 and 1: "
@@ -495,7 +613,7 @@ def sample(spec: SamplerSpec, model, image: torch.Tensor, schedule: SpatialSched
     _check_inputs(image, schedule.mask)
     if spec.baseline:
         _check_binary(schedule, spec.name)
-    timesteps = spec.timesteps(denoiser.curves.T1)
+    timesteps = spec.timesteps(denoiser.curves)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     mask = schedule.mask.to(denoiser.device)
     return spec.sampler.loop(denoiser, image, mask, timesteps, generator, callback, y, **spec.settings())
@@ -507,26 +625,28 @@ def sample(spec: SamplerSpec, model, image: torch.Tensor, schedule: SpatialSched
 @torch.no_grad()
 def sample_ddpm(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int | None = None,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
-                y: torch.Tensor | None = None, resample: int | None = None, jump: int | None = None) -> torch.Tensor:
+                y: torch.Tensor | None = None, resample: int | None = None, jump: int | None = None,
+                spacing: str | None = None) -> torch.Tensor:
     """RAD inpainting by the element-wise DDPM reverse process (paper eq. (5), §4.2) -> [B,3,H,W] in [-1, 1].
 
     ``model``: a ``RADDenoiser`` or a bare ADM; ``image`` [B,3,H,W] in [-1, 1]; ``schedule``: a ``SpatialSchedule``
     whose mask is 1 where to inpaint. ``steps`` default 100. ``resample`` r > 0: every ``jump`` steps the hole goes
     back up ``jump`` steps of its own schedule and is denoised again, r times (``rad_calls`` network calls).
-    0 (default): the paper's sampler."""
-    return sample(SamplerSpec.create("ddpm", steps=steps, resample=resample, jump=jump), model, image, schedule,
-                  generator, callback, y)
+    0 (default): the paper's sampler. ``spacing``: ``schedule.SPACINGS`` (default uniform, the paper's)."""
+    return sample(SamplerSpec.create("ddpm", steps=steps, resample=resample, jump=jump, spacing=spacing), model,
+                  image, schedule, generator, callback, y)
 
 
 @torch.no_grad()
 def sample_ddim(model, image: torch.Tensor, schedule: SpatialSchedule, steps: int | None = None,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
                 y: torch.Tensor | None = None, eta: float | None = None, resample: int | None = None,
-                jump: int | None = None) -> torch.Tensor:
+                jump: int | None = None, spacing: str | None = None) -> torch.Tensor:
     """RAD inpainting by element-wise DDIM (paper §3.4; eta 0 deterministic, 1 DDPM-like) -> [B,3,H,W].
-    ``steps`` default 50, ``eta`` default 1 (0 before issue 19). ``resample``, ``jump``: as ``sample_ddpm``."""
-    return sample(SamplerSpec.create("ddim", steps=steps, eta=eta, resample=resample, jump=jump), model, image,
-                  schedule, generator, callback, y)
+    ``steps`` default 50, ``eta`` default 1 (0 before issue 19). ``resample``, ``jump``, ``spacing``: as
+    ``sample_ddpm``."""
+    return sample(SamplerSpec.create("ddim", steps=steps, eta=eta, resample=resample, jump=jump, spacing=spacing),
+                  model, image, schedule, generator, callback, y)
 
 
 @torch.no_grad()
@@ -584,6 +704,9 @@ register("ddpm", ddpm_loop, sample_fn=sample_ddpm)
 register("ddim", ddim_loop, sample_fn=sample_ddim, settings=("eta",))
 register("repaint", repaint_loop, sample_fn=sample_repaint, baseline=True)
 register("replace", repaint_loop, sample_fn=sample_replace, baseline=True, resamples=False)
+register("euler_ancestral", euler_ancestral_loop, settings=("eta",))
+register("dpmpp_2m", dpmpp_2m_loop)
+register("dpmpp_2m_sde", dpmpp_2m_sde_loop, settings=("eta",))
 
 BASELINE_SAMPLERS = tuple(name for name, entry in _REGISTRY.items() if entry.baseline)
 """Samplers that work on any ADM (one timestep per image); the others are RAD's and need a RAD-trained model."""

@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from .masks import as_bhw, is_binary
+from .settings import SPACING_NAMES
 
 __all__ = ["TAU_OFFSETS", "TAU_CONVENTIONS", "EMBEDDINGS", "NoiseCurves", "RADInfo", "rad_info", "SpatialSchedule",
-           "respaced_steps", "schedule_preview"]
+           "respaced_steps", "schedule_preview", "SPACINGS", "step_times"]
 
 TAU_OFFSETS = {"gd": -1.0, "authors": 0.0}
 """Model timestep = (index into [clean, after 1 step, ..., after T1 steps]) + offset, per tau convention."""
@@ -235,6 +236,38 @@ def respaced_steps(steps: int, T1: int = 1000) -> list[int]:
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T1:
         raise ValueError(f"steps must be an integer in [1, {T1}], got {steps!r}")
     return [(i * T1) // steps for i in range(steps)][::-1]
+
+
+SPACINGS = SPACING_NAMES
+"""How a sampler's steps are spread over Phase 1 (``step_times``): uniform in t (``respaced_steps``, the paper's),
+uniform in the hole's half log-SNR lambda = log(alpha / sigma), or Karras et al.'s rho = 7 spacing of the hole's
+VE noise level sigma / alpha. Whole Phase 1 steps in every case."""
+
+KARRAS_RHO = 7.0
+
+
+def step_times(steps: int, curves: NoiseCurves | None = None, spacing: str = "uniform") -> list[int]:
+    """The ``steps`` Phase 1 steps a sampler visits, descending, the last 0 (one step from clean), by ``spacing``
+    (``SPACINGS``). "uniform" is ``respaced_steps``; "lambda" and "karras" run from the noisiest step T1 - 1 down,
+    placed on the hole's curve (a binary hole pixel follows plain DDPM in Phase 1; softer pixels take the same steps
+    at their own levels), rounded to whole steps and kept distinct."""
+    curves = curves or NoiseCurves()
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}: use one of {', '.join(SPACINGS)}")
+    if spacing == "uniform":
+        return respaced_steps(steps, curves.T1)
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= curves.T1:
+        raise ValueError(f"steps must be an integer in [1, {curves.T1}], got {steps!r}")
+    abar = curves.abar1
+    level = 0.5 * (torch.log(abar) - torch.log1p(-abar)) if spacing == "lambda" else ((1 - abar) / abar).sqrt()
+    if spacing == "karras":
+        level = level ** (1 / KARRAS_RHO)  # spaced uniformly, as Karras et al. (2022) eq. (5)
+    targets = torch.linspace(float(level[-1]), float(level[0]), steps, dtype=torch.float64)
+    nearest = (level[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()  # level is monotone in t
+    times = [0] * steps
+    for i in range(steps - 2, -1, -1):  # from the clean end up: distinct, and at most T1 - 1
+        times[i] = min(max(nearest[i], times[i + 1] + 1), curves.T1 - 1 - i)
+    return times
 
 
 class SpatialSchedule:

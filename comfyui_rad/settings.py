@@ -22,8 +22,9 @@ from pathlib import Path
 from .checks import SEED_MAX, Int, Real, check_int, check_real
 
 __all__ = ["SEED_MAX", "BUILTIN_WEIGHTS", "DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_JUMP", "DEFAULTS",
-           "SAMPLER_DEFAULTS", "SAMPLER_NAMES", "BASELINE_SAMPLERS", "FIT_NAMES", "MASK_MODES", "MASK_KINDS",
-           "DTYPE_NAMES", "START_NAMES", "START_STRENGTH", "Range", "RANGES", "arg_type", "check"]
+           "SAMPLER_DEFAULTS", "SAMPLER_NAMES", "BASELINE_SAMPLERS", "ETA_SAMPLERS", "SPACING_NAMES", "FIT_NAMES",
+           "MASK_MODES", "MASK_KINDS", "DTYPE_NAMES", "START_NAMES", "START_STRENGTH", "Range", "RANGES", "arg_type",
+           "check"]
 
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
 """The pack's own model folder (listed by the ComfyUI loader too)."""
@@ -34,7 +35,7 @@ DEFAULT_MODEL = BUILTIN_WEIGHTS / "rad_default.safetensors"
 DEFAULT_JUMP = 10
 """RAD resampling's jump length when none is given (RePaint's 10); resampling itself is off by default."""
 
-DEFAULTS = {"eta": 1.0, "resample": 0, "jump": DEFAULT_JUMP}
+DEFAULTS = {"eta": 1.0, "resample": 0, "jump": DEFAULT_JUMP, "spacing": "uniform"}
 """The sampler settings every sampler has unless ``SAMPLER_DEFAULTS`` says otherwise. DDIM's eta is 1 (as random as
 DDPM: the noise washes out model error, docs/EXPERIMENTS.md) in rad-inpaint, rad-eval, the node and the Python API
 alike (the API's was 0 before issue 19)."""
@@ -42,12 +43,17 @@ alike (the API's was 0 before issue 19)."""
 SAMPLER_DEFAULTS = {
     "ddpm": {"steps": 100},
     "ddim": {"steps": 50},
+    "euler_ancestral": {"steps": 25, "spacing": "lambda"},
+    "dpmpp_2m": {"steps": 25, "spacing": "lambda"},
+    "dpmpp_2m_sde": {"steps": 25, "spacing": "lambda"},
     "repaint": {"steps": 250, "resample": 9, "jump": 10},  # RePaint 250/10/10: jump_n_sample = resample + 1
     "replace": {"steps": 100},
 }
 """The one table of sampler defaults, by sampler (the rest from ``DEFAULTS``): the paper's 100 DDPM steps, DDIM's
-usual 50, RePaint's 250 with jumps of 10 sampled 10 times. ``sampling.SamplerSpec`` fills a spec from it; a new
-sampler is one row here (torch-free, so the CLIs state its defaults in --help) and one ``sampling.register`` line."""
+usual 50, RePaint's 250 with jumps of 10 sampled 10 times; ComfyUI's multistep samplers (issue 22) 25 steps spaced
+uniformly in the hole's log-SNR, where DPM-Solver++(2M) is second order (docs/EXPERIMENTS.md).
+``sampling.SamplerSpec`` fills a spec from it; a new sampler is one row here (torch-free, so the CLIs state its
+defaults in --help) and one ``sampling.register`` line."""
 
 DEFAULT_STEPS = {name: row["steps"] for name, row in SAMPLER_DEFAULTS.items()}
 """Reverse steps per sampler when none are given (``SAMPLER_DEFAULTS``)."""
@@ -57,6 +63,14 @@ SAMPLER_NAMES = tuple(sorted(SAMPLER_DEFAULTS))
 
 BASELINE_SAMPLERS = ("repaint", "replace")
 """Samplers that work on any ADM (one timestep per image); the others are RAD's and need a RAD-trained model."""
+
+ETA_SAMPLERS = ("ddim", "euler_ancestral", "dpmpp_2m_sde")
+"""Samplers with an ``eta`` (their share of fresh noise per step; Euler ancestral at eta e is DDIM at eta e)."""
+
+SPACING_NAMES = ("uniform", "lambda", "karras")
+"""How a sampler's steps are spread over Phase 1 (``schedule.step_times``): uniform in t (the paper's, guided-
+diffusion's respacing), uniform in the hole's half log-SNR lambda (ComfyUI's "exponential"), or Karras et al.'s
+rho = 7 spacing of its noise level (ComfyUI's "karras")."""
 
 FIT_NAMES = ("crop", "resize", "pad", "tiles")
 """How ``pipeline.inpaint`` meets the model's resolution (``plan.FITS``, ``plan.FIT_MODES``)."""

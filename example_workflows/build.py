@@ -72,7 +72,7 @@ def sampler(y: int, schedule_key: str, name: str = "ddpm", fit: str = "crop", im
             "inputs": {"rad_model": ("loader", 0), "image": (image, 0), "schedule": (schedule_key, 0)},
             "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 0, "sampler": name, "eta": 0.0,
                         "fit": fit, "class_label": -1, "resample": 0, "jump": 10, "start": "noise",
-                        "start_strength": 0.5}}
+                        "start_strength": 0.5, "spacing": "auto"}}
 
 
 def save(y: int, prefix: str, source: str) -> dict:

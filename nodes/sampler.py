@@ -7,9 +7,10 @@ import logging
 import comfy.model_management
 from comfy_api.latest import io
 
+from comfyui_rad.devices import cpu_threads
 from comfyui_rad.pipeline import plan_inpaint, run_plan
 from comfyui_rad.sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, SAMPLERS, SamplerSpec
-from comfyui_rad.settings import START_NAMES, START_STRENGTH
+from comfyui_rad.settings import SPACING_NAMES, START_NAMES, START_STRENGTH
 
 from .common import (
     CATEGORY, check_image_and_mask, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule,
@@ -45,10 +46,13 @@ class RADSampler(io.ComfyNode):
                 io.Combo.Input("sampler", options=RAD_SAMPLERS, default="ddpm",
                                tooltip="ddpm: the paper's sampler (100 steps). ddim: fewer steps (25-50); at "
                                        "eta 1 (default) DDIM-25 comes close to DDPM-100, at eta 0 it is "
-                                       "deterministic but much worse."),
+                                       "deterministic but much worse. euler_ancestral, dpmpp_2m, dpmpp_2m_sde: "
+                                       "ComfyUI's samplers with each pixel on its own noise level (20-25 steps: "
+                                       "set steps, the schedule's default is DDPM's 100)."),
                 io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="ddim only: 1 (the default; it was 0 before) = as random as DDPM, the noise washes out "
-                                       "model error; 0 = deterministic, which keeps every error (docs/EXPERIMENTS.md). "
+                               tooltip="ddim, euler_ancestral, dpmpp_2m_sde: 1 (the default; it was 0 before) = as "
+                                       "random as DDPM, the noise washes out model error; 0 = deterministic, which "
+                                       "keeps every error (docs/EXPERIMENTS.md). "
                                        "Workflows saved earlier keep the eta they saved."),
                 *fit_and_label_inputs(),
                 io.Int.Input("resample", default=0, min=0, max=100, optional=True,
@@ -66,6 +70,10 @@ class RADSampler(io.ComfyNode):
                                tooltip="harmonic start only: how much of the hole is regenerated, like a denoise. "
                                        "1 = as from noise, 0 = the fill itself (no model call); 0.25-0.5 measured "
                                        "best with the built-in model."),
+                io.Combo.Input("spacing", options=["auto", *SPACING_NAMES], default="auto", optional=True,
+                               tooltip="How the steps are spread over the noise levels. auto: the sampler's own "
+                                       "(uniform in t for ddpm and ddim, as before; uniform in the hole's log-SNR "
+                                       "for the multistep samplers). uniform, lambda (log-SNR), karras."),
             ],
             outputs=sampler_outputs(),
         )
@@ -73,18 +81,20 @@ class RADSampler(io.ComfyNode):
     @classmethod
     def execute(cls, rad_model, image, schedule: MaskSchedule, seed: int, steps: int, sampler: str, eta: float,
                 fit: str, class_label: int, resample: int = 0, jump: int = DEFAULT_JUMP, start: str = "noise",
-                start_strength: float = START_STRENGTH) -> io.NodeOutput:
+                start_strength: float = START_STRENGTH, spacing: str = "auto") -> io.NodeOutput:
         check_schedule(schedule)
         image = image_to_bchw(image)
         check_image_and_mask(image, schedule.mask)
         # checked before loading; the inputs carry the API's names
-        spec = SamplerSpec.create(sampler, steps=steps or schedule.steps, eta=eta, resample=resample, jump=jump)
+        spec = SamplerSpec.create(sampler, steps=steps or schedule.steps, eta=eta, resample=resample, jump=jump,
+                                  spacing=None if spacing == "auto" else spacing)
         plan = plan_inpaint(rad_model.model, image, schedule.mask, fit=fit, start=start, start_strength=start_strength,
                             mask_name="the schedule's mask")
         comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
         comfy.model_management.throw_exception_if_processing_interrupted()
         log.info("RAD Sampler: %s", plan.describe(spec))
         shown = plan.image if plan.start != "noise" else None  # the start (the fill in the hole), at step 0
-        result = run_plan(rad_model.model, plan, spec, seed=seed, callback=progress(plan.calls(spec), shown),
-                          y=None if class_label < 0 else class_label, curves=schedule.curves)
+        with cpu_threads(0, next(rad_model.model.parameters()).device):  # CPU: the free cores; else untouched
+            result = run_plan(rad_model.model, plan, spec, seed=seed, callback=progress(plan.calls(spec), shown),
+                              y=None if class_label < 0 else class_label, curves=schedule.curves)
         return io.NodeOutput(image_to_bhwc(result), plan.mask_used)

@@ -13,7 +13,7 @@ Cases (``--cases``), each a full sampling run through ``comfyui_rad.sampling`` o
                   is constant and ``ADM.embed`` takes the per-image path of guided-diffusion (the reference cost).
 
 Network calls are counted by a forward pre-hook on the model and checked against the expected count (steps, or
-``SamplerSpec.calls``); the embedding path of every call is recorded by wrapping ``model.embed`` and checked too.
+``repaint_calls``); the embedding path of every call is recorded by wrapping ``model.embed`` and checked too.
 After a warm-up (every case once, at most 4 network calls), the cases run round-robin ``--repeats`` times, so
 drift hits them alike; the table gives medians. Ratios use process CPU time on CPU (on a shared machine wall time
 also counts other processes; with one thread it is the run's own cost) and synchronised wall time on CUDA.
@@ -52,7 +52,7 @@ from comfyui_rad import load_adm
 from comfyui_rad.adm import SpatialEmbedding
 from comfyui_rad.devices import DTYPES, device_name, resolve_device
 from comfyui_rad.fileio import atomic_write
-from comfyui_rad.sampling import SamplerSpec, sample
+from comfyui_rad.sampling import SAMPLERS, repaint_calls, sample_ddim, sample_ddpm, sample_repaint
 from comfyui_rad.schedule import SpatialSchedule, rad_info
 from comfyui_rad.train.presets import PRESETS, build_fresh, preset_config
 
@@ -60,7 +60,7 @@ log = logging.getLogger("bench_speed")
 
 REPO = Path(__file__).resolve().parents[1]
 
-CASES = ("rad-ddpm", "rad-ddim", "repaint", "plain-ddpm")
+CASES = ("rad-ddpm", "rad-ddim", "rad-dpmpp", "repaint", "plain-ddpm")
 REPAINT_DEFAULT = (250, 10, 10)
 WARMUP_CALLS = 4
 PER_STEP_TARGET = 1.05
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"a subset of {', '.join(CASES)}")
     ap.add_argument("--ddpm-steps", type=positive_int, default=100, help="RAD DDPM and plain DDPM steps")
     ap.add_argument("--ddim-steps", type=positive_int, nargs="+", default=[25, 50], help="RAD DDIM steps (eta 0)")
+    ap.add_argument("--dpmpp-steps", type=positive_int, nargs="+", default=[25],
+                    help="RAD DPM-Solver++(2M) SDE steps (lambda spacing, the sampler's defaults)")
     ap.add_argument("--repaint-steps", type=positive_int, default=REPAINT_DEFAULT[0],
                     help="RePaint steps; with --jump-length/--jump-n-sample other than 250/10/10 the run is "
                          "shortened and the 250/10/10 cost is extrapolated (and labelled so)")
@@ -126,8 +128,7 @@ def check_args(args: argparse.Namespace, model: torch.nn.Module) -> None:
                         *(("--ddim-steps", n) for n in args.ddim_steps)]:
         if steps > t1:
             raise ValueError(f"{name} {steps} is more than the model's {t1} diffusion steps: use at most {t1}")
-    SamplerSpec.create("repaint", steps=args.repaint_steps, jump_length=args.jump_length,
-                       jump_n_sample=args.jump_n_sample)  # its own clear errors
+    repaint_calls(args.repaint_steps, args.jump_length, args.jump_n_sample)  # its own clear errors
     f = model.downsample_factor
     if args.resolution % f:
         raise ValueError(f"--resolution {args.resolution} is not a multiple of {f}, which this model needs")
@@ -180,31 +181,33 @@ def make_cases(args: argparse.Namespace, model: torch.nn.Module, image: torch.Te
     hole, full = SpatialSchedule(box, curves), SpatialSchedule(torch.ones(1, 1, h, w), curves)
     y = torch.zeros(image.shape[0], dtype=torch.long) if model.config.num_classes is not None else None
 
-    def run(spec: SamplerSpec, schedule: SpatialSchedule) -> torch.Tensor:
-        return sample(spec, model, image, schedule, torch.Generator().manual_seed(args.seed + 1), y=y)
-
-    def rad(name, schedule, steps, **kw):
-        return lambda cap: run(SamplerSpec.create(name, steps=steps if cap is None else min(steps, cap), **kw),
-                               schedule)
+    def rad(sampler, schedule, steps, **kw):
+        def sample(cap: int | None) -> torch.Tensor:
+            n = steps if cap is None else min(steps, cap)
+            return sampler(model, image, schedule, n, torch.Generator().manual_seed(args.seed + 1), y=y, **kw)
+        return sample
 
     def repaint(cap: int | None) -> torch.Tensor:
         s, j, r = (args.repaint_steps, args.jump_length, args.jump_n_sample) if cap is None else \
             (min(args.repaint_steps, cap), 1, 1)
-        return run(SamplerSpec.create("repaint", steps=s, jump_length=j, jump_n_sample=r), hole)
+        return sample_repaint(model, image, hole, s, torch.Generator().manual_seed(args.seed + 1), y=y,
+                              jump_length=j, jump_n_sample=r)
 
     n, cases = args.ddpm_steps, []
     if "rad-ddpm" in args.cases:
-        cases.append(Case(f"rad-ddpm-{n}", f"RAD DDPM {n}", rad("ddpm", hole, n), n, n, "onehot"))
+        cases.append(Case(f"rad-ddpm-{n}", f"RAD DDPM {n}", rad(sample_ddpm, hole, n), n, n, "onehot"))
     if "rad-ddim" in args.cases:
-        cases += [Case(f"rad-ddim-{k}", f"RAD DDIM {k}", rad("ddim", hole, k, eta=0.0), k, k, "onehot")
+        cases += [Case(f"rad-ddim-{k}", f"RAD DDIM {k}", rad(sample_ddim, hole, k, eta=0.0), k, k, "onehot")
                   for k in dict.fromkeys(args.ddim_steps)]
+    if "rad-dpmpp" in args.cases:
+        cases += [Case(f"rad-dpmpp_2m_sde-{k}", f"RAD DPM++ 2M SDE {k}", rad(SAMPLERS["dpmpp_2m_sde"], hole, k), k, k,
+                       "onehot") for k in dict.fromkeys(args.dpmpp_steps)]
     if "repaint" in args.cases:
         s, j, r = args.repaint_steps, args.jump_length, args.jump_n_sample
-        calls = SamplerSpec.create("repaint", steps=s, jump_length=j, jump_n_sample=r).calls()
-        cases.append(Case(f"repaint-{s}-{j}-{r}", f"RePaint {s}/{j}/{r}", repaint, s, calls,
+        cases.append(Case(f"repaint-{s}-{j}-{r}", f"RePaint {s}/{j}/{r}", repaint, s, repaint_calls(s, j, r),
                           "per-image"))
     if "plain-ddpm" in args.cases:
-        cases.append(Case(f"plain-ddpm-{n}", f"plain DDPM {n} (all-ones mask)", rad("ddpm", full, n), n,
+        cases.append(Case(f"plain-ddpm-{n}", f"plain DDPM {n} (all-ones mask)", rad(sample_ddpm, full, n), n,
                           n, "per-image"))
     return cases
 
@@ -362,7 +365,7 @@ def summarise(case: Case, runs: list[dict], batch: int, gflop: float | None, arg
             row["measured_over_floor"] = row["s_per_image"] / row["floor_s_per_image"]
     shortened = (args.repaint_steps, args.jump_length, args.jump_n_sample) != REPAINT_DEFAULT
     if case.name.startswith("repaint") and shortened:
-        calls = SamplerSpec("repaint").calls()
+        calls = repaint_calls(*REPAINT_DEFAULT)
         x = row["extrapolated"] = dict(
             label="RePaint {}/{}/{}".format(*REPAINT_DEFAULT), calls=calls,
             s_per_image=row["s_per_call"] * calls / batch, cpu_s_per_image=row["cpu_s_per_call"] * calls / batch,

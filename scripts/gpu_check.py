@@ -151,7 +151,7 @@ def bench_argv(part: str, args, device: torch.device, peak: float | None) -> tup
                  "bench_speed_b1": ("bench_speed.py", ["--preset", "tiny", "--batch", "1", "--repeats", "1",
                                                        "--ddpm-steps", "2", "--ddim-steps", "2", "--repaint-steps",
                                                        "4", "--jump-length", "2", "--jump-n-sample", "2",
-                                                       "--threads", "1"]),
+                                                       "--dpmpp-steps", "2", "--threads", "1"]),
                  "bench_embedding": ("bench_embedding.py", ["--layout", "small", "--size", "32", "--repeats", "1",
                                                             "--threads", "1"])}
         quick["bench_speed_b8"] = ("bench_speed.py", [*quick["bench_speed_b1"][1][:2], "--batch", "2",

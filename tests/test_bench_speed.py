@@ -12,7 +12,7 @@ from comfyui_rad.sampling import repaint_calls
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_speed.py"
 QUICK = ["--preset", "tiny", "--resolution", "16", "--device", "cpu", "--threads", "1", "--repeats", "1",
          "--ddpm-steps", "3", "--ddim-steps", "2", "4", "--repaint-steps", "6", "--jump-length", "2",
-         "--jump-n-sample", "2"]
+         "--jump-n-sample", "2", "--dpmpp-steps", "3"]
 ROW_KEYS = {"batch", "case", "label", "expected_calls", "calls", "calls_ok", "embed_expected", "embed_modes",
             "embed_ok", "wall_s", "cpu_s", "s_per_image", "cpu_s_per_image", "s_per_call", "cpu_s_per_call",
             "peak_mib", "finite", "max_abs"}
@@ -36,7 +36,7 @@ def result(bench, tmp_path_factory):
 
 def test_counted_calls_match_the_expected_ones(result):
     rows = {(r["batch"], r["case"]): r for r in result[0]["rows"]}
-    expected = {"rad-ddpm-3": (3, "onehot"), "rad-ddim-2": (2, "onehot"), "rad-ddim-4": (4, "onehot"),
+    expected = {"rad-ddpm-3": (3, "onehot"), "rad-ddim-2": (2, "onehot"), "rad-ddim-4": (4, "onehot"), "rad-dpmpp_2m_sde-3": (3, "onehot"),
                 "repaint-6-2-2": (repaint_calls(6, 2, 2), "per-image"), "plain-ddpm-3": (3, "per-image")}
     assert set(rows) == {(b, name) for b in (1, 2) for name in expected}
     for (_, name), row in rows.items():

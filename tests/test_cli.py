@@ -140,7 +140,9 @@ def test_a_harmonic_start(files):
     (["--mask", "box", "--resample", "-1"], "argument --resample: -1 is out of range: give a whole number in [0, 100]"),
     (["--mask", "box", "--resample", "1", "--jump", "5"], "--jump 5 must be below --steps 5 to jump back"),
     (["--mask", "box", "--resample", "1", "--jump", "0"], "argument --jump: 0 is out of range"),
-    (["--mask", "box", "--resample", "1", "--sampler", "repaint"], "--resample works with --sampler ddpm or ddim"),
+    (["--mask", "box", "--resample", "1", "--sampler", "repaint"],
+     "--resample works with RAD's samplers (--sampler ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, euler_ancestral), "
+     "not repaint"),
     (["--mask", "box", "--sampler", "repaint", "--steps", "10"], "--sampler repaint jumps back 10 steps: give --steps"),
 ])
 def test_errors_are_one_line(files, capsys, args, message):
@@ -225,3 +227,20 @@ def test_ddim_eta_defaults_to_1():
     args = build_parser().parse_args(["--image", "x.png", "--mask", "m.png", "-o", "o.png", "--sampler", "ddim"])
     assert args.eta == 1.0
     assert build_parser().parse_args(["--image", "x.png", "--mask", "m.png", "-o", "o.png", "--eta", "0"]).eta == 0
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde"])
+def test_multistep_samplers_spacing_and_threads(files, sampler):
+    """Issue 22: ComfyUI's sampler names, --spacing and --threads; the rest of the picture stays exact."""
+    out = files / f"{sampler}.png"
+    assert run(files, "--mask", str(files / "mask.png"), "--sampler", sampler, "--spacing", "karras",
+               "--threads", "1", "--resample", "1", "--jump", "2", "-o", str(out)) == 0
+    a, b = pixels(files / "in.png"), pixels(out)
+    hole = pixels(files / "mask.png") > 0
+    assert (a[~hole] == b[~hole]).all() and np.abs(a[hole] - b[hole]).mean() > 5
+
+
+def test_spacing_is_for_rad_samplers(files, capsys):
+    assert run(files, "--mask", "box", "--sampler", "replace", "--spacing", "lambda", "-o",
+               str(files / "no.png")) == 2
+    assert "--spacing lambda works with RAD's samplers, not replace" in capsys.readouterr().err

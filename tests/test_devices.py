@@ -36,3 +36,33 @@ def test_resolve_device_names_the_flag(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match="--device cuda asked for CUDA.*use --device cpu"):
         resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------------------------ CPU threads
+
+def test_auto_threads_leave_busy_cores_alone():
+    from comfyui_rad.devices import MAX_AUTO_THREADS, auto_threads
+
+    assert auto_threads(cpus=2, load=0.1) == 2  # quiet 2-core machine: both
+    assert auto_threads(cpus=2, load=1.0) == 1  # one core kept busy by another process
+    assert auto_threads(cpus=2, load=12.0) == 1  # never below 1
+    assert auto_threads(cpus=4, load=1.4) == 3 and auto_threads(cpus=64, load=0.0) == MAX_AUTO_THREADS
+    assert 1 <= auto_threads() <= MAX_AUTO_THREADS  # this machine's own numbers
+
+
+def test_cpu_threads_set_and_restore_only_on_the_cpu():
+    from comfyui_rad.devices import cpu_threads
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    with cpu_threads(other, "cpu") as used:
+        assert used == other == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    with cpu_threads(other, "meta") as used:  # not the CPU: the host's setting stays
+        assert used == before == torch.get_num_threads()
+    with cpu_threads(0, "cpu") as used:
+        assert 1 <= used == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be a whole number >= 0 \\(0 = auto\\), got -1"):
+        with cpu_threads(-1):
+            pass

@@ -123,7 +123,8 @@ def test_cli_resample_flags(files, capsys):
     assert ev.main([*args, "--resample", "1", "--jump", "3", "--force"]) == 2
     assert "--jump 3 must be below --steps 3" in capsys.readouterr().err
     assert ev.main([*args, "--resample", "1", "--sampler", "replace", "--force"]) == 2
-    assert "--resample works with --sampler ddpm or ddim, not replace" in capsys.readouterr().err
+    assert ("--resample works with RAD's samplers (--sampler ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, euler_ancestral), "
+            "not replace") in capsys.readouterr().err
 
 
 def test_cli_start_flags(files, capsys):

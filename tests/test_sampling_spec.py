@@ -56,7 +56,8 @@ def test_errors_name_the_api_argument_or_the_callers_names():
         SamplerSpec("ddim", eta=float("nan"))
     with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
         SamplerSpec("ddpm", steps=0)
-    with pytest.raises(ValueError, match="unknown sampler 'euler': use one of ddim, ddpm, repaint, replace"):
+    with pytest.raises(ValueError, match="unknown sampler 'euler': use one of ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, "
+                       "euler_ancestral, repaint, replace"):
         SamplerSpec("euler")
     with pytest.raises(ValueError, match="jump 10 must be below steps 10"):
         SamplerSpec("ddpm", steps=10, resample=1)

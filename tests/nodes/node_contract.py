@@ -33,10 +33,10 @@ CONTRACT = {
         "inputs": [("rad_model", "RAD_MODEL"), ("image", "IMAGE"), ("schedule", "RAD_SCHEDULE"), ("seed", "INT"),
                    ("steps", "INT"), ("sampler", "COMBO"), ("eta", "FLOAT"), ("fit", "COMBO"),
                    ("class_label", "INT"), ("resample", "INT"), ("jump", "INT"), ("start", "COMBO"),
-                   ("start_strength", "FLOAT")],
+                   ("start_strength", "FLOAT"), ("spacing", "COMBO")],
         "outputs": [("image", "IMAGE"), ("mask", "MASK")],
         "widgets": ["seed", "control_after_generate", "steps", "sampler", "eta", "fit", "class_label", "resample",
-                    "jump", "start", "start_strength"],
+                    "jump", "start", "start_strength", "spacing"],
     },
     "RADRePaintSampler": {
         "category": "inpaint/RAD",
