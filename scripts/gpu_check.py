@@ -121,7 +121,8 @@ def train(args, device: torch.device) -> dict:
         trainer.fit()
         seconds = time.perf_counter() - start
         trainer.close()
-        losses = [json.loads(line)["loss"] for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in records if "loss" in r]  # the validation's lines hold scores, not a loss
     tenth = max(1, len(losses) // 10)
     first, last = float(np.mean(losses[:tenth])), float(np.mean(losses[-tenth:]))
     return {"preset": preset, "steps": steps, "batch": batch, "precision": "bf16", "seconds": seconds,
