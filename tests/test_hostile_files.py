@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, make_adm
+from conftest import TINY, make_adm, one_line_error
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -54,17 +54,6 @@ def files(tmp_path_factory):
     (d / "authors").mkdir()  # an input folder (the authors' checkpoint-N): its contents are never written
     (d / "authors" / "note.txt").write_text("read only")
     return d
-
-
-def one_line_error(capsys, prog: str, *needles: str) -> str:
-    """The CLI's stderr: exactly one line, "prog: error: ...", holding every needle, no traceback."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
