@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Samplers against network calls on the digits (issue 22, part 2): RAD's DDPM-100 beside the per-pixel Euler
-ancestral, DPM-Solver++(2M) and DPM-Solver++(2M) SDE at 10 / 15 / 20 / 25 / 50 calls, on one RAD adapter of the
+ancestral, DPM-Solver++(2M) and DPM-Solver++(2M) SDE (and DDIM at eta 1) at 10 / 15 / 20 / 25 / 50 calls, on one RAD adapter of the
 budget curve (``scripts/budget_curve.py``'s data, classifier and base; its scorer: hole PSNR, classifier accuracy,
 Fréchet distance of classifier features, on the first 32 held-out digits under box, extreme and wide masks).
 
@@ -56,7 +56,7 @@ class Row:
 
 
 def rows(spacings: tuple[str, ...]) -> list[Row]:
-    out = [Row("ddpm", 100), Row("ddim", 25)]
+    out = [Row("ddpm", 100)] + [Row("ddim", n) for n in CALLS]
     for sampler in SAMPLERS:
         for spacing in spacings:
             out += [Row(sampler, n, spacing) for n in CALLS]
@@ -145,7 +145,7 @@ def plot(out: Path, table: dict, methods: list[str]) -> None:
                 draw.line([xy(*p) for p in same], fill=colour, width=2)
             cx, cy = xy(calls, psnr)
             draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
-    legend = "red dashed: DDPM-100; blue: euler_ancestral; orange: dpmpp_2m; green: dpmpp_2m_sde; purple: ddim-25"
+    legend = "red dashed: DDPM-100; blue: euler_ancestral; orange: dpmpp_2m; green: dpmpp_2m_sde; purple: ddim (eta 1)"
     draw.text((8, h + 20), legend, fill="black")
     img.save(out / "sampler_table.png")
 
