@@ -36,6 +36,7 @@ from .fileio import (
     write_safetensors,
 )
 from .schedule import TAU_CONVENTIONS, NoiseCurves, RADInfo
+from .settings import RECOMMENDED_START_KEYS
 
 __all__ = [
     "Adapter", "lora_target_modules", "time_layer_keys", "parse_metadata", "read_adapter", "save_adapter",
@@ -144,11 +145,13 @@ class Adapter:
 
     def rad_facts(self, base: RADInfo, strength: float) -> RADInfo:
         """The RAD facts of ``base`` with this adapter merged in: its curves and tau convention where it records
-        them (else the base's), its embedding and whether it is RAD-trained."""
+        them (else the base's), its embedding, whether it is RAD-trained and its recommended start (the adapter's
+        own: a base's recommendation was measured without it)."""
         meta = self.metadata
         merged = {"schedule": meta.get("schedule", base.curves.to_metadata()),
                   "tau_convention": meta.get("tau_convention", base.tau_convention),
-                  **{k: meta[k] for k in ("train_embedding", "train_mask_sampling") if k in meta}}
+                  **{k: meta[k] for k in ("train_embedding", "train_mask_sampling", *RECOMMENDED_START_KEYS)
+                     if k in meta}}
         return RADInfo.from_metadata(merged, base=base.base, adapter=self.name, strength=float(strength))
 
 
@@ -183,7 +186,8 @@ def parse_metadata(raw: Mapping[str, str], source: str) -> dict[str, Any]:
     if "lora_alpha" in meta and not math.isfinite(meta["lora_alpha"]):
         raise CheckpointError(f"{source}: metadata lora_alpha is {meta['lora_alpha']}: it must be a finite number")
     try:  # the schedule's numbers size tables: checked here, before any model is built
-        RADInfo.from_metadata({k: meta[k] for k in ("schedule", "tau_convention", "train_embedding") if k in meta})
+        RADInfo.from_metadata({k: meta[k] for k in ("schedule", "tau_convention", "train_embedding",
+                                                    *RECOMMENDED_START_KEYS) if k in meta})
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
     return meta

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 from .checks import EXIT_STATUS, ArgumentParser, check_outputs
 from .errors import UserError, run_main, setup_logging
 from .settings import (
-    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, FIT_NAMES, MASK_KINDS,
-    MASK_MODES, SAMPLER_DEFAULTS, SAMPLER_NAMES, SPACING_NAMES, START_NAMES, START_STRENGTH, arg_type,
+    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_MODEL, DEFAULT_START, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, FIT_NAMES,
+    MASK_KINDS, MASK_MODES, RAD_SAMPLERS, SAMPLER_DEFAULTS, SAMPLER_NAMES, SPACING_NAMES, START_NAMES, START_STRENGTH,
+    arg_type,
 )
 
 if TYPE_CHECKING:
@@ -75,13 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "--jump 10 at 100 steps makes 190 network calls)")
     p.add_argument("--jump", type=arg_type("jump"), default=DEFAULT_JUMP,
                    help=f"with --resample: steps each jump goes back up, below --steps (default {DEFAULT_JUMP})")
-    p.add_argument("--start", choices=START_NAMES, default="noise",
-                   help="where the hole starts: noise (the paper's RAD) or harmonic: the hole first filled from the "
-                        "pixels around it, then regenerated at --start-strength (ddpm/ddim; keeps the picture's "
-                        "colours: +1 to +3 dB hole PSNR with the built-in model, docs/EXPERIMENTS.md)")
-    p.add_argument("--start-strength", type=arg_type("start_strength"), default=START_STRENGTH,
-                   help="with --start harmonic: how much of the hole is regenerated, in [0, 1] (1 = RAD from noise, "
-                        "0 = the fill alone, no network call)")
+    p.add_argument("--start", choices=START_NAMES, default=DEFAULT_START,
+                   help="where the hole starts: noise (the paper's RAD), harmonic: the hole first filled from the "
+                        "pixels around it, then regenerated at --start-strength (RAD's samplers: "
+                        + ", ".join(RAD_SAMPLERS) + "; keeps the picture's colours), or auto (default): the start "
+                        "the model's file recommends, noise where it records none (the built-in model's: its card, "
+                        "docs/EXPERIMENTS.md)")
+    p.add_argument("--start-strength", type=arg_type("start_strength"), default=None,
+                   help="with a start from a fill: how much of the hole is regenerated, in [0, 1] (1 = RAD from "
+                        "noise, 0 = the fill alone, no network call; default: the model's recommended strength with "
+                        f"--start auto, else {START_STRENGTH})")
     p.add_argument("--seed", type=arg_type("seed"), default=0,
                    help="noise seed, 0 to 2**63-1: the same seed gives the same result anywhere")
     p.add_argument("--samples", type=arg_type("samples"), default=1,
@@ -280,9 +284,9 @@ def run(args: argparse.Namespace) -> list[Path]:
             raise UserError(f"{what} {path} is a folder, not a file: give the "
                            + ("checkpoint file (.safetensors, .pt)" if what != "--image" else "image file"))
     _check_outputs(args)  # fail before minutes of sampling
-    if args.start != "noise" and args.sampler in BASELINE_SAMPLERS:
-        raise UserError(f"--start {args.start} works with --sampler ddpm or ddim, not {args.sampler} (binary masks "
-                        "only): use --start noise")
+    if args.start not in ("auto", "noise") and args.sampler in BASELINE_SAMPLERS:
+        raise UserError(f"--start {args.start} works with RAD's samplers (--sampler {', '.join(RAD_SAMPLERS)}), not "
+                        f"{args.sampler} (binary masks only): use --start noise or auto")
     sides = parse_outpaint(args.outpaint) if args.outpaint is not None else None
     if args.mask is None and sides is None:
         raise UserError("give --mask (a mask file, or one of: " + ", ".join(MASK_KINDS) + "), or --outpaint")
@@ -295,7 +299,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     if not bool((mask > 0).any()):
         raise UserError("the mask is empty: nothing to inpaint (white or transparent pixels mark what to inpaint; "
                        "try --invert-mask)")
-    if args.start != "noise" and args.start_strength < 1 and bool((mask >= 1).flatten(1).all(1).any()):
+    if args.start not in ("auto", "noise") and (args.start_strength is None or args.start_strength < 1) \
+            and bool((mask >= 1).flatten(1).all(1).any()):  # auto: noise there (pipeline.plan_inpaint)
         raise UserError(f"--start {args.start} fills the hole from the pixels around it, but the mask covers the "
                         "whole image: use --start noise, or leave some pixels unmasked")
     image = image.expand(args.samples, -1, -1, -1)

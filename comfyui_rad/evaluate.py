@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Callable
 from .checks import EXIT_STATUS, ArgumentParser, check_folder, check_outputs
 from .errors import run_main, setup_logging
 from .settings import (
-    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, MASK_KINDS, SAMPLER_NAMES, SPACING_NAMES,
-    START_NAMES, START_STRENGTH, arg_type,
+    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_START, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, MASK_KINDS, RAD_SAMPLERS,
+    SAMPLER_NAMES, SPACING_NAMES, START_NAMES, START_STRENGTH, arg_type,
 )
 
-RAD_SAMPLER_LIST = ", ".join(n for n in SAMPLER_NAMES if n not in BASELINE_SAMPLERS)
+RAD_SAMPLER_LIST = ", ".join(RAD_SAMPLERS)
 """RAD's samplers by name, for errors."""
 
 if TYPE_CHECKING:
@@ -97,8 +97,8 @@ def inpaint_set(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor
                 steps: int | None = None, seed: int = 0, batch_size: int = 16, eta: float | None = None,
                 options: dict | None = None, embedding: str = "auto",
                 progress: Callable[[int, int], None] | None = None,
-                spec: SamplerSpec | None = None, start: str = "noise",
-                start_strength: float = START_STRENGTH) -> tuple[torch.Tensor, float]:
+                spec: SamplerSpec | None = None, start: str = DEFAULT_START,
+                start_strength: float | None = None) -> tuple[torch.Tensor, float]:
     """Inpaint images [N,3,S,S] in [0,1] (S = the model's size) under masks [N,S,S] in batches: (results [N,3,S,S]
     in [0,1], seconds spent sampling). Batch k starts at image i and uses noise seed ``seed + i``. ``embedding`` as
     ``sampling.RADDenoiser``. The sampler: ``spec``, or ``SamplerSpec.create(sampler, steps=steps, eta=eta,
@@ -195,20 +195,23 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, kinds: list[str] | tu
              eta: float | None = None, options: dict | None = None, embedding: str = "auto",
              lpips: torch.nn.Module | None = None, inception: torch.nn.Module | None = None,
              progress: Callable[[str, int, int], None] | None = None,
-             spec: SamplerSpec | None = None, start: str = "noise",
-             start_strength: float = START_STRENGTH) -> dict[str, MaskRun]:
+             spec: SamplerSpec | None = None, start: str = DEFAULT_START,
+             start_strength: float | None = None) -> dict[str, MaskRun]:
     """Inpaint ``images`` [N,3,S,S] in [0,1] (S = the model's size) under each mask kind and measure the results.
 
     The sampler: ``spec``, or ``SamplerSpec.create(sampler, steps=steps, eta=eta, **options)`` (``steps`` default
     rad-inpaint's per sampler; ``options`` repaint's jump_length, jump_n_sample or ddpm/ddim's resample, jump);
     ``embedding`` as ``sampling.RADDenoiser``; ``start``, ``start_strength`` as ``pipeline.inpaint`` (RAD from a
-    classical start). ``inception``: a feature network
+    classical start; "auto": the model's recommended start, ``pipeline.resolve_start``). ``inception``: a feature
+    network
     (``perceptual.InceptionFeatures``) for the FID of results against ``images``.
     """
     from . import metrics
+    from .pipeline import resolve_start
     from .sampling import RADDenoiser, SamplerSpec
 
     spec = spec or SamplerSpec.create(sampler, steps=steps, eta=eta, **(options or {}))
+    start, start_strength = resolve_start(model, start, start_strength, baseline=spec.baseline)
     size = model.config.image_size
     if images.ndim != 4 or images.shape[1:] != (3, size, size):
         raise ValueError(f"images are {tuple(images.shape)}, the model needs [N, 3, {size}, {size}]: load them with "
@@ -333,12 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0 = off)")
     p.add_argument("--jump", type=arg_type("jump"), default=DEFAULT_JUMP,
                    help=f"RAD's samplers with --resample: steps each jump goes back up (default {DEFAULT_JUMP})")
-    p.add_argument("--start", choices=START_NAMES, default="noise",
-                   help="where the hole starts: noise (the paper's RAD) or harmonic: filled from the pixels around "
-                        "it, then regenerated at --start-strength (ddpm/ddim; as rad-inpaint)")
-    p.add_argument("--start-strength", type=arg_type("start_strength"), default=START_STRENGTH,
-                   help="with --start harmonic: how much of the hole is regenerated, in [0, 1] (1 = RAD from noise, "
-                        "0 = the fill alone)")
+    p.add_argument("--start", choices=START_NAMES, default=DEFAULT_START,
+                   help="where the hole starts: noise (the paper's RAD), harmonic: filled from the pixels around "
+                        f"it, then regenerated at --start-strength (RAD's samplers: {RAD_SAMPLER_LIST}), or auto "
+                        "(default): the start the model's file recommends, noise where it records none (as "
+                        "rad-inpaint)")
+    p.add_argument("--start-strength", type=arg_type("start_strength"), default=None,
+                   help="with a start from a fill: how much of the hole is regenerated, in [0, 1] (1 = RAD from "
+                        "noise, 0 = the fill alone; default: the model's recommended strength with --start auto, "
+                        f"else {START_STRENGTH})")
     p.add_argument("--embedding", choices=("auto", "spatial", "scalar"), default="auto",
                    help="how the model takes timesteps: auto (from its metadata), spatial, scalar (Cfg. 2)")
     p.add_argument("--seed", type=arg_type("seed"), default=0, help="mask and noise seed, 0 to 2**63-1 (default 0)")
@@ -380,9 +386,9 @@ def _check_args(args: argparse.Namespace) -> list[str]:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    if args.start != "noise" and args.sampler in BASELINE_SAMPLERS:
-        raise ValueError(f"--start {args.start} works with --sampler ddpm or ddim, not {args.sampler} (binary masks "
-                         "only): use --start noise")
+    if args.start not in ("auto", "noise") and args.sampler in BASELINE_SAMPLERS:
+        raise ValueError(f"--start {args.start} works with RAD's samplers (--sampler {RAD_SAMPLER_LIST}), not "
+                         f"{args.sampler} (binary masks only): use --start noise or auto")
     if args.sampler == "repaint" and args.jump_n_sample > 1:
         steps = args.steps if args.steps is not None else DEFAULT_STEPS["repaint"]
         if args.jump_length >= steps:
@@ -456,6 +462,7 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
     from .checkpoints import load_adm
     from .devices import auto_threads, resolve_device, resolve_dtype
     from .perceptual import load_inception, load_lpips
+    from .pipeline import resolve_start
     from .sampling import RADDenoiser
     from .schedule import rad_info
 
@@ -477,6 +484,8 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
         if not args.quiet:
             print(f"{kind}: {done}/{total} images", file=sys.stderr, flush=True)
 
+    start, start_strength = resolve_start(model, args.start, args.start_strength, baseline=spec.baseline,
+                                          names=("--start", "--start-strength"))
     runs = evaluate(model, images, kinds, spec=spec, seed=args.seed, batch_size=args.batch_size,
                     embedding=args.embedding, lpips=lpips, inception=inception, progress=progress, start=args.start,
                     start_strength=args.start_strength)
@@ -485,7 +494,8 @@ def run(args: argparse.Namespace) -> tuple[Path, dict[str, MaskRun]]:
               "is_rad": rad_info(model).is_rad, "images": str(args.images),
               "count": len(paths), "image_size": model.config.image_size, "sampler": spec.name, "steps": spec.steps,
               "eta": spec.eta if "eta" in spec.sampler.settings else None, "options": options, "seed": args.seed,
-              "start": args.start, "start_strength": args.start_strength if args.start != "noise" else None,
+              "start": start, "start_strength": start_strength if start != "noise" else None,
+              "start_asked": args.start,
               "batch_size": args.batch_size, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
               "threads": torch.get_num_threads(), "lpips": bool(lpips), "fid": bool(inception),
               "created_by": f"comfyui-rad {__version__}"}

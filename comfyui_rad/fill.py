@@ -303,7 +303,7 @@ def fill(image: torch.Tensor, mask: torch.Tensor, method: str = "harmonic", *, n
 
 STARTS = ("noise", *FILLS)
 """Where RAD's hole starts (``start_image``): noise (the paper's sampler) or a classical fill
-(``settings.START_NAMES``)."""
+(``settings.STARTS``; a user may also choose "auto", ``pipeline.resolve_start``)."""
 
 
 def start_image(image: torch.Tensor, mask: torch.Tensor, start: str = "noise", strength: float = 1.0, *,

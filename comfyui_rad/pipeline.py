@@ -23,7 +23,8 @@ from .sampling import RADDenoiser, SamplerSpec, sample
 from .schedule import NoiseCurves, SpatialSchedule, rad_info
 from .tiles import run_tiles
 
-__all__ = ["FITS", "match_batches", "resolve_fit", "plan_inpaint", "run_plan", "network_calls", "inpaint"]
+__all__ = ["FITS", "match_batches", "resolve_fit", "resolve_start", "plan_inpaint", "run_plan", "network_calls",
+           "inpaint"]
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +45,48 @@ def match_batches(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     return image.expand(batch, -1, -1, -1), imaging.normalize_mask(mask, batch, height, width)
 
 
+def resolve_start(model: torch.nn.Module | int, start: str = settings.DEFAULT_START,
+                  start_strength: float | None = None, *, baseline: bool = False,
+                  names: tuple[str, str] = ("start", "start_strength")) -> tuple[str, float]:
+    """The start and strength a call runs (``settings.START_NAMES``): ``start`` as given, or for "auto" the one
+    ``model``'s file recommends (``rad_info(model).start``), noise where it records none (every file written before
+    issue 21, the RAD authors' checkpoints, a model size given as a number) and for a baseline sampler (``baseline``:
+    binary masks only). The strength: ``start_strength`` when given, else (auto) the model's recommended one, else
+    ``settings.START_STRENGTH``. Refused (ValueError naming ``names``): an unknown start, a strength outside
+    [0, 1]."""
+    if start not in settings.START_NAMES:
+        raise ValueError(f"unknown {names[0]} {start!r}: use one of {', '.join(settings.START_NAMES)}")
+    if start_strength is not None:
+        start_strength = settings.check("start_strength", start_strength, names[1])
+    recommended = (None, None) if isinstance(model, int) else (rad_info(model).start, rad_info(model).start_strength)
+    if start == "auto":
+        start = "noise" if baseline or recommended[0] is None else recommended[0]
+        if start_strength is None:
+            start_strength = recommended[1]
+    return start, settings.START_STRENGTH if start_strength is None else start_strength
+
+
+def _baseline_error(start: str, sampler: str, names: tuple[str, str]) -> ValueError:
+    return ValueError(f"{names[0]} {start} works with RAD's samplers ({', '.join(settings.RAD_SAMPLERS)}) only: "
+                      f"{sampler} takes binary masks; use {names[0]} noise or auto")
+
+
 def network_calls(image_size: int, image: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
                   sampler: str = "ddpm", fit: str = "crop", options: dict | None = None,
                   tile_settings: TileSettings | None = None, spec: SamplerSpec | None = None,
-                  start: str = "noise", start_strength: float = settings.START_STRENGTH) -> int:
-    """How many network calls ``inpaint`` makes for these arguments (a model of ``image_size`` pixels), before
-    any is made: ``plan_inpaint(...).calls(spec)``. 0 for an empty mask or a start at strength 0."""
+                  start: str = "noise", start_strength: float | None = None) -> int:
+    """How many network calls ``inpaint`` makes for these arguments (a model of ``image_size`` pixels, or the
+    model itself: its recommended start for "auto"), before any is made: ``plan_inpaint(...).calls(spec)``. 0 for
+    an empty mask or a start at strength 0."""
     spec = spec or SamplerSpec.create(sampler, steps=steps, **(options or {}))
     return plan_inpaint(image_size, image, mask, fit=fit, tile_settings=tile_settings, start=start,
-                        start_strength=start_strength).calls(spec)
+                        start_strength=start_strength, baseline=spec.baseline).calls(spec)
 
 
 def plan_inpaint(model: torch.nn.Module | int, image: torch.Tensor, mask: torch.Tensor, *, fit: str = "crop",
                  tile_settings: TileSettings | None = None, start: str = "noise",
-                 start_strength: float = settings.START_STRENGTH, names: tuple[str, str] = ("start", "start_strength"),
-                 mask_name: str = "mask") -> Plan:
+                 start_strength: float | None = None, names: tuple[str, str] = ("start", "start_strength"),
+                 mask_name: str = "mask", baseline: bool = False) -> Plan:
     """The plan of one inpaint call (``plan.make_plan``): ``image`` [B,3,H,W] in [0,1] and ``mask`` (1 = inpaint)
     checked and matched (``match_batches``), the windows for ``model``'s resolution (or a size in pixels) and
     ``fit`` decided. ``plan.calls(spec)`` is the call's network calls, ``plan.describe(spec)`` says what it does,
@@ -70,12 +98,21 @@ def plan_inpaint(model: torch.nn.Module | int, image: torch.Tensor, mask: torch.
     is the started image (the hidden pixels hold the fill: a preview of the start) and ``plan.mask`` the mask
     scaled by the strength, which every fit samples and stitches with (tiles included: their window masks scale
     with it); at strength 0 the plan is empty and its result is the fill. ``names``, ``mask_name``: how the
-    caller's interface calls the two settings and the mask, for its errors."""
+    caller's interface calls the two settings and the mask, for its errors. ``start`` "auto", ``start_strength``
+    None: ``resolve_start`` (the model's recommended start; ``baseline``: the sampler takes binary masks, so noise);
+    an auto start from a fill where a mask covers its whole image (nothing to fill from) is noise."""
     check_image(image, "image")  # [0, 1]: finite, not empty, not 0..255
     check_mask(mask, "mask")
     if fit not in FITS:
         raise ValueError(f"unknown fit {fit!r}: use one of {', '.join(FITS)}")
+    auto = start == "auto"
+    start, start_strength = resolve_start(model, start, start_strength, baseline=baseline, names=names)
+    if baseline and start != "noise":
+        raise _baseline_error(start, "this sampler", names)
     image, given = match_batches(image.float(), mask)
+    if auto and start != "noise" and bool((as_bhw(given) >= 1).flatten(1).all(1).any()):
+        log.info("start auto: a mask covers its whole image, nothing to fill from: starting from noise")
+        start = "noise"
     image, mask = start_image(image, given, start, start_strength, names=names, name=mask_name)
     size = model if isinstance(model, int) else model.config.image_size
     if mask is given:
@@ -100,8 +137,7 @@ def run_plan(model: torch.nn.Module, plan: Plan, spec: SamplerSpec = SamplerSpec
         raise ValueError(f"the plan is for a {plan.size}-pixel model, this one is {model.config.image_size}: plan "
                          "with this model")
     if plan.start != "noise" and spec.baseline:
-        raise ValueError(f"start {plan.start} works with RAD's samplers (ddpm, ddim) only: {spec.name} takes binary "
-                         "masks; use start noise")
+        raise _baseline_error(plan.start, spec.name, ("start", "start_strength"))
     batch = plan.image.shape[0]
     check_memory(sampling_bytes(model.config, batch),
                  f"inpainting a batch of {batch} at the model's {plan.size}x{plan.size} window",
@@ -131,7 +167,7 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
             callback: Callable[[dict], None] | None = None, y: int | torch.Tensor | None = None,
             curves: NoiseCurves | None = None, options: dict | None = None,
             embedding: str = "auto", tile_settings: TileSettings | None = None,
-            spec: SamplerSpec | None = None, start: str = "noise", start_strength: float = settings.START_STRENGTH
+            spec: SamplerSpec | None = None, start: str = settings.DEFAULT_START, start_strength: float | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inpaint ``image`` [B,3,H,W] in [0,1] (CPU) where ``mask`` (1 = inpaint, read as given) is above 0:
     ``run_plan(model, plan_inpaint(model, image, mask, ...), spec, ...)``.
@@ -145,16 +181,18 @@ def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, 
     bit-identical to the input. Refused with a ValueError naming the argument: bad images or masks
     (``plan_inpaint``), a sampler setting out of range (``SamplerSpec``), a seed torch cannot take, a model whose
     output turns non-finite while sampling (``sampling.NonFiniteOutput``, naming the model). ``start``: where the
-    hole starts, "noise" (the paper's sampler, default) or "harmonic" (``fill.STARTS``): RAD from a classical
-    start, the hole filled first and regenerated at ``start_strength`` in [0, 1] (``fill.start_image``: 1 is plain
-    RAD bit for bit, 0 returns the fill without a network call; RAD's samplers only; every fit, tiles included).
-    Returns (result [B,3,H,W] in [0,1] on the CPU, the mask used [B,H,W]: the mask given, whatever the start).
+    hole starts, "noise" (the paper's sampler) or "harmonic" (``fill.STARTS``): RAD from a classical start, the
+    hole filled first and regenerated at ``start_strength`` in [0, 1] (``fill.start_image``: 1 is plain RAD bit for
+    bit, 0 returns the fill without a network call; RAD's samplers only; every fit, tiles included); or "auto"
+    (default): the start and strength the model's file recommends, noise where it records none
+    (``resolve_start``; a ``start_strength`` given overrides the recommended one; None: the model's, else
+    ``settings.START_STRENGTH``). Returns (result [B,3,H,W] in [0,1] on the CPU, the mask used [B,H,W]: the mask
+    given, whatever the start).
     """
     spec = spec or SamplerSpec.create(sampler, steps=steps, eta=eta, **(options or {}))
-    if start != "noise" and spec.baseline:  # before the fill is computed
-        raise ValueError(f"start {start} works with RAD's samplers (ddpm, ddim) only: {spec.name} takes binary "
-                         "masks; use start noise")
+    if start not in ("auto", "noise") and spec.baseline:  # before the fill is computed
+        raise _baseline_error(start, spec.name, ("start", "start_strength"))
     plan = plan_inpaint(model, image, mask, fit=fit, tile_settings=tile_settings, start=start,
-                        start_strength=start_strength)
+                        start_strength=start_strength, baseline=spec.baseline)
     return run_plan(model, plan, spec, seed=seed, callback=callback, y=y, curves=curves, embedding=embedding), \
         plan.mask_used

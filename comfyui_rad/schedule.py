@@ -33,10 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from .masks import as_bhw, is_binary
-from .settings import SPACING_NAMES
+from . import settings
+from .settings import RECOMMENDED_START_KEYS, SPACING_NAMES, STARTS
 
 __all__ = ["TAU_OFFSETS", "TAU_CONVENTIONS", "EMBEDDINGS", "NoiseCurves", "RADInfo", "rad_info", "SpatialSchedule",
-           "respaced_steps", "schedule_preview", "SPACINGS", "step_times"]
+           "respaced_steps", "schedule_preview", "SPACINGS", "step_times", "recommended_start",
+           "recommendation_metadata"]
 
 TAU_OFFSETS = {"gd": -1.0, "authors": 0.0}
 """Model timestep = (index into [clean, after 1 step, ..., after T1 steps]) + offset, per tau convention."""
@@ -182,7 +184,9 @@ class RADInfo:
     ``curves``: the noise curves it was trained with; ``tau_convention``: "gd" | "authors" (``TAU_OFFSETS``);
     ``embedding``: "spatial" (per-pixel timesteps) | "scalar" (one per image, Cfg. 2); ``is_rad``: RAD-trained (a
     plain guided-diffusion ADM, or weights trained as a plain DDPM, are not). ``base``, ``adapter``, ``strength``:
-    the files ``load_adm`` read (strength 1 for a whole RAD model, 0 for a plain one).
+    the files ``load_adm`` read (strength 1 for a whole RAD model, 0 for a plain one). ``start``,
+    ``start_strength``: the start the file recommends (``settings.STARTS``, ``settings.RECOMMENDED_START_KEYS``),
+    which a start "auto" uses; None where it records none (noise, then).
     """
 
     curves: NoiseCurves = field(default_factory=NoiseCurves)
@@ -192,11 +196,20 @@ class RADInfo:
     base: str | None = None
     adapter: str | None = None
     strength: float = 0.0
+    start: str | None = None
+    start_strength: float | None = None
 
     def __post_init__(self):
         _check_convention(self.tau_convention)
         if self.embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {self.embedding!r}")
+        key, strength_key = (f"metadata {k}" for k in RECOMMENDED_START_KEYS)
+        if self.start is not None and self.start not in STARTS:
+            raise ValueError(f"{key} must be one of {', '.join(STARTS)}, got {str(self.start)[:40]!r}")
+        if self.start_strength is not None:
+            if self.start is None:
+                raise ValueError(f"{strength_key} is recorded without {key}: record both, or neither")
+            settings.check("start_strength", self.start_strength, strength_key)
 
     def to_metadata(self) -> dict[str, str]:
         """The facts a weights file records, as safetensors metadata (str -> str): ``schedule`` (JSON),
@@ -221,7 +234,31 @@ class RADInfo:
             raise ValueError(f"metadata schedule {str(metadata.get('schedule'))[:80]!r}: {err}") from None
         return cls(curves=curves, tau_convention=metadata.get("tau_convention", "gd"),
                    embedding=metadata.get("train_embedding", "spatial"),
-                   is_rad=is_rad and metadata.get("train_mask_sampling") != "full", **provenance)
+                   is_rad=is_rad and metadata.get("train_mask_sampling") != "full",
+                   **recommended_start(metadata), **provenance)
+
+
+def recommended_start(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The recommended start a file's metadata records (``settings.RECOMMENDED_START_KEYS``), as ``RADInfo``'s
+    ``start`` and ``start_strength`` (None where it records none); the strength's text read as a number (checked,
+    with the start, by ``RADInfo``: ValueError naming the metadata key)."""
+    key, strength_key = RECOMMENDED_START_KEYS
+    start, strength = metadata.get(key), metadata.get(strength_key)
+    if isinstance(strength, str):
+        try:
+            strength = float(strength)
+        except ValueError:
+            raise ValueError(f"metadata {strength_key} must be a number in [0, 1], got {strength[:40]!r}") from None
+    return {"start": start, "start_strength": strength}
+
+
+def recommendation_metadata(start: str, start_strength: float | None = None) -> dict[str, str]:
+    """The metadata that records ``start`` (``settings.STARTS``) and its strength as the one a model is best used
+    with (``settings.RECOMMENDED_START_KEYS``; a strength only with a fill): checked as ``RADInfo`` reads them
+    (ValueError naming the key)."""
+    key, strength_key = RECOMMENDED_START_KEYS
+    RADInfo(start=start, start_strength=start_strength)
+    return {key: start, **({strength_key: repr(float(start_strength))} if start_strength is not None else {})}
 
 
 def rad_info(model: torch.nn.Module) -> RADInfo:

@@ -23,7 +23,8 @@ from .checks import SEED_MAX, Int, Real, check_int, check_real
 
 __all__ = ["SEED_MAX", "BUILTIN_WEIGHTS", "DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_JUMP", "DEFAULTS",
            "SAMPLER_DEFAULTS", "SAMPLER_NAMES", "BASELINE_SAMPLERS", "ETA_SAMPLERS", "SPACING_NAMES", "FIT_NAMES",
-           "MASK_MODES", "MASK_KINDS", "DTYPE_NAMES", "START_NAMES", "START_STRENGTH", "Range", "RANGES", "arg_type",
+           "MASK_MODES", "MASK_KINDS", "DTYPE_NAMES", "RAD_SAMPLERS", "STARTS", "START_NAMES", "DEFAULT_START",
+           "START_STRENGTH", "RECOMMENDED_START_KEYS", "Range", "RANGES", "arg_type",
            "check"]
 
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -64,6 +65,9 @@ SAMPLER_NAMES = tuple(sorted(SAMPLER_DEFAULTS))
 BASELINE_SAMPLERS = ("repaint", "replace")
 """Samplers that work on any ADM (one timestep per image); the others are RAD's and need a RAD-trained model."""
 
+RAD_SAMPLERS = tuple(name for name in SAMPLER_NAMES if name not in BASELINE_SAMPLERS)
+"""RAD's samplers (every pixel on its own noise level): the ones a start from a fill works with."""
+
 ETA_SAMPLERS = ("ddim", "euler_ancestral", "dpmpp_2m_sde")
 """Samplers with an ``eta`` (their share of fresh noise per step; Euler ancestral at eta e is DDIM at eta e)."""
 
@@ -81,13 +85,28 @@ MASK_MODES = ("binary", "soft")
 MASK_KINDS = ("box", "extreme", "wide", "perlin")
 """The generated masks (``masks.GENERATED_MASKS``): rad-inpaint ``--mask box``, rad-eval ``--masks``."""
 
-START_NAMES = ("noise", "harmonic")
+STARTS = ("noise", "harmonic")
 """Where RAD's hole starts (``fill.STARTS``): noise (the paper's sampler) or a classical fill, regenerated at the
 start strength (``fill.start_image``)."""
 
+START_NAMES = ("auto", *STARTS)
+"""The start a user chooses: one of ``STARTS``, or auto: the start (and strength) the model's file recommends
+(``schedule.RADInfo.start``), noise for a model that records none (every file written before issue 21, the RAD
+authors' checkpoints) and for the baselines (``BASELINE_SAMPLERS``)."""
+
+DEFAULT_START = "auto"
+"""The start when none is given (``pipeline.inpaint``, rad-inpaint, rad-eval). The RAD Sampler node's ``start``
+widget defaults to noise (``nodes/sampler.py``: a workflow saved before the input existed keeps its images)."""
+
 START_STRENGTH = 0.5
-"""The start strength when none is given (``pipeline.inpaint``, rad-inpaint, rad-eval, the RAD Sampler node): how
-much of a start from a fill is regenerated. Only a start other than noise reads it (docs/EXPERIMENTS.md)."""
+"""The start strength when none is given and the model recommends none (``pipeline.inpaint``, rad-inpaint,
+rad-eval, the RAD Sampler node): how much of a start from a fill is regenerated. Only a start other than noise reads
+it (docs/EXPERIMENTS.md)."""
+
+RECOMMENDED_START_KEYS = ("recommended_start", "recommended_start_strength")
+"""The safetensors metadata keys in which a model or adapter file records the start it is best used with (one of
+``STARTS``) and its strength (in [0, 1]): read by ``schedule.RADInfo.from_metadata``, written only when asked
+(rad-convert and rad-train's ``--recommend-start``)."""
 
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 """The precisions a user names (``devices.DTYPES``)."""

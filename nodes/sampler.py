@@ -64,12 +64,14 @@ class RADSampler(io.ComfyNode):
                 io.Combo.Input("start", options=list(START_NAMES), default="noise", optional=True,
                                tooltip="Where the hole starts. noise: the paper's RAD, the model invents the hole. "
                                        "harmonic: the hole is first filled from the pixels around it (as Fill "
-                                       "(RAD)), then regenerated at start_strength: it keeps the picture's colours "
-                                       "(+1 to +3 dB with the built-in model). The progress preview shows the start."),
+                                       "(RAD)), then regenerated at start_strength: it keeps the picture's colours. "
+                                       "auto: the start and strength the model's file recommends (noise for a "
+                                       "model that records none; the built-in model's: its card). The progress "
+                                       "preview shows the start."),
                 io.Float.Input("start_strength", default=START_STRENGTH, min=0.0, max=1.0, step=0.05, optional=True,
-                               tooltip="harmonic start only: how much of the hole is regenerated, like a denoise. "
-                                       "1 = as from noise, 0 = the fill itself (no model call); 0.25-0.5 measured "
-                                       "best with the built-in model."),
+                               tooltip="harmonic start only (auto uses the model's own): how much of the hole is "
+                                       "regenerated, like a denoise. 1 = as from noise, 0 = the fill itself (no "
+                                       "model call); docs/EXPERIMENTS.md measures it per model."),
                 io.Combo.Input("spacing", options=["auto", *SPACING_NAMES], default="auto", optional=True,
                                tooltip="How the steps are spread over the noise levels. auto: the sampler's own "
                                        "(uniform in t for ddpm and ddim, as before; uniform in the hole's log-SNR "
@@ -88,7 +90,8 @@ class RADSampler(io.ComfyNode):
         # checked before loading; the inputs carry the API's names
         spec = SamplerSpec.create(sampler, steps=steps or schedule.steps, eta=eta, resample=resample, jump=jump,
                                   spacing=None if spacing == "auto" else spacing)
-        plan = plan_inpaint(rad_model.model, image, schedule.mask, fit=fit, start=start, start_strength=start_strength,
+        plan = plan_inpaint(rad_model.model, image, schedule.mask, fit=fit, start=start,
+                            start_strength=None if start == "auto" else start_strength,
                             mask_name="the schedule's mask")
         comfy.model_management.load_models_gpu([rad_model], force_full_load=True)
         comfy.model_management.throw_exception_if_processing_interrupted()

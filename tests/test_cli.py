@@ -124,8 +124,9 @@ def test_a_harmonic_start(files):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--mask", "box", "--start", "harmonic", "--sampler", "repaint"], "--start harmonic works with --sampler ddpm or "
-                                                                       "ddim, not repaint"),
+    (["--mask", "box", "--start", "harmonic", "--sampler", "repaint"], "--start harmonic works with RAD's samplers "
+     "(--sampler ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, euler_ancestral), not repaint (binary masks only): use --start "
+     "noise or auto"),
     (["--mask", "box", "--start", "harmonic", "--start-strength", "1.5"], "argument --start-strength: 1.5 is out of "
                                                                           "range: give a number in [0, 1]"),
     (["--mask", "box", "--start", "telea"], "argument --start: invalid choice: 'telea'"),

@@ -141,7 +141,8 @@ def test_cli_start_flags(files, capsys):
     assert runs["zero"]["masks"]["box"]["network_calls_per_image"] == 0
     assert runs["plain"]["config"]["start_strength"] is None
     assert ev.main([*args, "--out", str(files / "never.json"), "--start", "harmonic", "--sampler", "repaint"]) == 2
-    assert "--start harmonic works with --sampler ddpm or ddim, not repaint" in capsys.readouterr().err
+    assert ("--start harmonic works with RAD's samplers (--sampler ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, "
+            "euler_ancestral), not repaint" in capsys.readouterr().err)
 
 
 def test_cli_writes_json_and_grids_and_refuses_to_clobber(files, capsys):

@@ -185,4 +185,4 @@ def test_start_settings_are_checked_naming_the_interface():
 def test_the_starts_are_the_settings_table():
     from comfyui_rad import fill as module, settings
 
-    assert module.STARTS == settings.START_NAMES
+    assert module.STARTS == settings.STARTS and settings.START_NAMES == ("auto", *module.STARTS)

@@ -358,6 +358,23 @@ def test_schedule_metadata_is_checked(tmp_path, schedule, needle):
         parse_metadata({"schedule": json.dumps(schedule)}, "a.safetensors")
 
 
+@pytest.mark.parametrize("recorded, needle", [
+    ({"recommended_start": "telea"}, "metadata recommended_start must be one of noise, harmonic, got 'telea'"),
+    ({"recommended_start": "harmonic", "recommended_start_strength": "2"},
+     "metadata recommended_start_strength must be a finite number in [0, 1], got 2.0"),
+    ({"recommended_start": "harmonic", "recommended_start_strength": "nan"}, "got nan"),
+    ({"recommended_start": "harmonic", "recommended_start_strength": "half"},
+     "metadata recommended_start_strength must be a number in [0, 1], got 'half'"),
+    ({"recommended_start_strength": "0.5"}, "recorded without metadata recommended_start"),
+])
+def test_recommended_start_metadata_is_checked(tmp_path, recorded, needle):
+    path = crafted(tmp_path / "m.safetensors", {"architecture": GOOD_ARCH, **recorded})
+    with pytest.raises(CheckpointError, match=r"^m\.safetensors: .*" + re.escape(needle)):
+        load_adm(path)
+    with pytest.raises(CheckpointError, match=r"^a\.safetensors: .*" + re.escape(needle)):  # an adapter's
+        parse_metadata(recorded, "a.safetensors")
+
+
 def test_key_indices_and_layouts_that_do_not_match_their_tensors(tmp_path):
     tensors = {**STUB, "input_blocks.1000000.0.weight": torch.zeros(1)}  # 4 KB
     save_file(tensors, str(tmp_path / "plain.safetensors"))  # a guided-diffusion state dict: layout inferred

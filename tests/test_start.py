@@ -98,3 +98,73 @@ def test_baselines_and_bad_settings_are_refused_naming_the_argument(model):
         run(model, image, mask, start="telea")
     with pytest.raises(ValueError, match="start_strength must be a finite number in \\[0, 1\\]"):
         run(model, image, mask, start="harmonic", start_strength=2.0)
+
+
+# ------------------------------------------------------------------------------- the start a model recommends
+
+
+def recommending(model, start=None, strength=None):
+    """``model`` as loaded from a file recording ``start`` and ``strength`` (its ``rad_info``)."""
+    from comfyui_rad.schedule import RADInfo
+
+    clone = make_adm(replace(TINY, image_size=SIZE))
+    clone.rad_info = RADInfo(is_rad=True, start=start, start_strength=strength)
+    return clone
+
+
+def test_auto_on_a_model_that_records_no_start_is_plain_rad_bit_for_bit(model, one_thread):
+    image, mask = picture(), hole()
+    plain, used = run(model, image, mask, start="noise")
+    for kw in ({}, {"start": "auto"}, {"start": "auto", "start_strength": 0.25}):
+        result, used_now = run(recommending(model), image, mask, **kw)
+        assert torch.equal(result, plain) and torch.equal(used_now, used)
+
+
+def test_auto_runs_the_recorded_start_and_strength_unless_a_strength_is_given(model, one_thread):
+    from comfyui_rad.pipeline import resolve_start
+
+    image, mask = picture(), hole()
+    recorded = recommending(model, "harmonic", 0.25)
+    assert torch.equal(run(recorded, image, mask)[0], run(model, image, mask, start="harmonic", start_strength=0.25)[0])
+    assert torch.equal(run(recorded, image, mask, start_strength=0.75)[0],
+                       run(model, image, mask, start="harmonic", start_strength=0.75)[0])
+    assert torch.equal(run(recorded, image, mask, start="noise")[0], run(model, image, mask)[0])  # noise stays noise
+    assert resolve_start(recommending(model, "harmonic"), "auto") == ("harmonic", 0.5)  # no strength recorded
+    assert resolve_start(recorded, "auto", baseline=True) == ("noise", 0.25)
+    assert resolve_start(SIZE, "auto") == ("noise", 0.5)  # a size, no model: nothing recorded
+
+
+def test_auto_starts_from_noise_for_the_baselines_and_a_mask_with_nothing_to_fill_from(model, one_thread):
+    image, mask = picture(), hole()
+    recorded = recommending(model, "harmonic", 0.25)
+    replace_kw = {"sampler": "replace", "steps": 3, "seed": 5}
+    assert torch.equal(inpaint(recorded, image, mask, **replace_kw)[0],
+                       inpaint(model, image, mask, start="noise", **replace_kw)[0])
+    full = torch.ones(1, SIZE, SIZE)
+    small = picture(height=SIZE, width=SIZE)
+    assert torch.equal(run(recorded, small, full)[0], run(model, small, full)[0])
+    with pytest.raises(ValueError, match="start harmonic fills the hole from the pixels around it"):
+        run(model, small, full, start="harmonic")  # asked for by name: refused, as before
+
+
+def test_a_recommendation_is_written_only_when_asked_and_read_back(model, tmp_path):
+    from comfyui_rad import load_adm
+    from comfyui_rad.checkpoints import save_model
+    from comfyui_rad.convert import convert
+    from comfyui_rad.fileio import file_weights_sha256
+    from comfyui_rad.schedule import rad_info, recommendation_metadata
+
+    plain = save_model(tmp_path / "plain.safetensors", model)
+    assert rad_info(load_adm(plain)).start is None
+    recorded = convert(plain, tmp_path / "rec.safetensors", recommend_start="harmonic", recommend_start_strength=0.25)
+    info = rad_info(load_adm(recorded))
+    assert (info.start, info.start_strength) == ("harmonic", 0.25)
+    assert file_weights_sha256(recorded) == file_weights_sha256(plain)
+    again = convert(recorded, tmp_path / "again.safetensors")  # not carried over unless asked
+    assert rad_info(load_adm(again)).start is None
+    assert recommendation_metadata("noise") == {"recommended_start": "noise"}
+    with pytest.raises(ValueError, match="recommended_start must be one of noise, harmonic"):
+        convert(plain, tmp_path / "bad.safetensors", recommend_start="auto")
+    with pytest.raises(ValueError, match="recommend_start_strength needs recommend_start"):
+        convert(plain, tmp_path / "bad.safetensors", recommend_start_strength=0.5)
+    assert not (tmp_path / "bad.safetensors").exists()

@@ -199,6 +199,9 @@ def test_exported_adapter_equals_the_trained_peft_model(files):
     with torch.no_grad():
         diff = (merged(x, tau) - trainer.model(x, tau)).abs().max().item()
     assert diff <= 1e-5
+    assert merged.rad_info.start is None  # none recorded unless asked
+    recorded = load_adm(files / "base.pt", adapter=trainer.export(files / "rec.safetensors", recommend=("noise", None)))
+    assert (recorded.rad_info.start, recorded.rad_info.start_strength) == ("noise", None)
     meta = read_adapter(path).metadata
     assert meta["lora_rank"] == 4 and meta["lora_alpha"] == 8 and meta["train_steps"] == "3"
     assert len(meta["full_keys"]) == len([k for k in trainer.params if "lora_" not in k]) > 0
@@ -320,7 +323,14 @@ def test_cli_smoke(files, capsys):
     assert "already holds a training run" in capsys.readouterr().err
     again = files / "again.safetensors"
     assert main(["--export-from", str(out / "checkpoints" / "step-0000002.pt"), "--export", str(again), "-q"]) == 0
-    assert read_state_dict(again)[1]["train_steps"] == "2"
+    assert read_state_dict(again)[1]["train_steps"] == "2" and "recommended_start" not in read_state_dict(again)[1]
+    rec = files / "cli-rec.safetensors"
+    assert main(["--export-from", str(out), "--export", str(rec), "--recommend-start", "harmonic",
+                 "--recommend-start-strength", "0.25", "-q"]) == 0
+    assert (load_adm(rec).rad_info.start, load_adm(rec).rad_info.start_strength) == ("harmonic", 0.25)
+    assert main(["--export-from", str(out), "--export", str(files / "x.safetensors"), "--recommend-start-strength",
+                 "0.25", "-q"]) == 2
+    assert "--recommend-start-strength needs --recommend-start" in capsys.readouterr().err
     assert main(["--export-from", str(out), "-q"]) == 2
     assert "--export-from needs --export" in capsys.readouterr().err
 

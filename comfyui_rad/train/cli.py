@@ -15,6 +15,7 @@ from ..checks import EXIT_STATUS, ArgumentParser, check_outputs
 from ..devices import DTYPES
 from ..errors import describe_error, run_main, setup_logging
 from ..fileio import atomic_write
+from ..settings import STARTS, arg_type
 from .distributed import CollectiveError
 from .export import export_checkpoint
 from .loop import EMBEDDINGS, PRECISIONS, Trainer, TrainOptions, hms
@@ -205,10 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-ema", dest="use_ema", action="store_false", help="export the raw weights, not the EMA")
     g.add_argument("--export-best", action="store_true",
                    help="export the step with the best validation score (checkpoints/best.pt) instead of the last")
+    g.add_argument("--recommend-start", choices=STARTS,
+                   help="record in the export the start it is best used with (what rad-inpaint --start auto runs; "
+                        "default: none recorded, auto starts from noise): measure it first, docs/EXPERIMENTS.md")
+    g.add_argument("--recommend-start-strength", type=arg_type("start_strength"),
+                   help="with --recommend-start harmonic: the strength recorded with it, in [0, 1]")
     return p
 
 
-_NOT_SAVED = ("config", "print_config", "resume", "force", "dry_run", "export_from")
+_NOT_SAVED = ("config", "print_config", "resume", "force", "dry_run", "export_from", "recommend_start",
+              "recommend_start_strength")
 """Options of one command, not settings of the run: left out of <out>/config.toml."""
 
 
@@ -286,6 +293,9 @@ def print_dry_run(trainer: Trainer) -> None:
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Train and/or export as the arguments say; returns the exported paths (rank 0; none on the others)."""
+    if args.recommend_start_strength is not None and args.recommend_start is None:
+        raise ValueError("--recommend-start-strength needs --recommend-start: the start it is the strength of")
+    recommend = None if args.recommend_start is None else (args.recommend_start, args.recommend_start_strength)
     if args.export_from:
         if args.export is None:
             raise ValueError("--export-from needs --export PATH.safetensors: where to write the export")
@@ -302,7 +312,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                 raise FileNotFoundError(f"--export-best: {source} does not exist (the run recorded no validation "
                                         "score): drop --export-best to export its newest checkpoint")
         return [export_checkpoint(source, args.export, base=args.base, dtype=args.export_dtype,
-                                  use_ema=args.use_ema, force=args.force)]
+                                  use_ema=args.use_ema, force=args.force, recommend=recommend)]
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
@@ -320,7 +330,7 @@ def run(args: argparse.Namespace) -> list[Path]:
             return []
         if not (args.export and trainer.is_main):
             return []
-        return [trainer.export(args.export, use_ema=args.use_ema, best=args.export_best)]
+        return [trainer.export(args.export, use_ema=args.use_ema, best=args.export_best, recommend=recommend)]
     finally:
         trainer.close()
 

@@ -24,7 +24,7 @@ from ..architecture import config_from_json
 from ..checkpoints import save_model
 from ..devices import DTYPES
 from ..fileio import CheckpointError, file_sha256
-from ..schedule import NoiseCurves, RADInfo
+from ..schedule import NoiseCurves, RADInfo, recommendation_metadata
 from .state import load_checkpoint
 
 __all__ = ["export_weights", "export_checkpoint", "base_weights"]
@@ -59,17 +59,21 @@ def _metadata(run: dict[str, Any], step: int, ema: bool) -> dict[str, Any]:
 
 def export_weights(path: str | os.PathLike, run: dict[str, Any], tensors: dict[str, torch.Tensor], *, step: int,
                    ema: bool, base: str | os.PathLike | None = None, dtype: str = "fp32",
-                   force: bool = False) -> Path:
+                   force: bool = False, recommend: tuple[str, float | None] | None = None) -> Path:
     """Write the trained ``tensors`` of ``run`` as an adapter (LoRA runs) or a full model (fresh runs).
 
     ``base``: where the base checkpoint is now (default: where it was when training); it must be the same file
-    (sha256). ``dtype``: fp32 (default), fp16 or bf16 for the written tensors.
+    (sha256). ``dtype``: fp32 (default), fp16 or bf16 for the written tensors. ``recommend``: (start, strength)
+    recorded as the start the export is best used with (``schedule.recommendation_metadata``: what ``--start auto``
+    runs); None records none.
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown export dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     cast = {k: v.detach().to("cpu", DTYPES[dtype]) for k, v in tensors.items()}
     cfg = config_from_json(run.get("model_config", {}), "the training checkpoint's model_config")  # checked numbers
     meta = _metadata(run, step, ema)
+    if recommend is not None:
+        meta.update(recommendation_metadata(*recommend))
     if run["kind"] == "full":
         with torch.device("meta"):
             model = ADM(cfg)
@@ -93,10 +97,11 @@ def export_weights(path: str | os.PathLike, run: dict[str, Any], tensors: dict[s
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *, base: str | os.PathLike | None = None,
-                      dtype: str = "fp32", use_ema: bool = True, force: bool = False) -> Path:
+                      dtype: str = "fp32", use_ema: bool = True, force: bool = False,
+                      recommend: tuple[str, float | None] | None = None) -> Path:
     """Export a training checkpoint (or a run folder's newest one): its EMA weights when it has them and
-    ``use_ema``, else the raw trained weights."""
+    ``use_ema``, else the raw trained weights. ``recommend``: as ``export_weights``."""
     state = load_checkpoint(checkpoint)
     ema = bool(use_ema and state["ema"])
     return export_weights(path, state["run"], state["ema"] if ema else state["trainable"], step=state["step"],
-                          ema=ema, base=base, dtype=dtype, force=force)
+                          ema=ema, base=base, dtype=dtype, force=force, recommend=recommend)

@@ -753,9 +753,11 @@ class Trainer:
         return {k: v.to("cpu", copy=True) for k, v in source.items()}
 
     def export(self, path: str | Path, dtype: str | None = None, use_ema: bool = True,
-               force: bool | None = None, best: bool = False) -> Path:
+               force: bool | None = None, best: bool = False,
+               recommend: tuple[str, float | None] | None = None) -> Path:
         """Write the adapter (LoRA runs) or full model (fresh presets): EMA weights when on (``export.py``); with
-        ``best``, those of the step with the best validation score (checkpoints/best.pt), when there is one."""
+        ``best``, those of the step with the best validation score (checkpoints/best.pt), when there is one.
+        ``recommend``: (start, strength) the file records as the start it is best used with (none when None)."""
         force = self.opts.force if force is None else force
         if best:
             found = self.out / "checkpoints" / BEST_NAME
@@ -764,13 +766,13 @@ class Trainer:
                 log.info("exporting the best validated step %d (mean hole PSNR %.3f dB), not the last (%d)",
                          state["step"], state["best"]["score"], self.step)
                 return export_checkpoint(found, path, dtype=dtype or self.opts.export_dtype, use_ema=use_ema,
-                                         force=force)
+                                         force=force, recommend=recommend)
             log.warning("no validation score recorded (no %s): exporting the last step, %d", found, self.step)
         else:
             log.info("exporting the last step, %d", self.step)
         return export_weights(path, self.run, self.trained_tensors(use_ema), step=self.step,
                               ema=bool(self.ema and use_ema), dtype=dtype or self.opts.export_dtype,
-                              force=force)
+                              force=force, recommend=recommend)
 
     def close(self) -> None:
         """Stop the data threads, leave the process group, give the run folder back."""

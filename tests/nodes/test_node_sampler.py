@@ -279,14 +279,35 @@ def test_start_refusals_name_the_node_inputs(host, rad_model):
 
 
 def test_start_defaults_agree_across_the_clis_the_node_and_the_api(host):
+    """auto (the model's recommended start) in the CLIs and the API; the node offers it but stays at noise, so a
+    workflow saved before the start input existed keeps its images (ComfyUI gives a missing widget its default)."""
     import inspect
 
-    from comfyui_rad import cli, evaluate, pipeline
+    from comfyui_rad import cli, evaluate, pipeline, settings
 
     inpaint_args = cli.build_parser().parse_args(["--image", "x.png", "--mask", "box", "-o", "o.png"])
     eval_args = evaluate.build_parser().parse_args(["--model", "m", "--images", "i", "--out", "o.json"])
-    node = {i.id: i.options.get("default") for i in host.nodes.RADSampler.define_schema().inputs}
+    inputs = {i.id: i for i in host.nodes.RADSampler.define_schema().inputs}
+    node = {name: i.options.get("default") for name, i in inputs.items()}
     api = inspect.signature(pipeline.inpaint).parameters
-    assert inpaint_args.start == eval_args.start == node["start"] == api["start"].default == "noise"
-    assert (inpaint_args.start_strength == eval_args.start_strength == node["start_strength"]
-            == api["start_strength"].default == 0.5)
+    assert inpaint_args.start == eval_args.start == api["start"].default == settings.DEFAULT_START == "auto"
+    assert node["start"] == "noise" and inputs["start"].options["options"] == ["auto", "noise", "harmonic"]
+    assert inpaint_args.start_strength is eval_args.start_strength is api["start_strength"].default is None
+    assert node["start_strength"] == settings.START_STRENGTH == 0.5
+
+
+def test_auto_runs_the_models_recommended_start_and_strength(host, rad_model):
+    import dataclasses
+
+    image, mask = photo(1, 32, 40), box(1, 32, 40)
+    plain, _ = sample(host, rad_model, image, mask)
+    assert torch.equal(sample(host, rad_model, image, mask, start="auto", start_strength=0.2)[0], plain)  # records none
+    info = rad_model.model.rad_info
+    try:
+        rad_model.model.rad_info = dataclasses.replace(info, start="harmonic", start_strength=0.25)
+        auto = sample(host, rad_model, image, mask, start="auto", start_strength=0.9)[0]  # the widget: harmonic only
+        assert torch.equal(auto, sample(host, rad_model, image, mask, start="harmonic", start_strength=0.25)[0])
+        assert not torch.equal(auto, plain)
+        assert torch.equal(sample(host, rad_model, image, mask, start="noise")[0], plain)
+    finally:
+        rad_model.model.rad_info = info
