@@ -124,14 +124,16 @@ def plan_inpaint(model: torch.nn.Module | int, image: torch.Tensor, mask: torch.
 
 def run_plan(model: torch.nn.Module, plan: Plan, spec: SamplerSpec = SamplerSpec(), *, seed: int = 0,
              callback: Callable[[dict], None] | None = None, y: int | torch.Tensor | None = None,
-             curves: NoiseCurves | None = None, embedding: str = "auto") -> torch.Tensor:
+             curves: NoiseCurves | None = None, embedding: str = "auto", batch_limit: int | None = None
+             ) -> torch.Tensor:
     """Run ``plan`` (``plan_inpaint``) with ``spec``: the one executor of every fit -> [B,3,H,W] in [0,1] on the
     CPU, pixels with mask 0 bit-identical to the input. One-window fits: cut and resize (``plan.to_model``),
     sample, stitch back; tiles: ``tiles.run_tiles``. Noise comes from a CPU generator seeded with ``seed``, so a
     seed gives the same result on any device. ``curves``: Phase 1's noise curves, default the model's
     (``rad_info(model).curves``); ``embedding``: how the network takes its timesteps, as ``sampling.RADDenoiser``
     (auto: as it was trained; the one denoiser is built here). ``callback`` gets the sampler's dict every network
-    call (tiles add ``phase``: "coarse pass", "window 1/9")."""
+    call (tiles add ``phase``: "coarse pass", "window 1/9"). ``batch_limit``: tiles' images per batched network
+    call (``tiles.run_tiles``; default ``tiles.wave_limit``, 1: one window after the other)."""
     seed = settings.check("torch_seed", seed, "seed")
     if plan.size != model.config.image_size:
         raise ValueError(f"the plan is for a {plan.size}-pixel model, this one is {model.config.image_size}: plan "
@@ -151,7 +153,7 @@ def run_plan(model: torch.nn.Module, plan: Plan, spec: SamplerSpec = SamplerSpec
              plan.describe(spec), spec.describe(), denoiser.device)
     generator = torch.Generator().manual_seed(seed)
     if plan.fit == "tiles":
-        return run_tiles(denoiser, plan, spec, generator, callback, y)
+        return run_tiles(denoiser, plan, spec, generator, callback, y, batch_limit=batch_limit)
     if plan.empty:
         if plan.start == "noise":
             log.warning("the mask is empty: nothing to inpaint, the image is returned unchanged")

@@ -397,8 +397,47 @@ class Plan:
         return len(self.groups) if used else 0
 
     def calls(self, spec: SamplerSpec) -> int:
-        """Network calls of the whole call, before any is made: (coarse passes + windows) x ``spec.calls()``."""
+        """Network calls of the whole call, before any is made: (coarse passes + windows) x ``spec.calls()``, a
+        window's calls counted whether or not it shares a batch with others (``waves``); the progress total."""
         return (self.coarse_passes(spec) + self.windows) * spec.calls()
+
+    def runs(self, spec: SamplerSpec) -> tuple[tuple[int, int], ...]:
+        """The sampler runs of a tiles plan in the order they would run one after another: (group, window), the
+        group's index in ``groups`` and the window's in its ``TilePlan`` (-1: the group's coarse pass, first)."""
+        coarse = self.coarse_passes(spec) > 0
+        return tuple((g, k) for g, (_, tiles) in enumerate(self.groups)
+                     for k in ([-1] if coarse else []) + list(range(len(tiles.windows))))
+
+    def waves(self, spec: SamplerSpec, limit: int | None = None) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """The runs (``runs``) in waves: each wave's runs are sampled as one batch of network calls, the waves one
+        after the other, with the result of running every run in order. Runs in order, a run joins the wave unless
+        its box overlaps a run left for a later wave before it, or (windows that read the picture as it fills, i.e.
+        not ``independent``) a run already in the wave; or the wave already holds ``limit`` images (a run of a
+        group of b images counts b; a wave holds at least one run). A window's box is the part of the picture it
+        reads and writes; a coarse pass's, its group's whole picture; runs of different groups never overlap."""
+        height, width = self.mask.shape[-2:]
+        reads = not self.settings.independent
+        boxes = {(g, k): inside(tiles.windows[k], height, width) if k >= 0 else (0, height, 0, width)
+                 for g, (_, tiles) in enumerate(self.groups) for k in range(-1, len(tiles.windows))}
+
+        def overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+            (a0, a1, b0, b1), (c0, c1, d0, d1) = boxes[a], boxes[b]
+            return a[0] == b[0] and max(a0, c0) < min(a1, c1) and max(b0, d0) < min(b1, d1)
+
+        pending, waves = list(self.runs(spec)), []
+        while pending:
+            wave, later, images = [], [], 0
+            for run in pending:
+                size = len(self.groups[run[0]][0])
+                full = bool(wave) and limit is not None and images + size > limit
+                if full or any(overlap(run, o) for o in later) or (reads and any(overlap(run, o) for o in wave)):
+                    later.append(run)
+                else:
+                    wave.append(run)
+                    images += size
+            waves.append(tuple(wave))
+            pending = later
+        return tuple(waves)
 
     def describe(self, spec: SamplerSpec) -> str:
         """What the call will do, for logs and progress: "coarse pass + 9 windows of 64x64, 1,000 network calls",

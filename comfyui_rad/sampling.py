@@ -14,8 +14,10 @@ one numbered update rule, a step up re-noises. Only Phase 1 is sampled. The sche
 pixel that has received no noise has mean x_t and no noise, so it comes out bit-identical to the input. Pixels under
 a full (m = 1) mask are never read: the start state is drawn without them.
 
-Noise is drawn on the CPU from ``generator``, so a seed gives the same result on any device. ``callback`` gets a
-dict per network call: ``step`` (0-based), ``total``, ``t``, ``x`` (x_t after the step) and ``pred_x0``.
+Noise is drawn on the CPU from ``generator`` through one ``Noise`` source (``noise_draws`` tensors per run, in a
+fixed order), so a seed gives the same result on any device; ``StackedNoise`` lets independent runs share one batch
+and still draw what each would have drawn alone (``tiles``' waves). ``callback`` gets a dict per network call:
+``step`` (0-based), ``total``, ``t``, ``x`` (x_t after the step) and ``pred_x0``.
 
 RAD with resampling (beyond the paper): ``resample`` r > 0 and ``jump`` j make the walk RePaint's jump schedule
 with RAD's own per-pixel levels: at every j-th step the hole pixels are sent back up j steps of their own schedule,
@@ -59,7 +61,8 @@ __all__ = ["DEFAULT_STEPS", "DEFAULT_JUMP", "DEFAULTS", "FINITE_CHECK_EVERY", "N
            "as_denoiser", "SamplerSpec", "Sampler", "register", "sample", "ddpm_loop", "ddim_loop", "repaint_loop",
            "sample_ddpm", "sample_ddim", "sample_repaint", "sample_replace", "jump_walk", "repaint_times",
            "repaint_calls", "check_resample", "rad_times", "rad_calls", "SAMPLERS", "BASELINE_SAMPLERS",
-           "euler_ancestral_loop", "dpmpp_2m_loop", "dpmpp_2m_sde_loop"]
+           "euler_ancestral_loop", "dpmpp_2m_loop", "dpmpp_2m_sde_loop", "Noise", "StackedNoise", "as_noise",
+           "noise_draws", "skip_noise"]
 
 log = logging.getLogger(__name__)
 
@@ -376,11 +379,70 @@ def _check_inputs(image: torch.Tensor, mask: torch.Tensor) -> None:
         raise ValueError(f"mask batch {mb} does not match image batch {b}: give one mask or one per image")
 
 
-def _randn(generator: torch.Generator, shape, device) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+class Noise:
+    """Where a sampler run's Gaussian noise comes from: float32 draws on the CPU from one ``generator``, in the
+    order the run asks for them (``noise_draws`` of them, each of the image's shape), moved to the run's device; so
+    a seed gives the same picture on any device. Every sampler draws through one (``_walk``); ``sample`` wraps a
+    plain ``torch.Generator`` in one (``as_noise``). ``StackedNoise`` serves independent runs sampled as one
+    batch."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def __call__(self, shape, device, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Standard normal noise of ``shape`` [B, ...] on ``device``. ``rows`` (bool [B], optional): the images
+        that use this draw (``StackedNoise`` skips a run none of whose images use it; one run always draws)."""
+        return torch.randn(shape, generator=self.generator, dtype=torch.float32).to(device)
 
 
-def _start(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, t0: int, generator):
+class StackedNoise(Noise):
+    """The noise of independent runs stacked into one batch (``tiles``' waves): run i owns ``sizes[i]`` images
+    (consecutive rows) and draws its rows of every draw from ``generators[i]``, exactly what it draws run alone
+    from that generator. A draw none of a run's images use (``rows``) is not drawn for it (zeros there), as the run
+    alone would not have drawn it."""
+
+    def __init__(self, generators: list[torch.Generator], sizes: list[int]):
+        if len(generators) != len(sizes):
+            raise ValueError(f"{len(generators)} generators for {len(sizes)} runs: give one per run")
+        self.generators, self.sizes = list(generators), [int(n) for n in sizes]
+
+    def __call__(self, shape, device, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if shape[0] != sum(self.sizes):
+            raise ValueError(f"a draw of {shape[0]} images from runs of {self.sizes} images: they must add up")
+        parts, start = [], 0
+        for generator, n in zip(self.generators, self.sizes):
+            part = (n, *shape[1:])
+            used = rows is None or bool(rows[start:start + n].any())
+            parts.append(torch.randn(part, generator=generator, dtype=torch.float32) if used else torch.zeros(part))
+            start += n
+        return torch.cat(parts).to(device)
+
+
+def as_noise(generator: torch.Generator | Noise) -> Noise:
+    """``generator`` itself when it is a ``Noise``, else a ``Noise`` drawing from it."""
+    return generator if isinstance(generator, Noise) else Noise(generator)
+
+
+def noise_draws(spec: SamplerSpec, mask: torch.Tensor) -> int:
+    """How many noise tensors (each of the image's shape) one run of ``spec`` draws over mask [B or 1,1,H,W]
+    (1 = inpaint), as ``_walk`` draws them: the start, one per jump back up, one per step down but the last, and
+    for the baselines one more per step down where some pixel is known. Lets a caller move a generator past a run
+    without making it (``skip_noise``)."""
+    walk = jump_walk(spec.steps, spec.jump, spec.resample)
+    ups = sum(nxt > cur for cur, nxt in zip(walk, walk[1:]))
+    downs = len(walk) - 1 - ups
+    known = spec.baseline and not bool((mask >= 1).all())
+    return 1 + ups + (downs - 1) + (downs if known else 0)
+
+
+def skip_noise(generator: torch.Generator, draws: int, shape) -> None:
+    """Move ``generator`` past ``draws`` draws of ``shape``, as a run that made them would leave it."""
+    scratch = torch.empty(shape, dtype=torch.float32)
+    for _ in range(draws):
+        torch.randn(shape, generator=generator, dtype=torch.float32, out=scratch)
+
+
+def _start(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, t0: int, noise: Noise):
     """(x at the first level t0, the known image, the hole): q(x_t0 | x0) where x0 is known (a soft mask keeps part
     of it), pure noise in the hole (mask >= 1), as DDPM starts. The known image is 0 in the hole: never read."""
     denoiser.reset()
@@ -388,9 +450,9 @@ def _start(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, t0: i
     hole = mask >= 1
     known = torch.where(hole, torch.zeros_like(image), image)
     abar = denoiser.curves.abar(mask, t0)
-    noise = _randn(generator, image.shape, denoiser.device)
-    x = torch.where(abar >= 1, known, (abar.sqrt() * known + (1 - abar).sqrt() * noise).float())
-    return torch.where(hole, noise, x), known, hole
+    z = noise(image.shape, denoiser.device)
+    x = torch.where(abar >= 1, known, (abar.sqrt() * known + (1 - abar).sqrt() * z).float())
+    return torch.where(hole, z, x), known, hole
 
 
 def _predict_x0(x: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
@@ -445,25 +507,27 @@ def _walk(denoiser: RADDenoiser, image: torch.Tensor, mask: torch.Tensor, timest
     """The reverse walk every sampler takes, over ``timesteps`` (first to -1): a step up re-noises, a step down is
     one network call and one ``update(x, x0, eps, v, abar_t, abar_next, z)``. RAD's levels are per pixel, from
     the mask; ``baseline`` (RePaint's conditioning) gives one level per image, replaces the known region before
-    every call and copies it back at the end. Noise draws in a fixed order: start, then per step (jump | known
-    region, z)."""
-    x, known, hole = _start(denoiser, image, mask, timesteps[0], generator)
+    every call and copies it back at the end. Noise (``generator``: a ``torch.Generator`` or a ``Noise``) draws in
+    a fixed order, ``noise_draws`` of them: start, then per step (jump | known region, z)."""
+    noise = as_noise(generator)
+    x, known, hole = _start(denoiser, image, mask, timesteps[0], noise)
     level = _image_levels(denoiser.curves, x.device) if baseline else (lambda t: denoiser.curves.abar(mask, t))
     replace = baseline and not bool(hole.all())
+    known_rows = (~hole).expand(x.shape[0], *hole.shape[1:]).flatten(1).any(1).cpu() if replace else None
     total, call = _downs(timesteps), 0
     for t, t_next in zip(timesteps, timesteps[1:]):
         abar_t, abar_next = level(t), level(t_next)
         if t_next > t:  # 1. jump back up: x_{t+j} ~ q(x_{t+j} | x_t), element-wise; unchanged levels get no noise
-            x = _renoise(x, abar_next / abar_t, _randn(generator, x.shape, x.device))
+            x = _renoise(x, abar_next / abar_t, noise(x.shape, x.device))
             continue
         if replace:  # 2. RePaint: the known region at this step's level, q(x_t | x0) (RePaint eq. (8))
-            noisy_known = abar_t.sqrt() * known + (1 - abar_t).sqrt() * _randn(generator, x.shape, x.device)
+            noisy_known = abar_t.sqrt() * known + (1 - abar_t).sqrt() * noise(x.shape, x.device, known_rows)
             x = torch.where(hole, x, noisy_known.float())
         # 3. one step down on the whole image as the network sees it (RePaint eq. (7): the unknown region)
         eps, v = denoiser(x, abar_t, y)
         noisy = abar_t < 1  # pixels that have received noise; the others pass through untouched
         x0 = _predict_x0(x, eps, abar_t)
-        z = _randn(generator, x.shape, x.device) if t_next >= 0 else None
+        z = noise(x.shape, x.device) if t_next >= 0 else None
         x = torch.where(noisy, update(x, x0, eps, v, abar_t, abar_next, z).float(), x)
         if callback is not None:
             preview = torch.where(hole, x0.float(), known) if baseline else torch.where(noisy, x0.float(), x)
@@ -603,12 +667,13 @@ def _check_binary(schedule: SpatialSchedule, name: str) -> None:
 
 
 def sample(spec: SamplerSpec, model, image: torch.Tensor, schedule: SpatialSchedule,
-           generator: torch.Generator | None = None, callback: Callback | None = None,
+           generator: torch.Generator | Noise | None = None, callback: Callback | None = None,
            y: torch.Tensor | None = None) -> torch.Tensor:
     """Run ``spec`` on ``image`` [B,3,H,W] in [-1, 1] where ``schedule``'s mask (1 = inpaint) says -> [B,3,H,W].
 
     The one entry of every sampler: ``model`` is a ``RADDenoiser`` (its curves are used) or a bare ADM, wrapped
-    here over the schedule's curves (``as_denoiser``); ``generator`` None: seed 0."""
+    here over the schedule's curves (``as_denoiser``); ``generator``: a ``torch.Generator`` (None: seed 0) or a
+    ``Noise``."""
     denoiser = as_denoiser(model, schedule.curves)
     _check_inputs(image, schedule.mask)
     if spec.baseline:

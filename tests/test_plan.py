@@ -17,12 +17,14 @@ SIZE = 16
 
 
 class Counting(torch.nn.Module):
+    """Counts window calls: images evaluated (one picture here; tiles' waves batch k windows into one call)."""
+
     def __init__(self, inner):
         super().__init__()
         self.inner, self.config, self.calls = inner, inner.config, 0
 
     def forward(self, x, t, y=None):
-        self.calls += 1
+        self.calls += x.shape[0]
         return self.inner(x, t, y=y)
 
 
@@ -85,7 +87,10 @@ def test_progress_names_the_coarse_pass_and_the_windows(model):
     assert tiles.describe(SamplerSpec.create("replace", steps=2)) == "12 windows of 16x16, 24 network calls"
     seen = []
     run_plan(model, tiles, spec, callback=seen.append)
-    assert [s["phase"] for s in seen] == ["coarse pass"] * 2 + [f"window {k}/12" for k in range(1, 13) for _ in "ab"]
+    waves = tiles.waves(spec, 8)  # windows apart from each other run in one batch, their progress in plan order
+    assert [[k for _, k in wave] for wave in waves[1:]] == [[0, 1, 2, 3], [4, 5], [6, 8], [7, 9], [10], [11]]
+    assert [s["phase"] for s in seen] == ["coarse pass"] * 2 + [f"window {k + 1}/12" for wave in waves[1:]
+                                                               for _ in "ab" for _, k in wave]
     bar, err = Progress(True), io.StringIO()
     bar.tty, sys.stderr = False, err
     try:
@@ -94,4 +99,4 @@ def test_progress_names_the_coarse_pass_and_the_windows(model):
     finally:
         sys.stderr = sys.__stderr__
     lines = err.getvalue().splitlines()
-    assert "2/26 (coarse pass)" in lines[0] and "4/26 (window 1/12)" in lines[1] and "26/26 (window 12/12)" in lines[-1]
+    assert "2/26 (coarse pass)" in lines[0] and "4/26 (window 2/12)" in lines[1] and "26/26 (window 12/12)" in lines[-1]
