@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .checks import EXIT_STATUS, ArgumentParser, check_outputs
 from .errors import UserError, run_main, setup_logging
 from .settings import (
-    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_MODEL, DEFAULT_START, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, FIT_NAMES,
+    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_MODEL, DEFAULT_SAMPLER, DEFAULT_START, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, FIT_NAMES,
     MASK_KINDS, MASK_MODES, RAD_SAMPLERS, SAMPLER_DEFAULTS, SAMPLER_NAMES, SPACING_NAMES, START_NAMES, START_STRENGTH,
     arg_type,
 )
@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the result (png/jpg/webp); never one of the input files, nor --save-mask")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--save-mask", type=Path, help="also write the mask that was used")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddpm",
-                   help="ddpm (default, the paper's), ddim, ComfyUI's euler_ancestral, dpmpp_2m and dpmpp_2m_sde "
-                        "(per pixel, 25 steps), or the baselines for any ADM: repaint (2,410 network calls at 250) and "
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER,
+                   help=f"{DEFAULT_SAMPLER} (default: ComfyUI's DPM++ 2M SDE per pixel, 15 steps), ddpm (the paper's, "
+                        "100 steps), ddim, euler_ancestral (15), dpmpp_2m (25), or the baselines for any ADM: repaint (2,410 network calls at 250) and "
                         "replace (plain DDPM, the known region replaced after each step)")
     p.add_argument("--steps", type=arg_type("steps"), default=None,
                    help="reverse steps (default " + ", ".join(f"{n} {k}" for k, n in DEFAULT_STEPS.items()) + ")")

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable
 from .checks import EXIT_STATUS, ArgumentParser, check_folder, check_outputs
 from .errors import run_main, setup_logging
 from .settings import (
-    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_START, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, MASK_KINDS, RAD_SAMPLERS,
+    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_SAMPLER, DEFAULT_START, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, MASK_KINDS, RAD_SAMPLERS,
     SAMPLER_NAMES, SPACING_NAMES, START_NAMES, START_STRENGTH, arg_type,
 )
 
@@ -93,7 +93,7 @@ def network_calls(sampler: str, steps: int, options: dict | None = None) -> int:
     return SamplerSpec.create(sampler, steps=steps, **(options or {})).calls()
 
 
-def inpaint_set(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, *, sampler: str = "ddpm",
+def inpaint_set(model: torch.nn.Module, images: torch.Tensor, mask: torch.Tensor, *, sampler: str = DEFAULT_SAMPLER,
                 steps: int | None = None, seed: int = 0, batch_size: int = 16, eta: float | None = None,
                 options: dict | None = None, embedding: str = "auto",
                 progress: Callable[[int, int], None] | None = None,
@@ -191,7 +191,7 @@ class MaskRun:
 
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, kinds: list[str] | tuple[str, ...], *,
-             sampler: str = "ddpm", steps: int | None = None, seed: int = 0, batch_size: int = 16,
+             sampler: str = DEFAULT_SAMPLER, steps: int | None = None, seed: int = 0, batch_size: int = 16,
              eta: float | None = None, options: dict | None = None, embedding: str = "auto",
              lpips: torch.nn.Module | None = None, inception: torch.nn.Module | None = None,
              progress: Callable[[str, int, int], None] | None = None,
@@ -317,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, type=Path, help="results JSON to write")
     p.add_argument("--masks", default="box,extreme,wide",
                    help=f"comma-separated mask kinds of {', '.join(MASK_KINDS)} (default box,extreme,wide)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddpm",
-                   help="ddpm (RAD, default), ddim, euler_ancestral, dpmpp_2m, dpmpp_2m_sde (RAD, per pixel), "
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=DEFAULT_SAMPLER,
+                   help=f"RAD's {', '.join(RAD_SAMPLERS)} (default {DEFAULT_SAMPLER}), "
                         "repaint or replace (baselines on any ADM)")
     p.add_argument("--steps", type=arg_type("steps"),
                    help="reverse steps (default " + ", ".join(f"{n} {k}" for k, n in DEFAULT_STEPS.items()) + ")")

@@ -72,7 +72,7 @@ def _baseline_error(start: str, sampler: str, names: tuple[str, str]) -> ValueEr
 
 
 def network_calls(image_size: int, image: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
-                  sampler: str = "ddpm", fit: str = "crop", options: dict | None = None,
+                  sampler: str = settings.DEFAULT_SAMPLER, fit: str = "crop", options: dict | None = None,
                   tile_settings: TileSettings | None = None, spec: SamplerSpec | None = None,
                   start: str = "noise", start_strength: float | None = None) -> int:
     """How many network calls ``inpaint`` makes for these arguments (a model of ``image_size`` pixels, or the
@@ -165,7 +165,7 @@ def run_plan(model: torch.nn.Module, plan: Plan, spec: SamplerSpec = SamplerSpec
 
 
 def inpaint(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, *, steps: int | None = None,
-            sampler: str = "ddpm", eta: float | None = None, seed: int = 0, fit: str = "crop",
+            sampler: str = settings.DEFAULT_SAMPLER, eta: float | None = None, seed: int = 0, fit: str = "crop",
             callback: Callable[[dict], None] | None = None, y: int | torch.Tensor | None = None,
             curves: NoiseCurves | None = None, options: dict | None = None,
             embedding: str = "auto", tile_settings: TileSettings | None = None,

@@ -54,7 +54,7 @@ import torch
 
 from .checks import check_image
 from .schedule import EMBEDDINGS, SPACINGS, NoiseCurves, SpatialSchedule, rad_info, step_times
-from .settings import DEFAULT_JUMP, DEFAULT_STEPS, DEFAULTS, SAMPLER_DEFAULTS
+from .settings import DEFAULT_JUMP, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULTS, SAMPLER_DEFAULTS
 from .settings import check as check_setting
 
 __all__ = ["DEFAULT_STEPS", "DEFAULT_JUMP", "DEFAULTS", "FINITE_CHECK_EVERY", "NonFiniteOutput", "RADDenoiser",
@@ -261,7 +261,7 @@ class SamplerSpec:
     registry, so ``SamplerSpec("ddim") == SamplerSpec.create("ddim")``. Checked on construction: a ValueError
     names the API argument (``create(names=...)`` names a CLI's flags or a node's inputs instead)."""
 
-    name: str = "ddpm"
+    name: str = DEFAULT_SAMPLER
     steps: int | None = None
     eta: float | None = None
     resample: int | None = None
@@ -277,7 +277,7 @@ class SamplerSpec:
         object.__setattr__(self, "eta", eta)
 
     @classmethod
-    def create(cls, name: str = "ddpm", *, names: Mapping[str, str] | None = None, **overrides) -> SamplerSpec:
+    def create(cls, name: str = DEFAULT_SAMPLER, *, names: Mapping[str, str] | None = None, **overrides) -> SamplerSpec:
         """The spec of sampler ``name`` with ``overrides`` (None = the default) on the registry's defaults, checked
         in the caller's ``names`` (field -> how the caller's interface calls it: "--jump", a node input).
         RePaint's ``jump_length`` / ``jump_n_sample`` are accepted for ``jump`` / ``resample + 1``."""

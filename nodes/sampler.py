@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from comfyui_rad.devices import cpu_threads
 from comfyui_rad.pipeline import plan_inpaint, run_plan
 from comfyui_rad.sampling import BASELINE_SAMPLERS, DEFAULT_JUMP, SAMPLERS, SamplerSpec
-from comfyui_rad.settings import SPACING_NAMES, START_NAMES, START_STRENGTH
+from comfyui_rad.settings import DEFAULT_SAMPLER, DEFAULT_STEPS, SPACING_NAMES, START_NAMES, START_STRENGTH
 
 from .common import (
     CATEGORY, check_image_and_mask, check_schedule, fit_and_label_inputs, image_to_bchw, image_to_bhwc, MaskSchedule,
@@ -41,14 +41,18 @@ class RADSampler(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed. Noise is drawn on the CPU, so a seed gives the same image on any "
                                      "device."),
-                io.Int.Input("steps", default=0, min=0, max=1000,
-                             tooltip="Reverse steps; 0 = the schedule's steps."),
-                io.Combo.Input("sampler", options=RAD_SAMPLERS, default="ddpm",
-                               tooltip="ddpm: the paper's sampler (100 steps). ddim: fewer steps (25-50); at "
-                                       "eta 1 (default) DDIM-25 comes close to DDPM-100, at eta 0 it is "
-                                       "deterministic but much worse. euler_ancestral, dpmpp_2m, dpmpp_2m_sde: "
-                                       "ComfyUI's samplers with each pixel on its own noise level (20-25 steps: "
-                                       "set steps, the schedule's default is DDPM's 100)."),
+                io.Int.Input("steps", default=DEFAULT_STEPS[DEFAULT_SAMPLER], min=0, max=1000,
+                             tooltip=f"Reverse steps, one network call each; 0 = the schedule's steps. "
+                                     f"{DEFAULT_STEPS[DEFAULT_SAMPLER]} suits {DEFAULT_SAMPLER} and euler_ancestral; "
+                                     f"ddpm wants 100 (set 0 to take the schedule's)."),
+                io.Combo.Input("sampler", options=RAD_SAMPLERS, default=DEFAULT_SAMPLER,
+                               tooltip="dpmpp_2m_sde (default): ComfyUI's DPM++ 2M SDE with each pixel on its own "
+                                       "noise level, 15 steps at DDPM-100's quality (docs/EXPERIMENTS.md). "
+                                       "euler_ancestral: 15 steps too. dpmpp_2m: deterministic, keeps the model's "
+                                       "error. ddpm: the paper's sampler (100 steps). ddim: 25-50 steps; at eta 1 "
+                                       "(default) DDIM-25 comes close to DDPM-100, at eta 0 it is deterministic "
+                                       "but much worse. Workflows saved earlier keep the sampler and steps they "
+                                       "saved."),
                 io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="ddim, euler_ancestral, dpmpp_2m_sde: 1 (the default; it was 0 before) = as "
                                        "random as DDPM, the noise washes out model error; 0 = deterministic, which "

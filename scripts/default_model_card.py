@@ -120,7 +120,7 @@ def run_windows(models: dict, pictures: dict[str, torch.Tensor], size: int, args
                                                    hole * s) for s in args.fill_strength]
             for start, image, mask in starts:
                 tick = time.perf_counter()
-                result, _ = inpaint(model, image, mask, steps=args.steps, seed=args.seed, fit="crop",
+                result, _ = inpaint(model, image, mask, sampler="ddpm", steps=args.steps, seed=args.seed, fit="crop",
                                     start="noise")  # the fill start is made here, by hand
                 methods[f"{model_name} {start}"] = result
                 print(f"{name} {model_name} {start}: {time.perf_counter() - tick:.0f} s", file=sys.stderr)

@@ -118,7 +118,7 @@ def test_cli_resample_flags(files, capsys):
             "--masks", "box", "--steps", "3", "--limit", "2", "-q"]
     assert ev.main([*args, "--resample", "1", "--jump", "2"]) == 0
     data = json.loads(out.read_text())
-    assert data["config"]["options"] == {"resample": 1, "jump": 2}
+    assert data["config"]["options"] == {"resample": 1, "jump": 2, "spacing": "lambda"}  # the default sampler's
     assert data["masks"]["box"]["network_calls_per_image"] == 3 + 2
     assert ev.main([*args, "--resample", "1", "--jump", "3", "--force"]) == 2
     assert "--jump 3 must be below --steps 3" in capsys.readouterr().err

@@ -16,7 +16,10 @@ def gen(seed=1):
 
 
 def test_defaults_come_from_one_table():
-    assert SamplerSpec() == SamplerSpec("ddpm") == SamplerSpec.create("ddpm") == SamplerSpec("ddpm", 100, 1.0, 0, 10)
+    assert SamplerSpec("ddpm") == SamplerSpec.create("ddpm") == SamplerSpec("ddpm", 100, 1.0, 0, 10, "uniform")
+    # issue 22: the default sampler is DPM++ 2M SDE, 15 steps in log-SNR (it was ddpm, 100)
+    assert SamplerSpec() == SamplerSpec.create() == SamplerSpec("dpmpp_2m_sde", 15, 1.0, 0, 10, "lambda")
+    assert SamplerSpec().calls() == 15 and SamplerSpec("euler_ancestral").steps == 15
     assert SamplerSpec("ddim") == SamplerSpec.create("ddim") and SamplerSpec("ddim").eta == 1.0  # issue 19: was 0
     assert SamplerSpec("repaint") == SamplerSpec("repaint", 250, 1.0, 9, 10)  # RePaint 250/10/10
     assert SamplerSpec("replace").steps == 100 and SamplerSpec("replace").resample == 0

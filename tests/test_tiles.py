@@ -161,7 +161,7 @@ def test_crop_whose_hole_fits_is_bit_identical_to_the_single_window_path(model, 
     mask[1, 2:8, 3:9] = 1
     mask[0, 20:36, 22:38] = 0.5  # soft, and exactly as large as the window: still fits
     assert crop_fits(mask, SIZE) and resolve_fit("crop", mask, SIZE) == "crop"
-    out, _ = inpaint(model, image, mask, steps=3, fit="crop", seed=4)
+    out, _ = inpaint(model, image, mask, sampler="ddpm", steps=3, fit="crop", seed=4)
     # the path crop always took, written out: fit, one sampler pass, stitch
     model_image, model_mask, fitted = fit_crop(image, mask, SIZE)
     result = SAMPLERS["ddpm"](model, imaging.to_model_range(model_image), SpatialSchedule(model_mask[:, None]), 3,

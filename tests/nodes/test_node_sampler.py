@@ -244,12 +244,15 @@ def test_sampler_defaults_agree_across_the_clis_the_nodes_and_the_api(host):
     assert inpaint_args.resample == eval_args.resample == rad["resample"] == ddpm.resample == 0
     assert inpaint_args.jump == eval_args.jump == rad["jump"] == ddpm.jump
     assert inpaint_args.steps is None and eval_args.steps is None  # the sampler's steps from the table
-    assert schedule["steps"] == ddpm.steps and rad["sampler"] == ddpm.name == inpaint_args.sampler
+    default = SamplerSpec()  # issue 22: dpmpp_2m_sde, 15 steps, everywhere
+    assert rad["sampler"] == default.name == inpaint_args.sampler == eval_args.sampler == "dpmpp_2m_sde"
+    assert rad["steps"] == default.steps == 15 and schedule["steps"] == ddpm.steps  # the node's 0: the schedule's
     assert repaint["steps"] == rp.steps and repaint["jump_length"] == eval_args.jump_length == rp.jump
     assert repaint["jump_n_sample"] == eval_args.jump_n_sample == rp.resample + 1
     for function in (pipeline.inpaint, evaluate.inpaint_set, evaluate.evaluate, sample_ddim):
         params = inspect.signature(function).parameters
         assert params["eta"].default is None and params["steps"].default is None, function.__name__
+        assert "sampler" not in params or params["sampler"].default == default.name, function.__name__
 
 
 def test_a_harmonic_start_shows_the_start_first_and_keeps_old_workflows(host, rad_model, state):
