@@ -1,6 +1,8 @@
 """A long session in a real ComfyUI: 50 prompts in a row through the RAD nodes with the built-in model, a Cancel in
 the middle of a long run, more prompts, steady resident memory; then prompts with bad inputs, each answered with the
-pack's own message, each followed by a prompt that runs.
+pack's own message, each followed by a prompt that runs; then hostile files (issue 20): a model file rewritten in place
+while the server holds it, crafted model files of a few KB that ask for gigabytes (refused with the server's peak
+resident set bounded), the Perlin Mask at its widget limits, traversal names for the model file.
 
 Opt-in like ``test_comfy_host.py`` (same ``COMFYUI_DIR`` / ``COMFYUI_PYTHON``, same server fixture, its own server),
 and marked ``soak`` so ``-m "not soak"`` leaves it out: it takes minutes. ``RAD_SOAK_REPORT=path.json`` writes the
@@ -11,16 +13,26 @@ each other: 10-15x slower here).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
 
+from comfyui_rad.adm import ADM
+from comfyui_rad.checkpoints import save_model
+from comfyui_rad.fileio import MODEL_FORMAT
 from test_comfy_host import BUILTIN_DEFAULT, COMFYUI_DIR, EXAMPLES, _api, server  # noqa: F401  (server: the fixture)
+from comfy_stub import TINY  # noqa: E402  (tests/nodes is on the path once test_comfy_host is imported)
 
 pytestmark = [pytest.mark.soak,
               pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: point it at a ComfyUI checkout "
@@ -224,4 +236,179 @@ def test_a_model_file_that_is_no_adm_is_refused_by_the_loader(server):
     error = _execution_error(server.wait(server.queue(prompt)))
     assert error["node_type"] == "RADModelLoader"
     assert error["exception_message"].startswith("cannot load ") and "junk.safetensors" in error["exception_message"]
+    _next_prompt_runs(server)
+
+
+# ------------------------------------------------------------------------------ hostile files (issue 20)
+
+HWM_BOUND_MB = 200.0
+"""How far the server's peak resident set (VmHWM) may rise over a hostile prompt: a crafted file of a few KB used to
+ask for gigabytes (a schedule T1 of 1e9: 7.5 GiB at load; image_size 100000: 112 GiB when sampling; a key index of
+1000000: a million-block model), the Perlin Mask at its widget limits 128 GiB."""
+
+
+def _status_mb(pid: int, field: str) -> float:
+    """A ``VmRSS`` / ``VmHWM`` (peak resident set) line of /proc/<pid>/status, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+def _record(test: str, **values) -> None:
+    """With ``RAD_SOAK_REPORT``, one JSON line of what a hostile-file test measured, in ``<report>.hostile.jsonl``."""
+    if os.environ.get("RAD_SOAK_REPORT"):
+        with open(Path(os.environ["RAD_SOAK_REPORT"]).with_suffix(".hostile.jsonl"), "a") as out:
+            out.write(json.dumps({"test": test, **values}) + "\n")
+
+
+def _alive(server) -> None:
+    state = next(line.split()[1] for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
+                 if line.startswith("State:"))
+    assert state != "Z", f"ComfyUI died; log: {server.log.read_text()[-3000:]}"
+
+
+def _with_model(name: str, seed: int) -> dict:
+    """The basic example on model file ``name`` at ``seed``, fit resize (one window a step with a 32x32 model)."""
+    prompt, _ = _basic()
+    prompt[_ids(prompt, "RADModelLoader")[0]]["inputs"]["base_model"] = name
+    prompt[_ids(prompt, "RADSampler")[0]]["inputs"] |= {"seed": seed, "fit": "resize"}
+    return prompt
+
+
+def _saved(server, prompt: dict) -> np.ndarray:
+    """Runs ``prompt`` (it must succeed); the image it saved, uint8."""
+    try:
+        entry = server.wait(server.queue(prompt))
+    except OSError:  # the connection: say whether the server died
+        _alive(server)
+        raise
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    node = _ids(prompt, "SaveImage")[0]
+    image = entry["outputs"][node]["images"][0]
+    return np.asarray(Image.open(server.base / "output" / image["subfolder"] / image["filename"]))
+
+
+def _rewrite_in_place(path: Path, source: Path, keep_mtime: bool = False) -> None:
+    """New bytes over the same file (the same inode), as ``cp`` or a download manager writing in place does;
+    ``keep_mtime``: its modification time put back, as a copy that keeps timestamps (``cp -p``) may leave it."""
+    before = path.stat()
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.write(source.read_bytes())
+    if keep_mtime:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert after.st_ino == before.st_ino and (after.st_mtime_ns == before.st_mtime_ns) == keep_mtime
+
+
+def test_a_model_file_replaced_in_place_is_reloaded_and_the_server_lives(server, tmp_path):
+    """The loader sees a change by size and mtime; what it loaded is in memory, not mapped to the file."""
+    rad = server.base / "models" / "rad"
+    held = rad / "replaced.safetensors"
+    smaller = tmp_path / "smaller.safetensors"  # another valid model, 0.7 MB against 3.3 MB
+    save_model(smaller, ADM(dataclasses.replace(TINY, channel_mult=(1,), attention_ds=())).eval())
+    first, second, third = next(_SEEDS), next(_SEEDS), next(_SEEDS)
+    try:
+        new = _saved(server, _with_model("base.safetensors", first))  # what the new weights give
+        kept = _saved(server, _with_model("tiny.safetensors", second))  # what the held weights give
+        shutil.copyfile(rad / "tiny.safetensors", held)
+        old = _saved(server, _with_model("replaced.safetensors", first))  # the loader holds tiny's weights
+        assert not np.array_equal(old, new)
+        _rewrite_in_place(held, rad / "base.safetensors", keep_mtime=True)  # same size and mtime: not seen
+        assert np.array_equal(_saved(server, _with_model("replaced.safetensors", second)), kept), (
+            "the held model's weights changed with the file: they are still read from it")
+        _rewrite_in_place(held, rad / "base.safetensors")  # a new mtime: reloaded
+        assert np.array_equal(_saved(server, _with_model("replaced.safetensors", first)), new), (
+            "the loader did not reload the file that changed on disk")
+        _rewrite_in_place(held, smaller, keep_mtime=True)  # shorter, same mtime: weights mapped past its end
+        _saved(server, _with_model("replaced.safetensors", third))  # used to be SIGBUS: the whole server gone
+        _alive(server)
+        _record("replaced in place", rss_mb=round(_status_mb(server.pid, "VmRSS"), 1))
+    finally:
+        held.unlink(missing_ok=True)
+    _next_prompt_runs(server)
+
+
+def _crafted(path: Path, metadata: dict | None = None, tensors: dict | None = None) -> Path:
+    """A few-KB model file: two small tensors (or ``tensors``) and the metadata a stranger chose."""
+    meta = {"format": MODEL_FORMAT} | {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    save_file(tensors or STUB, str(path), metadata=meta)
+    assert path.stat().st_size < 8 * 1024
+    return path
+
+
+STUB = {"time_embed.0.weight": torch.zeros(128, 4), "input_blocks.0.0.weight": torch.zeros(32, 3, 3, 3)}
+GOOD_ARCH = {"model_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 2], "attention_ds": [2],
+             "num_head_channels": 16, "image_size": 32}
+CRAFTED = {  # file name: (metadata, tensors, words of the loader's message)
+    "huge_window.safetensors": ({"architecture": {**GOOD_ARCH, "image_size": 100000}}, None,
+                                "architecture field image_size is 100000: it must be a whole number in [8, 8192]"),
+    "huge_schedule.safetensors": ({"architecture": GOOD_ARCH, "schedule": {"T1": 10**9}}, None,
+                                  "T1 must be a positive integer, at most 100,000, got 1000000000"),
+    "million_blocks.safetensors": (None, {**STUB, "input_blocks.1000000.0.weight": torch.zeros(1)},
+                                   "its input_blocks keys go up to index 1000000 but hold 2 block(s)"),
+    "string_number.safetensors": ({"architecture": {**GOOD_ARCH, "model_channels": "32"}}, None,
+                                  "architecture field model_channels is '32': it must be a whole number"),
+}
+
+
+@pytest.mark.parametrize("name", list(CRAFTED))
+def test_a_crafted_model_file_is_refused_by_the_loader_in_bounded_memory(server, name):
+    metadata, tensors, needle = CRAFTED[name]
+    path = _crafted(server.base / "models" / "rad" / name, metadata, tensors)
+    try:
+        peak, resident = _status_mb(server.pid, "VmHWM"), _status_mb(server.pid, "VmRSS")
+        prompt = _with_model(name, next(_SEEDS))
+        error = _execution_error(server.wait(server.queue(prompt)))
+        rise = _status_mb(server.pid, "VmHWM") - peak, _status_mb(server.pid, "VmRSS") - resident
+    finally:
+        path.unlink()
+    message = error["exception_message"]
+    _record(name, message=message, hwm_rise_mb=round(rise[0], 1), rss_rise_mb=round(rise[1], 1))
+    assert error["node_type"] == "RADModelLoader", message
+    assert message.startswith(f"cannot load {path}: {name}: ") and needle in message, message
+    assert "\n" not in message.strip() and "Traceback" not in message
+    assert max(rise) < HWM_BOUND_MB, f"peak resident set rose {rise[0]:.0f} MB, resident set {rise[1]:.0f} MB"
+    _alive(server)
+    _next_prompt_runs(server)
+
+
+def test_perlin_mask_at_its_widget_limits_is_refused_naming_the_inputs(server):
+    prompt, schedule = _basic()
+    spec = server.get("/object_info/RADPerlinMask")["RADPerlinMask"]["input"]["required"]
+    largest = {k: spec[k][1]["max"] for k in ("width", "height", "batch_size")}
+    prompt["90"] = {"class_type": "RADPerlinMask",
+                    "inputs": largest | {"seed": 0, "cell_size_min": 24, "cell_size_max": 80, "octaves": 1,
+                                         "coverage": 0.3, "softness": 0, "invert": False}}
+    prompt[schedule]["inputs"]["mask"] = ["90", 0]
+    peak = _status_mb(server.pid, "VmHWM")
+    error = _execution_error(server.wait(server.queue(prompt)))
+    message = error["exception_message"]
+    _record("perlin at its limits", message=message, hwm_rise_mb=round(_status_mb(server.pid, "VmHWM") - peak, 1))
+    assert error["node_type"] == "RADPerlinMask", message
+    assert (f"Perlin Mask of batch_size {largest['batch_size']} x height {largest['height']} x width "
+            f"{largest['width']} would need about " in message and "lower width, height or batch_size" in message)
+    assert _status_mb(server.pid, "VmHWM") - peak < HWM_BOUND_MB
+    _next_prompt_runs(server)
+
+
+def test_a_traversal_model_name_is_refused_by_the_hosts_normalisation(server):
+    """ComfyUI's ``folder_paths.get_full_path`` collapses ``..`` and absolute names into a name inside each model
+    folder, so the loader's validation finds no such file there and answers "not found" (HTTP 400) before anything
+    runs; the pack's own folder check (``_inside_folders``, tested on the stub host) is the second line."""
+    outside = server.base / "models" / "outside.safetensors"  # a valid model next to models/rad, not in it
+    shutil.copyfile(server.base / "models" / "rad" / "tiny.safetensors", outside)
+    try:
+        for name in ("../outside.safetensors", str(outside), "../../models/outside.safetensors"):
+            prompt = _with_model(name, next(_SEEDS))
+            loader = _ids(prompt, "RADModelLoader")[0]
+            status, answer = server.post("/prompt", {"prompt": prompt, "client_id": "soak"})
+            assert status == 400, answer
+            error = answer["node_errors"][loader]["errors"][0]
+            _record("traversal", name=name, status=status, details=error["details"])
+            assert error["type"] == "custom_validation_failed", error
+            assert f"base_model '{name}' was not found in the RAD model folders" in error["details"], error
+    finally:
+        outside.unlink()
     _next_prompt_runs(server)
