@@ -45,6 +45,18 @@ def test_the_card_names_this_file():
     assert f"| sha256 | `{digest}` |" in CARD.read_text()
 
 
+def test_records_its_recommended_start_and_keeps_version_2s_tensors(model):
+    """Issue 21: the file records the start it is best used with (docs/EXPERIMENTS.md, the card); only its
+    metadata changed, the tensors are version 2's."""
+    from comfyui_rad.fileio import file_weights_sha256
+
+    assert (model.rad_info.start, model.rad_info.start_strength) == ("harmonic", 0.1)
+    assert file_weights_sha256(DEFAULT_MODEL) == "232eb69d31720ed1ba0297d239da7a54e0c190a4c055a3afb3969591a65101dd"
+    image, mask = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4)), box_mask(1, 64, 64, center=True)
+    auto, _ = inpaint(model, image, mask, steps=3, seed=1)
+    assert torch.equal(auto, inpaint(model, image, mask, steps=3, seed=1, start="harmonic", start_strength=0.1)[0])
+
+
 def test_is_the_micro64_rad_model(model):
     assert model.config == preset_config("micro64")
     assert model.rad_info.is_rad and model.rad_info.tau_convention == "gd"
@@ -59,7 +71,7 @@ def flat_picture(color, size=64):
 def test_fills_a_flat_picture_with_its_colour(model, color):
     """A trained inpainter continues a flat colour into the hole; random weights give noise far from it."""
     image, mask = flat_picture(color), box_mask(1, 64, 64, center=True)
-    out, _ = inpaint(model, image, mask, steps=25, sampler="ddim", seed=0)
+    out, _ = inpaint(model, image, mask, steps=25, sampler="ddim", seed=0, start="noise")  # the model, not the fill
     hole = out[0][:, mask[0] > 0]
     assert (hole.mean(dim=1) - torch.tensor(color)).abs().max() < 0.15  # measured: 0.11 at most (red), 0.09 (blue)
     assert hole.std(dim=1).max() < 0.1  # measured: 0.07 at most
@@ -69,7 +81,7 @@ def test_fills_a_flat_picture_with_its_colour(model, color):
     untrained.rad_info = model.rad_info
     for p in untrained.out[-1].parameters():  # guided-diffusion zeroes the last conv: give it random weights
         torch.nn.init.normal_(p, std=0.1)
-    random_out, _ = inpaint(untrained, image, mask, steps=25, sampler="ddim", seed=0)
+    random_out, _ = inpaint(untrained, image, mask, steps=25, sampler="ddim", seed=0, start="noise")
     random_hole = random_out[0][:, mask[0] > 0]
     assert random_hole.std(dim=1).max() > 0.3  # the same test fails random weights (measured: std 0.47)
 
