@@ -236,14 +236,14 @@ def table(rows: list[dict], group: str, groups: list[str], columns: list[tuple[s
 
 
 def grid(rows: list[dict], group: str, groups: list[str], sampler: str, strengths, scale: int,
-         limit: int) -> torch.Tensor | None:
-    """masked | harmonic fill | RAD plain | RAD from the fill at each strength | truth, first seed, ``limit`` images
-    per group."""
+         pick: list[int]) -> torch.Tensor | None:
+    """masked | harmonic fill | RAD plain | RAD from the fill at each strength | truth, first seed, the images
+    ``pick`` of each group."""
     def pixels(method: str, g: str) -> torch.Tensor | None:
         for r in rows:
             if r["method"] == method and r[group] == g and r.get("sampler", sampler) == sampler \
                     and r.get("seed", 0) == 0 and r["file"].with_suffix(".pt").is_file():
-                return torch.load(r["file"].with_suffix(".pt"), weights_only=True).float()[:limit] / 255
+                return torch.load(r["file"].with_suffix(".pt"), weights_only=True).float()[pick] / 255
         return None
 
     lines = []
@@ -279,13 +279,18 @@ def report(args: argparse.Namespace) -> None:
     if args.grid is None:
         return
     args.grid.mkdir(parents=True, exist_ok=True)
-    for part, rows, group, groups, scale, limit, truth_mask in (
-            ("photos", photo_rows, "hole", holes, 2, args.grid_images, _photo_truth),
-            ("digits", digit_rows, "kind", list(de.MASK_KINDS), 2, args.grid_images, _digit_truth)):
+    for part, rows, group, groups, scale, truth_mask in (
+            ("photos", photo_rows, "hole", holes, 2, _photo_truth),
+            ("digits", digit_rows, "kind", list(de.MASK_KINDS), 3, _digit_truth)):
         if not rows:
             continue
         rows = rows + truth_mask(args, groups)
-        picture = grid(rows, group, groups, args.grid_sampler, strengths, scale, limit)
+        per_photo = len(json.loads((args.out / part / "setup.json").read_text()).get("windows", [])) // 2
+        pick = ([i + k * per_photo for k in range(2) for i in range(args.grid_images // 2)] if part == "photos"
+                else list(range(args.grid_images)))  # photos: the first windows of each of the two
+        ran = sorted({r["sampler"] for r in rows if r.get("sampler")})
+        sampler = args.grid_sampler if args.grid_sampler in ran else ran[0]  # the digits ran DDIM-25 only
+        picture = grid(rows, group, groups, sampler, strengths, scale, pick)
         if picture is not None:
             for written in imaging.save_image(picture, args.grid / f"{part}.png", force=True):
                 print(written)
@@ -364,8 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stages", type=int, nargs="+", default=list(DIGIT_STAGES),
                        help="digits: adapter steps to use, the first found")
         p.add_argument("--grid", type=Path, help="report: write photos.png and digits.png in this folder")
-        p.add_argument("--grid-sampler", default="ddpm-100", help="report: the sampler the grids show")
-        p.add_argument("--grid-images", type=int, default=4, help="report: images per hole or mask in the grids")
+        p.add_argument("--grid-sampler", default="ddpm-100",
+                       help="report: the sampler the grids show (where it ran; else the first that did)")
+        p.add_argument("--grid-images", type=int, default=4,
+                       help="report: images per hole or mask in the grids (photos: half from each photo)")
     return parser
 
 
