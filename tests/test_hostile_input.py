@@ -375,7 +375,8 @@ def test_ctrl_c_during_rad_inpaint_is_one_line_and_leaves_no_file(files, tmp_pat
     out = tmp_path / "out.png"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "comfyui_rad", "--model", str(files / "tiny.safetensors"),
-                             "--image", str(files / "in.png"), "--mask", "box", "--steps", "200", "-o", str(out)],
+                             "--image", str(files / "in.png"), "--mask", "box", "--sampler", "ddpm", "--steps", "1000",
+                             "-o", str(out)],
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     lines = []
     for line in proc.stderr:  # the progress bar's first line: sampling has started
