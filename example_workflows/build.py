@@ -62,16 +62,25 @@ def load_image(name: str, y: int = 40) -> dict:
     return {"type": "LoadImage", "pos": at(1, y), "size": IMAGE_NODE, "widgets": {"image": name}}
 
 
-def schedule(y: int, mask: tuple, mode: str = "binary", steps: int = 50) -> dict:
+STEPS = 15
+"""The schedule's steps in the examples on the built-in model: the default sampler's (``settings.SAMPLER_DEFAULTS``:
+DPM++ 2M SDE, 15 steps in log-SNR); the samplers' steps are 0 (the schedule's), so the schedule's widget sets them."""
+
+
+def schedule(y: int, mask: tuple, mode: str = "binary", steps: int = STEPS) -> dict:
     return {"type": "RADSpatialSchedule", "pos": at(2, y), "size": [320, 420], "inputs": {"mask": mask},
             "widgets": {"mask_mode": mode, "threshold": 0.5, "steps": steps}}
 
 
-def sampler(y: int, schedule_key: str, name: str = "ddpm", fit: str = "crop", image: str = "image") -> dict:
+def sampler(y: int, schedule_key: str, name: str = "dpmpp_2m_sde", fit: str = "crop", image: str = "image",
+            start: str = "auto") -> dict:
+    """The RAD Sampler as the examples use it: the pack's default sampler at eta 1 (the node's default; eta 0 keeps
+    the model's error, docs/EXPERIMENTS.md), steps 0 (the schedule's), start auto (the start the model file
+    recommends: the built-in model's harmonic fill, docs/EXPERIMENTS.md), spacing auto (the sampler's own)."""
     return {"type": "RADSampler", "pos": at(3, y), "size": [320, 420],
             "inputs": {"rad_model": ("loader", 0), "image": (image, 0), "schedule": (schedule_key, 0)},
-            "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 0, "sampler": name, "eta": 0.0,
-                        "fit": fit, "class_label": -1, "resample": 0, "jump": 10, "start": "noise",
+            "widgets": {"seed": 0, "control_after_generate": "fixed", "steps": 0, "sampler": name, "eta": 1.0,
+                        "fit": fit, "class_label": -1, "resample": 0, "jump": 10, "start": start,
                         "start_strength": 0.5, "spacing": "auto"}}
 
 
@@ -85,8 +94,8 @@ EXAMPLES = {
     "rad_basic_inpaint": {
         "loader": LOADER, "note": NOTE,
         "image": load_image("rad_example_cat.png"),
-        "schedule": schedule(40, ("image", 1), steps=100),
-        "sampler": sampler(40, "schedule", "ddpm"),
+        "schedule": schedule(40, ("image", 1)),
+        "sampler": sampler(40, "schedule"),
         "save": save(40, "rad_basic", "sampler"),
     },
     "rad_perlin_masks": {
@@ -97,8 +106,8 @@ EXAMPLES = {
                                "control_after_generate": "randomize", "cell_size_min": 24.0,
                                "cell_size_max": 80.0, "octaves": 1, "coverage": 0.3, "softness": 0.0,
                                "invert": False}},
-        "schedule": schedule(40, ("perlin", 0), steps=25),
-        "sampler": sampler(40, "schedule", "ddim", fit="pad"),
+        "schedule": schedule(40, ("perlin", 0)),
+        "sampler": sampler(40, "schedule", fit="pad"),
         "masks": {"type": "MaskToImage", "pos": at(2, 500), "inputs": {"mask": ("perlin", 0)}},
         "show_masks": {"type": "PreviewImage", "pos": at(2, 580), "size": [320, 300],
                        "inputs": {"images": ("masks", 0)}},
@@ -110,10 +119,12 @@ EXAMPLES = {
         "strength": {"type": "SolidMask", "pos": at(1, 470), "widgets": {"value": 0.5, "width": 451, "height": 300}},
         "soft": {"type": "MaskComposite", "pos": at(1, 620), "widgets": {"x": 0, "y": 0, "operation": "multiply"},
                  "inputs": {"destination": ("strength", 0), "source": ("image", 1)}},
-        "schedule_full": schedule(40, ("image", 1), steps=25),
-        "schedule_soft": schedule(500, ("soft", 0), mode="soft", steps=25),
-        "sampler_full": sampler(40, "schedule_full", "ddim"),
-        "sampler_soft": sampler(500, "schedule_soft", "ddim"),
+        "schedule_full": schedule(40, ("image", 1)),
+        "schedule_soft": schedule(500, ("soft", 0), mode="soft"),
+        # start noise: the mask's value alone says how much is regenerated (a start from a fill would scale the
+        # 0.5 down to the model's recommended strength, and the picture would show the fill, not the soft mask)
+        "sampler_full": sampler(40, "schedule_full", start="noise"),
+        "sampler_soft": sampler(500, "schedule_soft", start="noise"),
         "save_full": save(40, "rad_soft_1.0", "sampler_full"),
         "save_soft": save(500, "rad_soft_0.5", "sampler_soft"),
     },
@@ -123,7 +134,7 @@ EXAMPLES = {
         "mask": {"type": "LoadImageMask", "pos": at(1, 470), "size": IMAGE_NODE,
                  "widgets": {"image": "rad_example_large_mask.png", "channel": "red"}},
         "schedule": schedule(40, ("mask", 0)),
-        "sampler": sampler(40, "schedule", "ddpm", fit="crop"),
+        "sampler": sampler(40, "schedule", fit="crop"),
         "save": save(40, "rad_large", "sampler"),
     },
     "rad_authors_ffhq256": {
@@ -131,7 +142,7 @@ EXAMPLES = {
         "note": {**NOTE, "widgets": {"text": AUTHORS_NOTE}},
         "image": load_image("rad_example_cat.png"),
         "schedule": schedule(40, ("image", 1), steps=100),
-        "sampler": sampler(40, "schedule", "ddpm"),
+        "sampler": sampler(40, "schedule", "ddpm", start="noise"),  # as the authors ran it (eta: ddpm has none)
         "save": save(40, "rad_authors_ffhq256", "sampler"),
     },
     "rad_large_hole_tiles": {
@@ -139,8 +150,8 @@ EXAMPLES = {
         "image": load_image("rad_example_large.jpg"),
         "mask": {"type": "LoadImageMask", "pos": at(1, 470), "size": IMAGE_NODE,
                  "widgets": {"image": "rad_example_large_hole.png", "channel": "red"}},
-        "schedule": schedule(40, ("mask", 0), steps=25),
-        "sampler": sampler(40, "schedule", "ddim", fit="tiles"),
+        "schedule": schedule(40, ("mask", 0)),
+        "sampler": sampler(40, "schedule", fit="tiles"),
         "save": save(40, "rad_large_hole", "sampler"),
     },
     "rad_outpaint": {
@@ -149,8 +160,8 @@ EXAMPLES = {
         "pad": {"type": "ImagePadForOutpaint", "pos": at(1, 470),
                 "widgets": {"left": 0, "top": 0, "right": 128, "bottom": 0, "feathering": 24},
                 "inputs": {"image": ("image", 0)}},
-        "schedule": schedule(40, ("pad", 1), mode="soft", steps=25),
-        "sampler": sampler(40, "schedule", "ddim", image="pad"),
+        "schedule": schedule(40, ("pad", 1), mode="soft"),
+        "sampler": sampler(40, "schedule", image="pad"),
         "save": save(40, "rad_outpaint", "sampler"),
     },
     "rad_core_mask_nodes": {
@@ -160,8 +171,8 @@ EXAMPLES = {
                       "inputs": {"mask": ("image", 1)}},
         "grow": {"type": "GrowMask", "pos": at(1, 580), "widgets": {"expand": 8, "tapered_corners": True},
                  "inputs": {"mask": ("threshold", 0)}},
-        "schedule": schedule(40, ("grow", 0), steps=30),
-        "sampler": sampler(40, "schedule", "ddim"),
+        "schedule": schedule(40, ("grow", 0)),
+        "sampler": sampler(40, "schedule"),
         "composite": {"type": "ImageCompositeMasked", "pos": at(3, 500),
                       "widgets": {"x": 0, "y": 0, "resize_source": False},
                       "inputs": {"destination": ("image", 0), "source": ("sampler", 0), "mask": ("grow", 0)}},
