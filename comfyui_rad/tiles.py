@@ -318,7 +318,7 @@ def run_tiles(denoiser: RADDenoiser, plan: Plan, spec: SamplerSpec, generator: t
     if spec.baseline and settings.soft > 0:  # RePaint and replace take binary masks only
         settings = replace(settings, soft=0.0)
     guided = plan.coarse_passes(spec) > 0
-    batch, height, width = image.shape[0], image.shape[2], image.shape[3]
+    batch = image.shape[0]
     groups = [_Group(image[indices], mask[indices], indices, tiles, _group_y(y, indices, batch))
               for indices, tiles in plan.groups]
     limit = wave_limit(denoiser) if batch_limit is None else batch_limit
