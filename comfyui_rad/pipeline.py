@@ -58,7 +58,8 @@ def resolve_start(model: torch.nn.Module | int, start: str = settings.DEFAULT_ST
         raise ValueError(f"unknown {names[0]} {start!r}: use one of {', '.join(settings.START_NAMES)}")
     if start_strength is not None:
         start_strength = settings.check("start_strength", start_strength, names[1])
-    recommended = (None, None) if isinstance(model, int) else (rad_info(model).start, rad_info(model).start_strength)
+    info = None if isinstance(model, int) else rad_info(model)
+    recommended = (None, None) if info is None else (info.start, info.start_strength)
     if start == "auto":
         start = "noise" if baseline or recommended[0] is None else recommended[0]
         if start_strength is None:
