@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 from .checks import EXIT_STATUS, ArgumentParser, check_outputs
 from .errors import UserError, run_main, setup_logging
 from .settings import (
-    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_MODEL, DEFAULT_SAMPLER, DEFAULT_START, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, FIT_NAMES,
-    MASK_KINDS, MASK_MODES, RAD_SAMPLERS, SAMPLER_DEFAULTS, SAMPLER_NAMES, SPACING_NAMES, START_NAMES, START_STRENGTH,
-    arg_type,
+    BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_MODEL, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, FIT_NAMES,
+    MASK_KINDS, MASK_MODES, RAD_SAMPLERS, SAMPLER_DEFAULTS, SAMPLER_NAMES, SPACING_NAMES, add_start_arguments, arg_type,
 )
 
 if TYPE_CHECKING:
@@ -76,16 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--jump 10 at 100 steps makes 190 network calls)")
     p.add_argument("--jump", type=arg_type("jump"), default=DEFAULT_JUMP,
                    help=f"with --resample: steps each jump goes back up, below --steps (default {DEFAULT_JUMP})")
-    p.add_argument("--start", choices=START_NAMES, default=DEFAULT_START,
-                   help="where the hole starts: noise (the paper's RAD), harmonic: the hole first filled from the "
-                        "pixels around it, then regenerated at --start-strength (RAD's samplers: "
-                        + ", ".join(RAD_SAMPLERS) + "; keeps the picture's colours), or auto (default): the start "
-                        "the model's file recommends, noise where it records none (the built-in model's: its card, "
-                        "docs/EXPERIMENTS.md)")
-    p.add_argument("--start-strength", type=arg_type("start_strength"), default=None,
-                   help="with a start from a fill: how much of the hole is regenerated, in [0, 1] (1 = RAD from "
-                        "noise, 0 = the fill alone, no network call; default: the model's recommended strength with "
-                        f"--start auto, else {START_STRENGTH})")
+    add_start_arguments(p)
     p.add_argument("--seed", type=arg_type("seed"), default=0,
                    help="noise seed, 0 to 2**63-1: the same seed gives the same result anywhere")
     p.add_argument("--samples", type=arg_type("samples"), default=1,

@@ -31,7 +31,7 @@ from .checks import EXIT_STATUS, ArgumentParser, check_folder, check_outputs
 from .errors import run_main, setup_logging
 from .settings import (
     BASELINE_SAMPLERS, DEFAULT_JUMP, DEFAULT_SAMPLER, DEFAULT_START, DEFAULT_STEPS, DEFAULTS, DTYPE_NAMES, MASK_KINDS, RAD_SAMPLERS,
-    SAMPLER_NAMES, SPACING_NAMES, START_NAMES, START_STRENGTH, arg_type,
+    SAMPLER_NAMES, SPACING_NAMES, add_start_arguments, arg_type,
 )
 
 RAD_SAMPLER_LIST = ", ".join(RAD_SAMPLERS)
@@ -336,15 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0 = off)")
     p.add_argument("--jump", type=arg_type("jump"), default=DEFAULT_JUMP,
                    help=f"RAD's samplers with --resample: steps each jump goes back up (default {DEFAULT_JUMP})")
-    p.add_argument("--start", choices=START_NAMES, default=DEFAULT_START,
-                   help="where the hole starts: noise (the paper's RAD), harmonic: filled from the pixels around "
-                        f"it, then regenerated at --start-strength (RAD's samplers: {RAD_SAMPLER_LIST}), or auto "
-                        "(default): the start the model's file recommends, noise where it records none (as "
-                        "rad-inpaint)")
-    p.add_argument("--start-strength", type=arg_type("start_strength"), default=None,
-                   help="with a start from a fill: how much of the hole is regenerated, in [0, 1] (1 = RAD from "
-                        "noise, 0 = the fill alone; default: the model's recommended strength with --start auto, "
-                        f"else {START_STRENGTH})")
+    add_start_arguments(p)
     p.add_argument("--embedding", choices=("auto", "spatial", "scalar"), default="auto",
                    help="how the model takes timesteps: auto (from its metadata), spatial, scalar (Cfg. 2)")
     p.add_argument("--seed", type=arg_type("seed"), default=0, help="mask and noise seed, 0 to 2**63-1 (default 0)")

@@ -10,6 +10,8 @@ One table, torch-free, so a CLI parses its arguments (and answers ``--help``) be
   ``masks.GENERATED_MASKS``, ``devices.DTYPES``; tests/test_cli.py pins them equal).
 - The defaults: the samplers' (``SAMPLER_DEFAULTS``, ``DEFAULTS``: ``sampling.SamplerSpec`` reads them;
   ``DEFAULT_STEPS``, ``DEFAULT_JUMP``), the built-in ``DEFAULT_MODEL``.
+- ``add_start_arguments(parser)``: ``--start`` and ``--start-strength`` with their one help text (rad-inpaint,
+  rad-eval).
 
 rad-train's own options and ranges live with the trainer (``comfyui_rad.train``).
 """
@@ -25,7 +27,7 @@ __all__ = ["SEED_MAX", "BUILTIN_WEIGHTS", "DEFAULT_MODEL", "DEFAULT_STEPS", "DEF
            "SAMPLER_DEFAULTS", "DEFAULT_SAMPLER", "SAMPLER_NAMES", "BASELINE_SAMPLERS", "ETA_SAMPLERS", "SPACING_NAMES", "FIT_NAMES",
            "MASK_MODES", "MASK_KINDS", "DTYPE_NAMES", "RAD_SAMPLERS", "STARTS", "START_NAMES", "DEFAULT_START",
            "START_STRENGTH", "RECOMMENDED_START_KEYS", "Range", "RANGES", "arg_type",
-           "check"]
+           "check", "add_start_arguments"]
 
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
 """The pack's own model folder (listed by the ComfyUI loader too)."""
@@ -183,3 +185,18 @@ def arg_type(name: str) -> Real | Int:
 def check(name: str, value, label: str | None = None):
     """``value`` of the setting ``name`` checked against ``RANGES`` (ValueError naming ``label``, default ``name``)."""
     return RANGES[name].check(value, label or name)
+
+
+def add_start_arguments(parser) -> None:
+    """rad-inpaint's and rad-eval's ``--start`` and ``--start-strength`` (``pipeline.inpaint``'s ``start`` and
+    ``start_strength``): one definition, one help text for both CLIs."""
+    parser.add_argument("--start", choices=START_NAMES, default=DEFAULT_START,
+                        help="where the hole starts: noise (the paper's RAD), harmonic: the hole first filled from the "
+                             "pixels around it, then regenerated at --start-strength (RAD's samplers: "
+                             + ", ".join(RAD_SAMPLERS) + "; keeps the picture's colours), or auto (default): the "
+                             "start the model's file recommends, noise where it records none (the built-in model's: "
+                             "its card, docs/EXPERIMENTS.md)")
+    parser.add_argument("--start-strength", type=arg_type("start_strength"), default=None,
+                        help="with a start from a fill: how much of the hole is regenerated, in [0, 1] (1 = RAD from "
+                             "noise, 0 = the fill alone, no network call; default: the model's recommended strength "
+                             f"with --start auto, else {START_STRENGTH})")
