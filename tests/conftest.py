@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random ADMs with weights that depend only on a seed (not on torch's init code)."""
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ from comfyui_rad.adm import ADM, ADMConfig  # noqa: E402
 
 TINY = ADMConfig(model_channels=32, num_res_blocks=1, channel_mult=(1, 2), attention_ds=(2,), num_head_channels=16)
 
+TINY16 = replace(TINY, image_size=16)
+"""``TINY`` at a 16x16 resolution: the pipeline tests' model, whose windows are 16x16."""
+
 
 def make_adm(cfg: ADMConfig = TINY, seed: int = 0) -> ADM:
     """An ADM in eval mode whose weights are a fixed function of ``seed``."""
@@ -25,6 +29,12 @@ def make_adm(cfg: ADMConfig = TINY, seed: int = 0) -> ADM:
 @pytest.fixture(scope="session")
 def tiny_adm() -> ADM:
     return make_adm()
+
+
+@pytest.fixture(scope="module")
+def adm16() -> ADM:
+    """``make_adm(TINY16)``: the model the pipeline tests inpaint with (one per test file)."""
+    return make_adm(TINY16)
 
 
 @pytest.fixture
@@ -47,6 +57,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class Spy(torch.nn.Module):
+    """A model, recording the shape of every input it is called with (``calls``: how many calls)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config, self.shapes = inner, inner.config, []
+
+    @property
+    def calls(self) -> int:
+        return len(self.shapes)
+
+    def forward(self, x, t, y=None):
+        self.shapes.append(tuple(x.shape))
+        return self.inner(x, t, y=y)
+
+
+def picture(batch=1, height=40, width=50, seed=0) -> torch.Tensor:
+    """``batch`` random RGB pictures [B,3,H,W] in [0, 1], a fixed function of ``seed``."""
+    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def box_hole(height: int, width: int, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """A [1,H,W] mask: 1 (inpaint) in rows ``box[0]:box[1]``, columns ``box[2]:box[3]``, 0 elsewhere."""
+    mask = torch.zeros(1, height, width)
+    mask[:, box[0]:box[1], box[2]:box[3]] = 1
+    return mask
 
 
 def one_line_error(capsys, prog: str, *needles: str) -> str:

@@ -2,43 +2,20 @@
 RAD bit for bit, strength 0 the fill, kept pixels bit-identical in every fit, soft masks compose by the definition
 (``fill.start_image``) (tiny random 16x16 ADM on CPU)."""
 
-from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
-from conftest import TINY, make_adm
+from conftest import TINY16, Spy, box_hole, make_adm
+from conftest import picture as _picture
 
 from comfyui_rad.fill import harmonic_fill, start_image
 from comfyui_rad.pipeline import FITS, inpaint, network_calls
 
-SIZE = 16
+SIZE = TINY16.image_size
 
-
-@pytest.fixture(scope="module")
-def model():
-    return make_adm(replace(TINY, image_size=SIZE))
-
-
-class Counter(torch.nn.Module):
-    """The model, counting its calls."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.config, self.calls = inner, inner.config, 0
-
-    def forward(self, x, t, y=None):
-        self.calls += 1
-        return self.inner(x, t, y=y)
-
-
-def picture(batch=1, height=24, width=30, seed=0):
-    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-def hole(height=24, width=30, box=(6, 14, 8, 18)):
-    mask = torch.zeros(1, height, width)
-    mask[:, box[0]:box[1], box[2]:box[3]] = 1
-    return mask
+picture = partial(_picture, height=24, width=30)
+hole = partial(box_hole, 24, 30, box=(6, 14, 8, 18))
 
 
 def run(model, image, mask, fit="crop", **kw):
@@ -46,18 +23,18 @@ def run(model, image, mask, fit="crop", **kw):
 
 
 @pytest.mark.parametrize("fit", FITS)
-def test_full_strength_or_a_noise_start_is_plain_rad_bit_for_bit(model, one_thread, fit):
+def test_full_strength_or_a_noise_start_is_plain_rad_bit_for_bit(adm16, one_thread, fit):
     image, mask = picture(), hole(box=(2, 22, 3, 27)) if fit == "tiles" else hole()
-    plain, used = run(model, image, mask, fit)
+    plain, used = run(adm16, image, mask, fit)
     for kw in ({"start": "harmonic", "start_strength": 1.0}, {"start": "noise", "start_strength": 0.3}):
-        result, used_now = run(model, image, mask, fit, **kw)
+        result, used_now = run(adm16, image, mask, fit, **kw)
         assert torch.equal(result, plain) and torch.equal(used_now, used)
 
 
 @pytest.mark.parametrize("fit", FITS)
-def test_strength_0_returns_the_fill_without_a_network_call(model, fit):
+def test_strength_0_returns_the_fill_without_a_network_call(adm16, fit):
     image, mask = picture(2), hole()
-    counted = Counter(model)
+    counted = Spy(adm16)
     result, used = run(counted, image, mask, fit, start="harmonic", start_strength=0.0)
     assert counted.calls == 0 and torch.equal(used, mask.expand(2, -1, -1))
     assert network_calls(SIZE, image, mask, steps=3, sampler="ddim", fit=fit, start="harmonic",
@@ -66,38 +43,38 @@ def test_strength_0_returns_the_fill_without_a_network_call(model, fit):
 
 
 @pytest.mark.parametrize("fit", FITS)
-def test_a_partial_start_keeps_the_kept_pixels_and_changes_the_hole(model, one_thread, fit):
+def test_a_partial_start_keeps_the_kept_pixels_and_changes_the_hole(adm16, one_thread, fit):
     image, mask = picture(), hole(box=(2, 22, 3, 27)) if fit == "tiles" else hole()
-    counted = Counter(model)
+    counted = Spy(adm16)
     result, used = run(counted, image, mask, fit, start="harmonic", start_strength=0.5)
     assert counted.calls == network_calls(SIZE, image, mask, steps=3, sampler="ddim", fit=fit, start="harmonic",
                                           start_strength=0.5) > 0
     keep = (mask == 0)[:, None].expand_as(image)
     assert torch.equal(result[keep], image[keep]) and torch.equal(used, mask)
     fill = harmonic_fill(image, mask)
-    assert 0 < (result - fill)[~keep].abs().mean() < (run(model, image, mask, fit)[0] - fill)[~keep].abs().mean()
+    assert 0 < (result - fill)[~keep].abs().mean() < (run(adm16, image, mask, fit)[0] - fill)[~keep].abs().mean()
 
 
-def test_a_soft_mask_composes_as_defined(model, one_thread):
+def test_a_soft_mask_composes_as_defined(adm16, one_thread):
     image = picture()
     mask = hole(box=(4, 18, 6, 22)) * 0.5
     mask[:, 7:15, 9:19] = 1
-    result, used = run(model, image, mask, start="harmonic", start_strength=0.5)
+    result, used = run(adm16, image, mask, start="harmonic", start_strength=0.5)
     started, scaled = start_image(image, mask, "harmonic", 0.5)
     assert torch.equal(used, mask)
-    assert torch.equal(result, run(model, started, scaled)[0])  # the definition: a fill start, a scaled mask
+    assert torch.equal(result, run(adm16, started, scaled)[0])  # the definition: a fill start, a scaled mask
     soft = ((mask > 0) & (mask < 1))[:, None].expand_as(image)
     assert torch.equal(started[soft], image[soft])  # soft pixels are read as they are, not filled
 
 
-def test_baselines_and_bad_settings_are_refused_naming_the_argument(model):
+def test_baselines_and_bad_settings_are_refused_naming_the_argument(adm16):
     image, mask = picture(), hole()
     with pytest.raises(ValueError, match="start harmonic works with RAD's samplers"):
-        inpaint(model, image, mask, sampler="replace", steps=3, start="harmonic", start_strength=0.5)
+        inpaint(adm16, image, mask, sampler="replace", steps=3, start="harmonic", start_strength=0.5)
     with pytest.raises(ValueError, match="unknown start 'telea'"):
-        run(model, image, mask, start="telea")
+        run(adm16, image, mask, start="telea")
     with pytest.raises(ValueError, match="start_strength must be a finite number in \\[0, 1\\]"):
-        run(model, image, mask, start="harmonic", start_strength=2.0)
+        run(adm16, image, mask, start="harmonic", start_strength=2.0)
 
 
 # ------------------------------------------------------------------------------- the start a model recommends
@@ -107,54 +84,54 @@ def recommending(model, start=None, strength=None):
     """``model`` as loaded from a file recording ``start`` and ``strength`` (its ``rad_info``)."""
     from comfyui_rad.schedule import RADInfo
 
-    clone = make_adm(replace(TINY, image_size=SIZE))
+    clone = make_adm(TINY16)
     clone.rad_info = RADInfo(is_rad=True, start=start, start_strength=strength)
     return clone
 
 
-def test_auto_on_a_model_that_records_no_start_is_plain_rad_bit_for_bit(model, one_thread):
+def test_auto_on_a_model_that_records_no_start_is_plain_rad_bit_for_bit(adm16, one_thread):
     image, mask = picture(), hole()
-    plain, used = run(model, image, mask, start="noise")
+    plain, used = run(adm16, image, mask, start="noise")
     for kw in ({}, {"start": "auto"}, {"start": "auto", "start_strength": 0.25}):
-        result, used_now = run(recommending(model), image, mask, **kw)
+        result, used_now = run(recommending(adm16), image, mask, **kw)
         assert torch.equal(result, plain) and torch.equal(used_now, used)
 
 
-def test_auto_runs_the_recorded_start_and_strength_unless_a_strength_is_given(model, one_thread):
+def test_auto_runs_the_recorded_start_and_strength_unless_a_strength_is_given(adm16, one_thread):
     from comfyui_rad.pipeline import resolve_start
 
     image, mask = picture(), hole()
-    recorded = recommending(model, "harmonic", 0.25)
-    assert torch.equal(run(recorded, image, mask)[0], run(model, image, mask, start="harmonic", start_strength=0.25)[0])
+    recorded = recommending(adm16, "harmonic", 0.25)
+    assert torch.equal(run(recorded, image, mask)[0], run(adm16, image, mask, start="harmonic", start_strength=0.25)[0])
     assert torch.equal(run(recorded, image, mask, start_strength=0.75)[0],
-                       run(model, image, mask, start="harmonic", start_strength=0.75)[0])
-    assert torch.equal(run(recorded, image, mask, start="noise")[0], run(model, image, mask)[0])  # noise stays noise
-    assert resolve_start(recommending(model, "harmonic"), "auto") == ("harmonic", 0.5)  # no strength recorded
+                       run(adm16, image, mask, start="harmonic", start_strength=0.75)[0])
+    assert torch.equal(run(recorded, image, mask, start="noise")[0], run(adm16, image, mask)[0])  # noise stays noise
+    assert resolve_start(recommending(adm16, "harmonic"), "auto") == ("harmonic", 0.5)  # no strength recorded
     assert resolve_start(recorded, "auto", baseline=True) == ("noise", 0.25)
     assert resolve_start(SIZE, "auto") == ("noise", 0.5)  # a size, no model: nothing recorded
 
 
-def test_auto_starts_from_noise_for_the_baselines_and_a_mask_with_nothing_to_fill_from(model, one_thread):
+def test_auto_starts_from_noise_for_the_baselines_and_a_mask_with_nothing_to_fill_from(adm16, one_thread):
     image, mask = picture(), hole()
-    recorded = recommending(model, "harmonic", 0.25)
+    recorded = recommending(adm16, "harmonic", 0.25)
     replace_kw = {"sampler": "replace", "steps": 3, "seed": 5}
     assert torch.equal(inpaint(recorded, image, mask, **replace_kw)[0],
-                       inpaint(model, image, mask, start="noise", **replace_kw)[0])
+                       inpaint(adm16, image, mask, start="noise", **replace_kw)[0])
     full = torch.ones(1, SIZE, SIZE)
     small = picture(height=SIZE, width=SIZE)
-    assert torch.equal(run(recorded, small, full)[0], run(model, small, full)[0])
+    assert torch.equal(run(recorded, small, full)[0], run(adm16, small, full)[0])
     with pytest.raises(ValueError, match="start harmonic fills the hole from the pixels around it"):
-        run(model, small, full, start="harmonic")  # asked for by name: refused, as before
+        run(adm16, small, full, start="harmonic")  # asked for by name: refused, as before
 
 
-def test_a_recommendation_is_written_only_when_asked_and_read_back(model, tmp_path):
+def test_a_recommendation_is_written_only_when_asked_and_read_back(adm16, tmp_path):
     from comfyui_rad import load_adm
     from comfyui_rad.checkpoints import save_model
     from comfyui_rad.convert import convert
     from comfyui_rad.fileio import file_weights_sha256
     from comfyui_rad.schedule import rad_info, recommendation_metadata
 
-    plain = save_model(tmp_path / "plain.safetensors", model)
+    plain = save_model(tmp_path / "plain.safetensors", adm16)
     assert rad_info(load_adm(plain)).start is None
     recorded = convert(plain, tmp_path / "rec.safetensors", recommend_start="harmonic", recommend_start_strength=0.25)
     info = rad_info(load_adm(recorded))

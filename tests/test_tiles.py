@@ -1,11 +1,9 @@
 """Region by region ("tiles"): the plan, the window masks, native-resolution windows, the crop switch, batches,
 progress over all windows, Cancel, and kept pixels bit for bit (tiny random 16x16 ADM on CPU)."""
 
-from dataclasses import replace
-
 import pytest
 import torch
-from conftest import TINY, make_adm
+from conftest import TINY16, Spy, box_hole, picture
 
 from comfyui_rad import imaging
 from comfyui_rad.pipeline import inpaint, network_calls, resolve_fit
@@ -14,35 +12,12 @@ from comfyui_rad.sampling import SAMPLERS, repaint_calls
 from comfyui_rad.schedule import SpatialSchedule
 from comfyui_rad.tiles import TileSettings, count_calls, crop_fits, plan_tiles, window_mask
 
-SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def model():
-    return make_adm(replace(TINY, image_size=SIZE))
-
-
-class Spy(torch.nn.Module):
-    """The model, recording the shape of every input it is called with."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.config, self.shapes = inner, inner.config, []
-
-    def forward(self, x, t, y=None):
-        self.shapes.append(tuple(x.shape))
-        return self.inner(x, t, y=y)
-
-
-def picture(batch=1, height=40, width=50, seed=0):
-    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+SIZE = TINY16.image_size
 
 
 def big_hole(height=40, width=50):
     """A 30x37 hole: more than twice the 16-pixel window each way."""
-    mask = torch.zeros(1, height, width)
-    mask[:, 5:35, 8:45] = 1
-    return mask
+    return box_hole(height, width, (5, 35, 8, 45))
 
 
 def covered(plan, height, width):
@@ -114,8 +89,8 @@ def test_window_mask_is_one_unfilled_soft_ramp_in_the_overlap_zero_known():
 # ------------------------------------------------------------------------------------------------------ sampling
 
 
-def test_tiles_keep_pixels_bit_identical_and_sample_only_native_windows(model, one_thread):
-    spy, image, mask = Spy(model), picture(), big_hole()
+def test_tiles_keep_pixels_bit_identical_and_sample_only_native_windows(adm16, one_thread):
+    spy, image, mask = Spy(adm16), picture(), big_hole()
     out, used = inpaint(spy, image, mask, steps=3, fit="tiles", sampler="ddim")
     keep = (mask == 0)[:, None].expand_as(image)
     assert torch.equal(out[keep], image[keep]) and torch.equal(used, mask)
@@ -129,10 +104,10 @@ def test_tiles_keep_pixels_bit_identical_and_sample_only_native_windows(model, o
     assert sum(s[0] for s in spy.shapes) == 3 * windows and torch.equal(fine[keep], image[keep])
 
 
-def test_progress_counts_every_call_of_every_window_and_previews_the_whole_picture(model, one_thread):
+def test_progress_counts_every_call_of_every_window_and_previews_the_whole_picture(adm16, one_thread):
     image, mask, seen = picture(), big_hole(), []
     total = network_calls(SIZE, image, mask, steps=2, sampler="ddpm", fit="crop")
-    inpaint(model, image, mask, steps=2, fit="crop", callback=seen.append)
+    inpaint(adm16, image, mask, steps=2, fit="crop", callback=seen.append)
     assert [s["step"] for s in seen] == list(range(total)) and {s["total"] for s in seen} == {total}
     assert seen[-1]["window"] == seen[-1]["windows"] - 1 and total == 2 * (seen[-1]["windows"] + 1)
     assert seen[0]["window"] == -1  # the coarse pass first
@@ -141,7 +116,7 @@ def test_progress_counts_every_call_of_every_window_and_previews_the_whole_pictu
     assert torch.allclose(seen[-1]["pred_x0"][known], imaging.to_model_range(image)[known], atol=1e-6)
 
 
-def test_cancel_stops_within_a_step(model, one_thread):
+def test_cancel_stops_within_a_step(adm16, one_thread):
     calls = []
 
     def cancel(info):
@@ -150,39 +125,39 @@ def test_cancel_stops_within_a_step(model, one_thread):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        inpaint(model, picture(), big_hole(), steps=3, fit="tiles", callback=cancel)
+        inpaint(adm16, picture(), big_hole(), steps=3, fit="tiles", callback=cancel)
     assert calls == [0, 1, 2, 3, 4]
 
 
-def test_crop_whose_hole_fits_is_bit_identical_to_the_single_window_path(model, one_thread):
+def test_crop_whose_hole_fits_is_bit_identical_to_the_single_window_path(adm16, one_thread):
     image = picture(2)
     mask = torch.zeros(2, 40, 50)
     mask[0, 20:26, 30:36] = 1
     mask[1, 2:8, 3:9] = 1
     mask[0, 20:36, 22:38] = 0.5  # soft, and exactly as large as the window: still fits
     assert crop_fits(mask, SIZE) and resolve_fit("crop", mask, SIZE) == "crop"
-    out, _ = inpaint(model, image, mask, sampler="ddpm", steps=3, fit="crop", seed=4)
+    out, _ = inpaint(adm16, image, mask, sampler="ddpm", steps=3, fit="crop", seed=4)
     # the path crop always took, written out: fit, one sampler pass, stitch
     model_image, model_mask, fitted = fit_crop(image, mask, SIZE)
-    result = SAMPLERS["ddpm"](model, imaging.to_model_range(model_image), SpatialSchedule(model_mask[:, None]), 3,
+    result = SAMPLERS["ddpm"](adm16, imaging.to_model_range(model_image), SpatialSchedule(model_mask[:, None]), 3,
                               torch.Generator().manual_seed(4), None, y=None)
     assert torch.equal(out, stitch(imaging.from_model_range(result.float()), image, mask, fitted))
 
 
-def test_crop_switches_to_tiles_when_the_hole_does_not_fit(model, one_thread):
+def test_crop_switches_to_tiles_when_the_hole_does_not_fit(adm16, one_thread):
     image, mask = picture(), big_hole()
     assert not crop_fits(mask, SIZE) and resolve_fit("crop", mask, SIZE) == "tiles"
     assert resolve_fit("resize", mask, SIZE) == "resize"
-    crop, _ = inpaint(model, image, mask, steps=2, fit="crop", seed=1)
-    tiles, _ = inpaint(model, image, mask, steps=2, fit="tiles", seed=1)
+    crop, _ = inpaint(adm16, image, mask, steps=2, fit="crop", seed=1)
+    tiles, _ = inpaint(adm16, image, mask, steps=2, fit="tiles", seed=1)
     assert torch.equal(crop, tiles)
     with pytest.raises(ValueError, match="unknown fit 'tile'.*crop, resize, pad, tiles"):
-        inpaint(model, image, mask, fit="tile")
+        inpaint(adm16, image, mask, fit="tile")
 
 
-def test_batches_one_mask_many_images_and_one_image_many_masks(model, one_thread):
+def test_batches_one_mask_many_images_and_one_image_many_masks(adm16, one_thread):
     image, mask = picture(2), big_hole()
-    spy = Spy(model)
+    spy = Spy(adm16)
     out, used = inpaint(spy, image, mask, steps=2, fit="tiles")
     windows, calls = count_calls(used, SIZE, "ddpm", 2)
     assert sum(s[0] for s in spy.shapes) == 2 * calls and calls == 2 * (windows + 1)
@@ -190,15 +165,15 @@ def test_batches_one_mask_many_images_and_one_image_many_masks(model, one_thread
     assert not torch.equal(out[0], out[1])
     masks = torch.cat([big_hole(), torch.zeros(1, 40, 50)])
     masks[1, 30:38, 2:12] = 1  # another plan: its own group
-    out, used = inpaint(model, picture(1), masks, steps=2, fit="tiles")
+    out, used = inpaint(adm16, picture(1), masks, steps=2, fit="tiles")
     keep = (used == 0)[:, None].expand_as(out)
     assert torch.equal(out[keep], picture(1).expand_as(out)[keep])
     assert network_calls(SIZE, picture(1), masks, steps=2, fit="tiles") == count_calls(used, SIZE, "ddpm", 2)[1]
 
 
-def test_soft_masks_and_the_coarse_pass(model, one_thread):
+def test_soft_masks_and_the_coarse_pass(adm16, one_thread):
     image, mask = picture(), big_hole() * 0.6
-    spy = Spy(model)
+    spy = Spy(adm16)
     out, _ = inpaint(spy, image, mask, steps=2, fit="tiles", tile_settings=TileSettings(coarse=True))
     windows, calls = count_calls(mask, SIZE, "ddpm", 2, settings=TileSettings(coarse=True))
     assert calls == 2 * (windows + 1) == sum(s[0] for s in spy.shapes)  # one downscaled pass, then every window
@@ -206,12 +181,12 @@ def test_soft_masks_and_the_coarse_pass(model, one_thread):
     assert torch.equal(out[keep], image[keep]) and not torch.equal(out, image)
 
 
-def test_repaint_tiles_with_binary_masks_and_its_call_count(model, one_thread):
+def test_repaint_tiles_with_binary_masks_and_its_call_count(adm16, one_thread):
     image, mask = picture(1, 24, 40), torch.zeros(1, 24, 40)
     mask[:, 4:20, 3:37] = 1
     options = {"jump_length": 2, "jump_n_sample": 2}
     seen = []
-    out, _ = inpaint(model, image, mask, steps=4, sampler="repaint", fit="tiles", options=options,
+    out, _ = inpaint(adm16, image, mask, steps=4, sampler="repaint", fit="tiles", options=options,
                      callback=seen.append)
     windows, calls = count_calls(mask, SIZE, "repaint", 4, options)
     assert windows > 1 and calls == windows * repaint_calls(4, 2, 2) == len(seen)
@@ -219,13 +194,13 @@ def test_repaint_tiles_with_binary_masks_and_its_call_count(model, one_thread):
     assert torch.equal(out[keep], image[keep])
 
 
-def test_naive_independent_tiles_never_read_the_hole(model, one_thread):
+def test_naive_independent_tiles_never_read_the_hole(adm16, one_thread):
     image, mask = picture(), big_hole()
     other = image.clone()
     other[(mask > 0)[:, None].expand_as(image)] = 0.0  # different hole content, same known pixels
     naive = TileSettings(overlap=0, context=0, independent=True)
-    a, _ = inpaint(model, image, mask, steps=2, fit="tiles", tile_settings=naive)
-    b, _ = inpaint(model, other, mask, steps=2, fit="tiles", tile_settings=naive)
+    a, _ = inpaint(adm16, image, mask, steps=2, fit="tiles", tile_settings=naive)
+    b, _ = inpaint(adm16, other, mask, steps=2, fit="tiles", tile_settings=naive)
     assert torch.equal(a, b)
 
 
