@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .checks import EXIT_STATUS, ArgumentParser, check_outputs
 from .errors import UserError, run_main, setup_logging
-from .settings import DTYPE_NAMES, STARTS, arg_type
+from .settings import DTYPE_NAMES, add_recommend_start_arguments
 
 __all__ = ["convert", "main"]
 
@@ -84,11 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32",
                    help="weights' precision in the file (default fp32: exact; fp16/bf16: half the size)")
     p.add_argument("--ema", action="store_true", help="use the folder's unet_ema/ instead of unet/")
-    p.add_argument("--recommend-start", choices=STARTS,
-                   help="record in the file the start the model is best used with (what --start auto runs; default: "
-                        "none recorded, auto starts from noise): measure it first, docs/EXPERIMENTS.md")
-    p.add_argument("--recommend-start-strength", type=arg_type("start_strength"),
-                   help="with --recommend-start harmonic: the strength recorded with it, in [0, 1]")
+    add_recommend_start_arguments(p, "the file")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--quiet", "-q", action="store_true", help="warnings and errors only")
     return p

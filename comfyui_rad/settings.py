@@ -11,7 +11,8 @@ One table, torch-free, so a CLI parses its arguments (and answers ``--help``) be
 - The defaults: the samplers' (``SAMPLER_DEFAULTS``, ``DEFAULTS``: ``sampling.SamplerSpec`` reads them;
   ``DEFAULT_STEPS``, ``DEFAULT_JUMP``), the built-in ``DEFAULT_MODEL``.
 - ``add_start_arguments(parser)``: ``--start`` and ``--start-strength`` with their one help text (rad-inpaint,
-  rad-eval).
+  rad-eval); ``add_recommend_start_arguments``: ``--recommend-start`` and ``--recommend-start-strength``
+  (rad-convert, rad-train).
 
 rad-train's own options and ranges live with the trainer (``comfyui_rad.train``).
 """
@@ -27,7 +28,7 @@ __all__ = ["SEED_MAX", "BUILTIN_WEIGHTS", "DEFAULT_MODEL", "DEFAULT_STEPS", "DEF
            "SAMPLER_DEFAULTS", "DEFAULT_SAMPLER", "SAMPLER_NAMES", "BASELINE_SAMPLERS", "ETA_SAMPLERS", "SPACING_NAMES", "FIT_NAMES",
            "MASK_MODES", "MASK_KINDS", "DTYPE_NAMES", "RAD_SAMPLERS", "STARTS", "START_NAMES", "DEFAULT_START",
            "START_STRENGTH", "RECOMMENDED_START_KEYS", "Range", "RANGES", "arg_type",
-           "check", "add_start_arguments"]
+           "check", "add_start_arguments", "add_recommend_start_arguments"]
 
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent / "weights"
 """The pack's own model folder (listed by the ComfyUI loader too)."""
@@ -200,3 +201,14 @@ def add_start_arguments(parser) -> None:
                         help="with a start from a fill: how much of the hole is regenerated, in [0, 1] (1 = RAD from "
                              "noise, 0 = the fill alone, no network call; default: the model's recommended strength "
                              f"with --start auto, else {START_STRENGTH})")
+
+
+def add_recommend_start_arguments(parser, where: str) -> None:
+    """rad-convert's and rad-train's ``--recommend-start`` and ``--recommend-start-strength``
+    (``RECOMMENDED_START_KEYS``), recorded in ``where`` ("the file", "the export"); ``parser`` may be a group."""
+    parser.add_argument("--recommend-start", choices=STARTS,
+                        help=f"record in {where} the start the model is best used with (what rad-inpaint --start "
+                             "auto runs; default: none recorded, auto starts from noise): measure it first, "
+                             "docs/EXPERIMENTS.md")
+    parser.add_argument("--recommend-start-strength", type=arg_type("start_strength"),
+                        help="with --recommend-start harmonic: the strength recorded with it, in [0, 1]")

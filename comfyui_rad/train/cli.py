@@ -15,7 +15,7 @@ from ..checks import EXIT_STATUS, ArgumentParser, check_outputs
 from ..devices import DTYPES
 from ..errors import describe_error, run_main, setup_logging
 from ..fileio import atomic_write
-from ..settings import STARTS, arg_type
+from ..settings import add_recommend_start_arguments
 from .distributed import CollectiveError
 from .export import export_checkpoint
 from .loop import EMBEDDINGS, PRECISIONS, Trainer, TrainOptions, hms
@@ -206,11 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-ema", dest="use_ema", action="store_false", help="export the raw weights, not the EMA")
     g.add_argument("--export-best", action="store_true",
                    help="export the step with the best validation score (checkpoints/best.pt) instead of the last")
-    g.add_argument("--recommend-start", choices=STARTS,
-                   help="record in the export the start it is best used with (what rad-inpaint --start auto runs; "
-                        "default: none recorded, auto starts from noise): measure it first, docs/EXPERIMENTS.md")
-    g.add_argument("--recommend-start-strength", type=arg_type("start_strength"),
-                   help="with --recommend-start harmonic: the strength recorded with it, in [0, 1]")
+    add_recommend_start_arguments(g, "the export")
     return p
 
 
