@@ -97,11 +97,12 @@ def plan_inpaint(model: torch.nn.Module | int, image: torch.Tensor, mask: torch.
 
     ``start``, ``start_strength``: RAD from a classical start (``fill.start_image``). With a fill, ``plan.image``
     is the started image (the hidden pixels hold the fill: a preview of the start) and ``plan.mask`` the mask
-    scaled by the strength, which every fit samples and stitches with (tiles included: their window masks scale
-    with it); at strength 0 the plan is empty and its result is the fill. ``names``, ``mask_name``: how the
-    caller's interface calls the two settings and the mask, for its errors. ``start`` "auto", ``start_strength``
-    None: ``resolve_start`` (the model's recommended start; ``baseline``: the sampler takes binary masks, so noise);
-    an auto start from a fill where a mask covers its whole image (nothing to fill from) is noise."""
+    scaled by the strength (``plan.strength``), which every fit samples and stitches with (tiles included: their
+    window masks, the overlap ramp too, scale with it, ``tiles.window_mask``); at strength 0 the plan is empty and
+    its result is the fill. ``names``, ``mask_name``: how the caller's interface calls the two settings and the
+    mask, for its errors. ``start`` "auto", ``start_strength`` None: ``resolve_start`` (the model's recommended
+    start; ``baseline``: the sampler takes binary masks, so noise); an auto start from a fill where a mask covers its
+    whole image (nothing to fill from) is noise."""
     check_image(image, "image")  # [0, 1]: finite, not empty, not 0..255
     check_mask(mask, "mask")
     if fit not in FITS:
@@ -120,7 +121,8 @@ def plan_inpaint(model: torch.nn.Module | int, image: torch.Tensor, mask: torch.
         return make_plan(image, mask, size, fit, tile_settings)
     if not bool((mask > 0).any()):
         fit = "crop"  # strength 0: nothing is sampled, the start is the result (an empty one-window plan)
-    return replace(make_plan(image, mask, size, fit, tile_settings), start=start, given_mask=given)
+    return replace(make_plan(image, mask, size, fit, tile_settings), start=start, given_mask=given,
+                   strength=start_strength)
 
 
 def run_plan(model: torch.nn.Module, plan: Plan, spec: SamplerSpec = SamplerSpec(), *, seed: int = 0,

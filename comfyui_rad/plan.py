@@ -359,7 +359,9 @@ class Plan:
     """The windows of one inpaint call. ``fit``: the fit used (``resolve_fit``); ``size``: the model's window;
     ``image`` [B,3,H,W] in [0,1] and ``mask`` [B,H,W] (batches matched; image None for a plan only counted);
     one-window fits: ``window``, the ``Fit`` (one window per image); tiles: ``groups`` [(image indices, TilePlan)]
-    and the resolved ``settings``. ``start`` / ``given_mask``: see ``mask_used``."""
+    and the resolved ``settings``. ``start`` / ``given_mask``: see ``mask_used``; ``strength``: the start's strength
+    s (``fill.start_image``), 1 for a plain start: ``mask`` is the given mask times s, and the tiles' overlap ramp
+    scales with it (``tiles.window_mask``)."""
 
     fit: str
     size: int
@@ -370,6 +372,7 @@ class Plan:
     settings: TileSettings | None = None
     start: str = "noise"
     given_mask: torch.Tensor | None = None
+    strength: float = 1.0
 
     @property
     def mask_used(self) -> torch.Tensor:

@@ -17,6 +17,11 @@ regenerated: in RAD a mask value m noises a pixel only to abar = 1 - nu*m, so m 
 and redraws its texture to agree with the new window (harmonised, not frozen); see docs/TILES.md for the numbers
 behind the default. Kept pixels have mask 0 in every window, so they come out bit-identical.
 
+From a classical start at strength s (``fill.start_image``: the hole holds a fill, the mask is s times the user's)
+every value above is scaled by s, the overlap's ramp too (from s*soft down to 0; ``window_mask``'s ``strength``,
+``Plan.strength``): each window regenerates what it would from the plain start, s times as much. At s = 1 the
+windows' masks are the plain start's bit for bit.
+
 A coarse pass (``coarse``, on by default for RAD's samplers) first inpaints the whole hole and its context
 downscaled into one window, as ``fit="crop"`` did; its upscaled result is then every window's start in the
 still-unfilled hole, at mask value ``coarse_strength`` (0.8) instead of 1 (a soft-known start), so colour and large
@@ -85,16 +90,24 @@ def _distance(source: torch.Tensor, limit: int) -> torch.Tensor:
     return distance
 
 
-def window_mask(mask: torch.Tensor, filled: torch.Tensor, settings: TileSettings, guided: bool = False) -> torch.Tensor:
-    """The mask one window is inpainted with, float32 [N,h,w], from the user's mask [N,h,w] (1 = inpaint) and
-    ``filled`` (bool [N,h,w], hole pixels earlier windows generated); see the module docstring. ``guided``: the
-    unfilled pixels start from the coarse pass (``coarse_strength`` instead of 1)."""
+def window_mask(mask: torch.Tensor, filled: torch.Tensor, settings: TileSettings, guided: bool = False,
+                strength: float = 1.0) -> torch.Tensor:
+    """The mask one window is inpainted with, float32 [N,h,w], from the mask [N,h,w] the picture is sampled with
+    (1 = inpaint) and ``filled`` (bool [N,h,w], hole pixels earlier windows generated); see the module docstring.
+    ``guided``: the unfilled pixels start from the coarse pass (``coarse_strength`` times their mask).
+
+    ``strength``: the start's strength s (``Plan.strength``; 1 for a plain start). A fill start scaled the user's
+    mask m to s*m (``fill.start_image``); the overlap ramp scales with it, so an overlap pixel gets s*min(m, ramp),
+    what the plain start gives it times s, as every other pixel of the window. (Unscaled, min(s*m, ramp) sat at s
+    across most of the overlap, more than the new pixels' 0.8*s, and fell to 0 in its last pixels or at the
+    window's own edge where a neighbour overlaps it by fewer pixels: a hard line across the fill.) At s = 1 the
+    mask is the one a plain start always had, bit for bit."""
     hole = mask > 0
     unfilled = hole & ~filled
     overlap = settings.overlap or 0
     if settings.soft > 0 and overlap > 0 and not settings.independent:
         d = _distance(unfilled, overlap)
-        ramp = settings.soft * ((overlap + 1 - d) / overlap).clamp(0, 1)
+        ramp = (strength * settings.soft) * ((overlap + 1 - d) / overlap).clamp(0, 1)
     else:
         ramp = torch.zeros_like(mask)
     scale = settings.coarse_strength if guided else 1.0
@@ -200,8 +213,10 @@ class _Group:
     """One group of images that share a plan, as it fills: the canvas [b,3,H,W] in [0,1], the hole pixels
     generated so far (bool [b,H,W]) and the preview ([-1,1])."""
 
-    def __init__(self, image: torch.Tensor, mask: torch.Tensor, indices: list[int], tiles: TilePlan, y):
+    def __init__(self, image: torch.Tensor, mask: torch.Tensor, indices: list[int], tiles: TilePlan, y,
+                 strength: float = 1.0):
         self.image, self.mask, self.indices, self.tiles, self.y = image, mask, indices, tiles, y
+        self.strength = strength  # the start's (Plan.strength): the window masks' overlap ramp scales with it
         self.canvas = image.clone()
         self.filled = torch.zeros(mask.shape, dtype=torch.bool)
         self.preview = imaging.to_model_range(self.canvas)
@@ -215,7 +230,7 @@ class _Group:
         done = torch.stack([cut(v[None].float(), w, "constant")[0] > 0 for v in filled])
         if settings.independent:  # naive tiling: every window as if it were the only one
             done = torch.zeros_like(done)
-        return window_mask(user, done, settings, guided)
+        return window_mask(user, done, settings, guided, self.strength)
 
     def fill(self, w, filled: torch.Tensor | None = None) -> None:
         """Mark the hole pixels of window ``w`` generated (in ``filled``, default the group's own)."""
@@ -319,7 +334,7 @@ def run_tiles(denoiser: RADDenoiser, plan: Plan, spec: SamplerSpec, generator: t
         settings = replace(settings, soft=0.0)
     guided = plan.coarse_passes(spec) > 0
     batch = image.shape[0]
-    groups = [_Group(image[indices], mask[indices], indices, tiles, _group_y(y, indices, batch))
+    groups = [_Group(image[indices], mask[indices], indices, tiles, _group_y(y, indices, batch), plan.strength)
               for indices, tiles in plan.groups]
     limit = wave_limit(denoiser) if batch_limit is None else batch_limit
     if limit < 1:

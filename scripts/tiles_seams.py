@@ -21,6 +21,8 @@ blurred, below 1). For
 
     python scripts/make_default_data.py /tmp/rad-data
     python scripts/tiles_seams.py --images /tmp/rad-data/heldout --out docs/tiles --force
+    python scripts/tiles_seams.py --images /tmp/rad-data/heldout --out /tmp/seams-fill --methods tiles+coarse \
+        --start harmonic --start-strength 0.1      # the tiles from a fill start (the downscale method: plain only)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from comfyui_rad import imaging, metrics, plan, tiles
+from comfyui_rad import imaging, metrics, plan, settings, tiles
 from comfyui_rad.checkpoints import DEFAULT_MODEL, load_adm
 from comfyui_rad.pipeline import inpaint
 from comfyui_rad.sampling import RADDenoiser, SamplerSpec, sample
@@ -106,7 +108,7 @@ def run_photo(model, path: Path, args) -> tuple[dict, dict]:
         else:
             result, _ = inpaint(model, image, mask, steps=args.steps, sampler=args.sampler, seed=args.seed,
                                 fit="tiles", tile_settings=settings, callback=seen.append,
-                                start="noise")  # the plain start the tables were measured with
+                                start=args.start, start_strength=args.start_strength)
             calls, windows = seen[-1]["total"], seen[-1]["windows"]
             owners = tiles.owner_map(mask[0], tiles.plan_tiles(mask[0], size, settings), settings)
         keep = (mask == 0)[:, None].expand_as(image)
@@ -164,6 +166,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--start", default="noise", choices=settings.START_NAMES,
+                   help="where the hole starts (default noise: the plain start the tables in docs/TILES.md used)")
+    p.add_argument("--start-strength", type=float, default=None,
+                   help="the strength of a fill start (default: the model's recommended one, else 0.5)")
     p.add_argument("--methods", nargs="*", help=f"a subset of {', '.join(METHODS)}")
     p.add_argument("--force", action="store_true", help="replace existing results")
     args = p.parse_args()

@@ -86,6 +86,47 @@ def test_window_mask_is_one_unfilled_soft_ramp_in_the_overlap_zero_known():
     assert float(soft_user.max()) == pytest.approx(0.3)  # never more than the user asked for
 
 
+def plain_window_mask(mask, filled, settings, guided=False):
+    """The window mask as it was before the start's strength (issue 21): the rule a plain start must keep."""
+    hole = mask > 0
+    unfilled = hole & ~filled
+    overlap = settings.overlap or 0
+    if settings.soft > 0 and overlap > 0 and not settings.independent:
+        from comfyui_rad.tiles import _distance
+        ramp = settings.soft * ((overlap + 1 - _distance(unfilled, overlap)) / overlap).clamp(0, 1)
+    else:
+        ramp = torch.zeros_like(mask)
+    value = torch.where(unfilled, mask * (settings.coarse_strength if guided else 1.0), torch.minimum(mask, ramp))
+    return torch.where(hole, value, torch.zeros_like(mask)).float()
+
+
+def test_window_mask_scales_its_overlap_ramp_with_the_start_strength():
+    mask = torch.zeros(1, 16, 16)
+    mask[:, :, 4:] = 1
+    filled = torch.zeros(1, 16, 16, dtype=torch.bool)
+    filled[:, :, 4:8] = True
+    settings = TileSettings(overlap=4, soft=0.5)
+    started = window_mask(mask * 0.1, filled, settings, strength=0.1)  # a fill start at 0.1 scaled the mask
+    assert torch.allclose(started[0, 0, 4:8], torch.tensor([0.0125, 0.025, 0.0375, 0.05]))  # a ramp 0.05 -> 0
+    assert torch.allclose(started, 0.1 * window_mask(mask, filled, settings))  # the plain start's mask times s
+    guided = window_mask(mask * 0.1, filled, settings, guided=True, strength=0.1)
+    assert torch.allclose(guided[0, :, 8:], torch.full((16, 8), 0.08)) and float(guided[0, :, 4:8].max()) < 0.08
+    assert torch.equal(started[0, :, :4], torch.zeros(16, 4))  # kept pixels: 0 at any strength
+    # unscaled (as before), min(s*m, ramp) is s across the overlap, then 0: a step, the overlap regenerated at full s
+    assert torch.equal(window_mask(mask * 0.1, filled, settings)[0, 0, 4:8], torch.full((4,), 0.1))
+
+
+def test_window_mask_of_a_plain_start_is_the_one_it_always_was_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    for soft, guided, overlap in ((0.5, False, 4), (0.5, True, 5), (1.0, False, 3), (0.0, True, 4), (0.3, True, 7)):
+        mask = (torch.rand(3, 16, 16, generator=generator) * 1.5).clamp(0, 1)  # soft and binary values, kept pixels
+        filled = (torch.rand(3, 16, 16, generator=generator) > 0.6) & (mask > 0)
+        settings = TileSettings(overlap=overlap, soft=soft)
+        expected = plain_window_mask(mask, filled, settings, guided)
+        assert torch.equal(window_mask(mask, filled, settings, guided), expected)
+        assert torch.equal(window_mask(mask, filled, settings, guided, strength=1.0), expected)
+
+
 # ------------------------------------------------------------------------------------------------------ sampling
 
 
@@ -225,3 +266,51 @@ def test_calls_count_rad_resampling_in_every_window():
     windows, calls = count_calls(mask, SIZE, "ddpm", 10, {"resample": 1, "jump": 2})
     assert calls == (windows + 1) * rad_calls(10, 1, 2) and rad_calls(10, 1, 2) > 10
     assert network_calls(SIZE, picture(), mask, steps=10, fit="tiles", options={"resample": 1, "jump": 2}) == calls
+
+
+# ------------------------------------------------------------------------------------------- from a fill start
+
+
+def test_a_plain_start_gives_the_images_it_gave_before_issue_21_bit_for_bit(adm16, one_thread, monkeypatch):
+    import comfyui_rad.tiles as tiles
+
+    image, mask = picture(), big_hole()
+    results = [inpaint(adm16, image, m, steps=3, sampler="ddim", seed=3, fit="tiles", tile_settings=s, start="noise")[0]
+               for m, s in ((mask, TileSettings()), (mask * 0.6, TileSettings(coarse=False)))]
+    # golden: the same calls before the window masks took the start's strength
+    assert float(results[0].double().sum()) == pytest.approx(2700.486818909645, rel=1e-6)
+    assert float((results[0].double() ** 2).sum()) == pytest.approx(1940.625452066133, rel=1e-6)
+    assert float(results[1].double().sum()) == pytest.approx(2805.0812796354294, rel=1e-6)
+    monkeypatch.setattr(tiles, "window_mask", lambda mask, filled, settings, guided=False, strength=1.0:
+                        plain_window_mask(mask, filled, settings, guided))
+    before = inpaint(adm16, image, mask, steps=3, sampler="ddim", seed=3, fit="tiles", start="noise")[0]
+    assert torch.equal(before, results[0])
+
+
+def test_a_fill_start_regenerates_the_overlap_at_its_strength_without_a_seam(adm16, one_thread, monkeypatch):
+    import comfyui_rad.tiles as tiles
+    from comfyui_rad.fill import harmonic_fill
+    from comfyui_rad.metrics import region_seam
+    from comfyui_rad.pipeline import plan_inpaint
+
+    image, mask = picture(), big_hole()
+    assert plan_inpaint(SIZE, image, mask, start="harmonic", start_strength=0.1).strength == 0.1
+    assert plan_inpaint(SIZE, image, mask, start="noise", start_strength=0.1).strength == 1.0
+    tile_plan = plan_tiles(mask[0], SIZE)
+    owners, hole, fill = tiles.owner_map(mask[0], tile_plan), mask[0] > 0, harmonic_fill(image, mask)
+
+    def seams():  # at the borders between windows, and between pixels of one window (the level without a border)
+        out, _ = inpaint(adm16, image, mask, steps=3, sampler="ddim", seed=0, fit="tiles", start="harmonic",
+                         start_strength=0.1)
+        keep = (mask == 0)[:, None].expand_as(image)
+        assert torch.equal(out[keep], image[keep])
+        return float(region_seam(out, fill, owners, hole)[0]), float(region_seam(out, fill, owners, hole,
+                                                                                 across=False)[0])
+
+    window, inside = seams()
+    unscaled = tiles.window_mask
+    monkeypatch.setattr(tiles, "window_mask", lambda mask, filled, settings, guided=False, strength=1.0:
+                        unscaled(mask, filled, settings, guided))  # as before: the ramp not scaled by 0.1
+    window_before, inside_before = seams()
+    assert window_before > 1.1 * inside_before and window_before > 1.2 * window  # a seam where windows meet
+    assert window < 1.1 * inside  # now at the level inside a window
