@@ -19,8 +19,11 @@ behind the default. Kept pixels have mask 0 in every window, so they come out bi
 
 From a classical start at strength s (``fill.start_image``: the hole holds a fill, the mask is s times the user's)
 every value above is scaled by s, the overlap's ramp too (from s*soft down to 0; ``window_mask``'s ``strength``,
-``Plan.strength``): each window regenerates what it would from the plain start, s times as much. At s = 1 the
-windows' masks are the plain start's bit for bit.
+``Plan.strength``): each window regenerates what it would from the plain start, s times as much. A fill start
+also fades the overlap ramp to 0 at the window's own edge where picture that stays lies beyond it
+(``fixed_frame``): where the plan's order makes a window overlap an earlier one by fewer than ``overlap`` pixels
+(the README's cat: 5 of 16), the ramp would otherwise stop at the window's edge, a line across the fill. At s = 1
+the windows' masks are the plain start's bit for bit (old workflows keep their images, the same line included).
 
 A coarse pass (``coarse``, on by default for RAD's samplers) first inpaints the whole hole and its context
 downscaled into one window, as ``fit="crop"`` did; its upscaled result is then every window's start in the
@@ -54,13 +57,13 @@ from .adm import ADMConfig
 from .architecture import sampling_bytes
 from .checks import memory_limit
 from .plan import (  # noqa: F401 (TilePlan, plan_tiles, plan_batch, crop_fits: the planning, named here too)
-    Plan, TilePlan, TileSettings, crop_fits, cut, fit_crop, inside, make_plan, plan_batch, plan_tiles, stitch,
+    Plan, TilePlan, TileSettings, Window, crop_fits, cut, fit_crop, inside, make_plan, plan_batch, plan_tiles, stitch,
 )
 from .sampling import RADDenoiser, SamplerSpec, StackedNoise, noise_draws, sample, skip_noise
 from .schedule import SpatialSchedule
 
 __all__ = ["TileSettings", "TilePlan", "plan_tiles", "plan_batch", "crop_fits", "count_calls", "window_mask",
-           "owner_map", "run_tiles", "WAVE_IMAGES", "wave_limit"]
+           "fixed_frame", "owner_map", "run_tiles", "WAVE_IMAGES", "wave_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ def _distance(source: torch.Tensor, limit: int) -> torch.Tensor:
 
 
 def window_mask(mask: torch.Tensor, filled: torch.Tensor, settings: TileSettings, guided: bool = False,
-                strength: float = 1.0) -> torch.Tensor:
+                strength: float = 1.0, frame: torch.Tensor | None = None) -> torch.Tensor:
     """The mask one window is inpainted with, float32 [N,h,w], from the mask [N,h,w] the picture is sampled with
     (1 = inpaint) and ``filled`` (bool [N,h,w], hole pixels earlier windows generated); see the module docstring.
     ``guided``: the unfilled pixels start from the coarse pass (``coarse_strength`` times their mask).
@@ -101,18 +104,40 @@ def window_mask(mask: torch.Tensor, filled: torch.Tensor, settings: TileSettings
     what the plain start gives it times s, as every other pixel of the window. (Unscaled, min(s*m, ramp) sat at s
     across most of the overlap, more than the new pixels' 0.8*s, and fell to 0 in its last pixels or at the
     window's own edge where a neighbour overlaps it by fewer pixels: a hard line across the fill.) At s = 1 the
-    mask is the one a plain start always had, bit for bit."""
+    mask is the one a plain start always had, bit for bit.
+
+    ``frame``: bool [N,h+2,w+2], the picture just outside the window that stays as it is (``fixed_frame``); the
+    overlap ramp also falls to 0 towards it, s*soft*d/overlap at d pixels from it, so what the window regenerates
+    meets the pixels it cannot see continuously. Where no pixel still to fill lies within ``overlap`` pixels of the
+    frame this changes nothing; the tiles pass it for fill starts only (s < 1)."""
     hole = mask > 0
     unfilled = hole & ~filled
     overlap = settings.overlap or 0
     if settings.soft > 0 and overlap > 0 and not settings.independent:
         d = _distance(unfilled, overlap)
         ramp = (strength * settings.soft) * ((overlap + 1 - d) / overlap).clamp(0, 1)
+        if frame is not None:  # and down to 0 at the window's edge where the picture beyond it stays
+            edge = _distance(frame, overlap)[:, 1:-1, 1:-1]
+            ramp = torch.minimum(ramp, (strength * settings.soft) * (edge / overlap).clamp(0, 1))
     else:
         ramp = torch.zeros_like(mask)
     scale = settings.coarse_strength if guided else 1.0
     value = torch.where(unfilled, mask * scale, torch.minimum(mask, ramp))
     return torch.where(hole, value, torch.zeros_like(mask)).float()
+
+
+def fixed_frame(mask: torch.Tensor, filled: torch.Tensor, window: Window) -> torch.Tensor:
+    """bool [B,s+2,s+2]: the one-pixel frame just outside ``window`` (its inside False), True where it holds
+    picture that stays as it is now: inside the image and not a hole pixel (mask [B,H,W] > 0) still to be
+    generated (``filled`` [B,H,W]: generated already). A window cannot see those pixels, so what it regenerates next
+    to them must fade to 0 at its edge (``window_mask``'s ``frame``)."""
+    grown = Window(window.top - 1, window.left - 1, window.height + 2, window.width + 2)
+    image = cut(torch.ones(1, *mask.shape[-2:]), grown, "constant")[0] > 0
+    unfilled = torch.stack([cut(((m > 0) & ~f)[None].float(), grown, "constant")[0] > 0
+                            for m, f in zip(mask, filled)])
+    frame = image & ~unfilled
+    frame[:, 1:-1, 1:-1] = False
+    return frame
 
 
 def owner_map(mask: torch.Tensor, plan: TilePlan, settings: TileSettings = TileSettings()) -> torch.Tensor:
@@ -230,7 +255,8 @@ class _Group:
         done = torch.stack([cut(v[None].float(), w, "constant")[0] > 0 for v in filled])
         if settings.independent:  # naive tiling: every window as if it were the only one
             done = torch.zeros_like(done)
-        return window_mask(user, done, settings, guided, self.strength)
+        frame = fixed_frame(self.mask, filled, w) if self.strength < 1 else None  # a plain start: as it always was
+        return window_mask(user, done, settings, guided, self.strength, frame)
 
     def fill(self, w, filled: torch.Tensor | None = None) -> None:
         """Mark the hole pixels of window ``w`` generated (in ``filled``, default the group's own)."""

@@ -281,10 +281,31 @@ def test_a_plain_start_gives_the_images_it_gave_before_issue_21_bit_for_bit(adm1
     assert float(results[0].double().sum()) == pytest.approx(2700.486818909645, rel=1e-6)
     assert float((results[0].double() ** 2).sum()) == pytest.approx(1940.625452066133, rel=1e-6)
     assert float(results[1].double().sum()) == pytest.approx(2805.0812796354294, rel=1e-6)
-    monkeypatch.setattr(tiles, "window_mask", lambda mask, filled, settings, guided=False, strength=1.0:
-                        plain_window_mask(mask, filled, settings, guided))
+    monkeypatch.setattr(tiles, "window_mask", lambda mask, filled, settings, guided=False, strength=1.0,
+                        frame=None: plain_window_mask(mask, filled, settings, guided))
     before = inpaint(adm16, image, mask, steps=3, sampler="ddim", seed=3, fit="tiles", start="noise")[0]
     assert torch.equal(before, results[0])
+
+
+def test_a_fill_start_fades_the_overlap_to_0_at_a_window_edge_with_picture_beyond():
+    from comfyui_rad.plan import Window, cut
+    from comfyui_rad.tiles import fixed_frame
+
+    mask, filled = torch.zeros(1, 40, 40), torch.zeros(1, 40, 40, dtype=torch.bool)
+    mask[:, 4:36, 4:36] = 1
+    filled[:, 4:22, 4:36] = True  # an earlier window generated rows 4-21: it reaches 2 rows into the next one
+    window = Window(20, 4, 16, 16)
+    frame = fixed_frame(mask, filled, window)
+    assert frame.shape == (1, 18, 18) and frame[0, 0].all() and not frame[0, 1:-1, 1:-1].any()
+    assert frame[0, -1].all() and frame[0, :, 0].all()  # kept pixels below and on the left
+    assert frame[0, 1:3, -1].all() and not frame[0, 3:-1, -1].any()  # on the right: generated, then still to fill
+    user, done = cut(mask, window, "constant"), cut(filled.float(), window, "constant") > 0
+    settings = TileSettings(overlap=4, soft=0.5)
+    assert torch.allclose(window_mask(user, done, settings)[0, :2, 8], torch.tensor([0.375, 0.5]))  # a step
+    faded = window_mask(user * 0.1, done, settings, strength=0.1, frame=frame)
+    assert torch.allclose(faded[0, :3, 8], torch.tensor([0.0125, 0.025, 0.1]))  # a ramp from the edge, then new
+    assert torch.equal(window_mask(user * 0.1, done, settings, strength=0.1, frame=torch.zeros_like(frame)),
+                       window_mask(user * 0.1, done, settings, strength=0.1))  # nothing beyond: no fade
 
 
 def test_a_fill_start_regenerates_the_overlap_at_its_strength_without_a_seam(adm16, one_thread, monkeypatch):
@@ -293,13 +314,13 @@ def test_a_fill_start_regenerates_the_overlap_at_its_strength_without_a_seam(adm
     from comfyui_rad.metrics import region_seam
     from comfyui_rad.pipeline import plan_inpaint
 
-    image, mask = picture(), big_hole()
+    image, mask = picture(), box_hole(40, 50, (9, 31, 9, 31))  # corner windows overlap by 2 rows, not 4
     assert plan_inpaint(SIZE, image, mask, start="harmonic", start_strength=0.1).strength == 0.1
     assert plan_inpaint(SIZE, image, mask, start="noise", start_strength=0.1).strength == 1.0
-    tile_plan = plan_tiles(mask[0], SIZE)
-    owners, hole, fill = tiles.owner_map(mask[0], tile_plan), mask[0] > 0, harmonic_fill(image, mask)
+    owners, hole, fill = tiles.owner_map(mask[0], plan_tiles(mask[0], SIZE)), mask[0] > 0, harmonic_fill(image, mask)
 
-    def seams():  # at the borders between windows, and between pixels of one window (the level without a border)
+    def seams(rule):  # at the borders between windows, and between pixels of one window (the level without a border)
+        monkeypatch.setattr(tiles, "window_mask", rule)
         out, _ = inpaint(adm16, image, mask, steps=3, sampler="ddim", seed=0, fit="tiles", start="harmonic",
                          start_strength=0.1)
         keep = (mask == 0)[:, None].expand_as(image)
@@ -307,10 +328,11 @@ def test_a_fill_start_regenerates_the_overlap_at_its_strength_without_a_seam(adm
         return float(region_seam(out, fill, owners, hole)[0]), float(region_seam(out, fill, owners, hole,
                                                                                  across=False)[0])
 
-    window, inside = seams()
-    unscaled = tiles.window_mask
-    monkeypatch.setattr(tiles, "window_mask", lambda mask, filled, settings, guided=False, strength=1.0:
-                        unscaled(mask, filled, settings, guided))  # as before: the ramp not scaled by 0.1
-    window_before, inside_before = seams()
-    assert window_before > 1.1 * inside_before and window_before > 1.2 * window  # a seam where windows meet
-    assert window < 1.1 * inside  # now at the level inside a window
+    rule = tiles.window_mask
+    window, inside = seams(rule)
+    unscaled, _ = seams(lambda mask, filled, settings, guided=False, strength=1.0, frame=None:
+                        rule(mask, filled, settings, guided))  # before issue 21's fix: min(0.1 m, ramp)
+    unfaded, _ = seams(lambda mask, filled, settings, guided=False, strength=1.0, frame=None:
+                       rule(mask, filled, settings, guided, strength))  # scaled, but a step at the window's edge
+    assert unscaled > 1.2 * window and unfaded > 1.05 * window
+    assert window < 1.1 * inside  # at the level inside a window: no seam
