@@ -6,7 +6,7 @@ RAD (the budget run's adapter at ``--stage`` steps, DDPM-100) | RePaint 250/10/1
 truth. Reads a finished ``scripts/budget_curve.py`` folder (its data split, base and stage export); computes only
 the few digits it shows.
 
-    python scripts/digits_picture.py --run /work/runs/budget --stage 4500 --out docs/digits_trained.png
+    python scripts/digits_picture.py --run /work/runs/budget --stage 12000 --out docs/digits_trained.png --force
 """
 
 from __future__ import annotations
