@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,8 @@ from .settings import FIT_NAMES
 
 __all__ = ["FITS", "FIT_MODES", "Window", "Fit", "cut", "span", "inside", "resize", "crop_window", "fit_windows",
            "to_model", "fit_crop", "fit_resize", "fit_pad", "stitch", "TileSettings", "TilePlan", "plan_tiles",
-           "plan_batch", "crop_fits", "resolve_fit", "Plan", "make_plan"]
+           "plan_batch", "crop_fits", "window_mask", "fixed_frame", "group_window_mask", "mark_filled", "resolve_fit",
+           "Plan", "make_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,94 @@ class TilePlan:
     windows: tuple[Window, ...]
 
 
+# ------------------------------------------------------------------------------------------- window masks
+
+
+def _distance(source: torch.Tensor, limit: int) -> torch.Tensor:
+    """Chessboard distance (in pixels, 1 = adjacent) of each pixel of [N,h,w] to the nearest True of ``source``,
+    capped at limit + 1; 0 on ``source`` itself."""
+    distance = torch.full(source.shape, float(limit + 1))
+    reach = source[:, None].float()
+    distance[source] = 0
+    for d in range(1, limit + 1):
+        grown = F.max_pool2d(reach, 3, 1, 1)
+        distance[(grown[:, 0] > 0) & (reach[:, 0] == 0)] = d
+        reach = grown
+    return distance
+
+
+def window_mask(mask: torch.Tensor, filled: torch.Tensor, settings: TileSettings, guided: bool = False,
+                strength: float = 1.0, frame: torch.Tensor | None = None) -> torch.Tensor:
+    """The mask one window is inpainted with, float32 [N,h,w], from the mask [N,h,w] the picture is sampled with
+    (1 = inpaint) and ``filled`` (bool [N,h,w], hole pixels earlier windows generated); see the module docstring.
+    ``guided``: the unfilled pixels start from the coarse pass (``coarse_strength`` times their mask).
+
+    ``strength``: the start's strength s (``Plan.strength``; 1 for a plain start). A fill start scaled the user's
+    mask m to s*m (``fill.start_image``); the overlap ramp scales with it, so an overlap pixel gets s*min(m, ramp),
+    what the plain start gives it times s, as every other pixel of the window. (Unscaled, min(s*m, ramp) sat at s
+    across most of the overlap, more than the new pixels' 0.8*s, and fell to 0 in its last pixels or at the
+    window's own edge where a neighbour overlaps it by fewer pixels: a hard line across the fill.) At s = 1 the
+    mask is the one a plain start always had, bit for bit.
+
+    ``frame``: bool [N,h+2,w+2], the picture just outside the window that stays as it is (``fixed_frame``); the
+    overlap ramp also falls to 0 towards it, s*soft*d/overlap at d pixels from it, so what the window regenerates
+    meets the pixels it cannot see continuously. Where no pixel still to fill lies within ``overlap`` pixels of the
+    frame this changes nothing; the tiles pass it for fill starts only (s < 1)."""
+    hole = mask > 0
+    unfilled = hole & ~filled
+    overlap = settings.overlap or 0
+    if settings.soft > 0 and overlap > 0 and not settings.independent:
+        d = _distance(unfilled, overlap)
+        ramp = (strength * settings.soft) * ((overlap + 1 - d) / overlap).clamp(0, 1)
+        if frame is not None:  # and down to 0 at the window's edge where the picture beyond it stays
+            edge = _distance(frame, overlap)[:, 1:-1, 1:-1]
+            ramp = torch.minimum(ramp, (strength * settings.soft) * (edge / overlap).clamp(0, 1))
+    else:
+        ramp = torch.zeros_like(mask)
+    scale = settings.coarse_strength if guided else 1.0
+    value = torch.where(unfilled, mask * scale, torch.minimum(mask, ramp))
+    return torch.where(hole, value, torch.zeros_like(mask)).float()
+
+
+def fixed_frame(mask: torch.Tensor, filled: torch.Tensor, window: Window) -> torch.Tensor:
+    """bool [B,s+2,s+2]: the one-pixel frame just outside ``window`` (its inside False), True where it holds
+    picture that stays as it is now: inside the image and not a hole pixel (mask [B,H,W] > 0) still to be
+    generated (``filled`` [B,H,W]: generated already). A window cannot see those pixels, so what it regenerates next
+    to them must fade to 0 at its edge (``window_mask``'s ``frame``)."""
+    grown = Window(window.top - 1, window.left - 1, window.height + 2, window.width + 2)
+    image = cut(torch.ones(1, *mask.shape[-2:]), grown, "constant")[0] > 0
+    unfilled = torch.stack([cut(((m > 0) & ~f)[None].float(), grown, "constant")[0] > 0
+                            for m, f in zip(mask, filled)])
+    frame = image & ~unfilled
+    frame[:, 1:-1, 1:-1] = False
+    return frame
+
+
+
+def group_window_mask(mask: torch.Tensor, filled: torch.Tensor, window: Window, settings: TileSettings,
+                      guided: bool = False, strength: float = 1.0) -> torch.Tensor:
+    """The mask ``window`` is sampled with for the images of one group, float32 [b,s,s]: ``window_mask`` of its
+    cut of masks [b,H,W] and of ``filled`` (bool [b,H,W], the hole pixels earlier windows generated), from
+    nothing for ``independent`` windows, fading at the window's edge for a fill start (strength < 1,
+    ``fixed_frame``)."""
+    user = torch.stack([cut(v[None], window, "constant")[0] for v in mask])
+    done = torch.stack([cut(v[None].float(), window, "constant")[0] > 0 for v in filled])
+    if settings.independent:  # naive tiling: every window as if it were the only one
+        done = torch.zeros_like(done)
+    frame = fixed_frame(mask, filled, window) if strength < 1 else None  # a plain start: as it always was
+    return window_mask(user, done, settings, guided, strength, frame)
+
+
+def mark_filled(mask: torch.Tensor, filled: torch.Tensor, window: Window) -> bool:
+    """Mark the hole pixels (masks [b,H,W] > 0) inside ``window`` generated in ``filled`` (bool [b,H,W], in
+    place); whether any of them was not yet."""
+    y0, y1, x0, x1 = inside(window, *mask.shape[-2:])
+    hole = mask[:, y0:y1, x0:x1] > 0
+    new = bool((hole & ~filled[:, y0:y1, x0:x1]).any())
+    filled[:, y0:y1, x0:x1] |= hole
+    return new
+
+
 # ---------------------------------------------------------------------------------------------------- planning
 
 
@@ -373,6 +462,7 @@ class Plan:
     start: str = "noise"
     given_mask: torch.Tensor | None = None
     strength: float = 1.0
+    _skipped: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # spec.baseline -> skipped
 
     @property
     def mask_used(self) -> torch.Tensor:
@@ -399,14 +489,48 @@ class Plan:
         used = self.fit == "tiles" and s.coarse and not s.independent and not spec.baseline
         return len(self.groups) if used else 0
 
+    def tile_settings(self, spec: SamplerSpec) -> TileSettings:
+        """The tile settings the windows are sampled with: ``settings``, with ``soft`` 0 for RePaint and replace
+        (``spec.baseline``: binary masks only)."""
+        if spec.baseline and self.settings.soft > 0:
+            return replace(self.settings, soft=0.0)
+        return self.settings
+
+    def skipped(self, spec: SamplerSpec) -> frozenset[tuple[int, int]]:
+        """The runs (group, window) of a tiles plan that would change nothing, so are not sampled: windows whose
+        mask (``group_window_mask``, the windows filling in plan order) is 0 for every image of the group, as
+        every hole pixel in them was generated by earlier windows and the overlap ramp does not reach them (the
+        README's cat: windows 5, 6 and 9 of 9). That depends on the masks and the order only, not on what the
+        network draws, so it is known here; ``tiles.run_tiles`` still draws their noise (``runs``), so every
+        other window's stays the same."""
+        if self.fit != "tiles":
+            return frozenset()
+        if spec.baseline not in self._skipped:
+            settings, guided, skipped = self.tile_settings(spec), self.coarse_passes(spec) > 0, set()
+            for g, (indices, tiles) in enumerate(self.groups):
+                mask = self.mask[indices]
+                filled = torch.zeros(mask.shape, dtype=torch.bool)
+                for k, w in enumerate(tiles.windows):
+                    window = group_window_mask(mask, filled, w, settings, guided, self.strength)
+                    if not mark_filled(mask, filled, w) and not bool((window > 0).any()):
+                        skipped.add((g, k))
+            self._skipped[spec.baseline] = frozenset(skipped)
+        return self._skipped[spec.baseline]
+
+    def sampled_windows(self, spec: SamplerSpec) -> int:
+        """Native windows sampled: ``windows`` less the ``skipped`` ones."""
+        return self.windows - len(self.skipped(spec))
+
     def calls(self, spec: SamplerSpec) -> int:
-        """Network calls of the whole call, before any is made: (coarse passes + windows) x ``spec.calls()``, a
-        window's calls counted whether or not it shares a batch with others (``waves``); the progress total."""
-        return (self.coarse_passes(spec) + self.windows) * spec.calls()
+        """Network calls of the whole call, before any is made: (coarse passes + windows sampled, ``skipped`` ones
+        left out) x ``spec.calls()``, a window's calls counted whether or not it shares a batch with others
+        (``waves``); the progress total."""
+        return (self.coarse_passes(spec) + self.sampled_windows(spec)) * spec.calls()
 
     def runs(self, spec: SamplerSpec) -> tuple[tuple[int, int], ...]:
         """The sampler runs of a tiles plan in the order they would run one after another: (group, window), the
-        group's index in ``groups`` and the window's in its ``TilePlan`` (-1: the group's coarse pass, first)."""
+        group's index in ``groups`` and the window's in its ``TilePlan`` (-1: the group's coarse pass, first);
+        the ``skipped`` ones too, as each run's noise is drawn in this order."""
         coarse = self.coarse_passes(spec) > 0
         return tuple((g, k) for g, (_, tiles) in enumerate(self.groups)
                      for k in ([-1] if coarse else []) + list(range(len(tiles.windows))))
@@ -417,7 +541,9 @@ class Plan:
         its box overlaps a run left for a later wave before it, or (windows that read the picture as it fills, i.e.
         not ``independent``) a run already in the wave; or the wave already holds ``limit`` images (a run of a
         group of b images counts b; a wave holds at least one run). A window's box is the part of the picture it
-        reads and writes; a coarse pass's, its group's whole picture; runs of different groups never overlap."""
+        reads and writes; a coarse pass's, its group's whole picture; runs of different groups never overlap.
+        The ``skipped`` runs are then left out (waves they held alone too), so every other run keeps the
+        batch it always had, less them."""
         height, width = self.mask.shape[-2:]
         reads = not self.settings.independent
         boxes = {(g, k): inside(tiles.windows[k], height, width) if k >= 0 else (0, height, 0, width)
@@ -440,14 +566,18 @@ class Plan:
                     images += size
             waves.append(tuple(wave))
             pending = later
-        return tuple(waves)
+        skipped = self.skipped(spec)
+        waves = [tuple(run for run in wave if run not in skipped) for wave in waves]
+        return tuple(wave for wave in waves if wave)
 
     def describe(self, spec: SamplerSpec) -> str:
         """What the call will do, for logs and progress: "coarse pass + 9 windows of 64x64, 1,000 network calls",
-        "1 window of 64x64 (crop), 100 network calls"."""
-        coarse, windows = self.coarse_passes(spec), self.windows
+        "coarse pass + 6 of 9 windows of 64x64, 105 network calls" (3 ``skipped``), "1 window of 64x64 (crop), 100
+        network calls"."""
+        coarse, windows, sampled = self.coarse_passes(spec), self.windows, self.sampled_windows(spec)
         parts = ([f"{coarse} coarse passes" if coarse > 1 else "coarse pass"] if coarse else [])
-        parts.append(f"{windows} window{'s' if windows != 1 else ''} of {self.size}x{self.size}")
+        some = f"{sampled} of " if sampled != windows else ""
+        parts.append(f"{some}{windows} window{'s' if windows != 1 else ''} of {self.size}x{self.size}")
         where = f" ({self.fit})" if self.fit != "tiles" else ""
         return f"{' + '.join(parts)}{where}, {self.calls(spec):,} network calls"
 

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         diff = float((results["waves"] - results["one after the other"]).abs().max())
         for mode in MODES:
             runs = timings[mode]
-            rows.append({"mask": name, "mode": mode, "sampler": spec.describe(), "windows": plan.windows,
+            rows.append({"mask": name, "mode": mode, "sampler": spec.describe(), "windows": plan.sampled_windows(spec),
                          "waves": [len(w) for w in waves] if MODES[mode] is None else None,
                          "window_calls": plan.calls(spec), "passes": runs[0]["passes"],
                          "largest_batch": runs[0]["largest_batch"],

@@ -281,7 +281,7 @@ def test_a_plain_start_gives_the_images_it_gave_before_issue_21_bit_for_bit(adm1
     assert float(results[0].double().sum()) == pytest.approx(2700.486818909645, rel=1e-6)
     assert float((results[0].double() ** 2).sum()) == pytest.approx(1940.625452066133, rel=1e-6)
     assert float(results[1].double().sum()) == pytest.approx(2805.0812796354294, rel=1e-6)
-    monkeypatch.setattr(tiles, "window_mask", lambda mask, filled, settings, guided=False, strength=1.0,
+    monkeypatch.setattr("comfyui_rad.plan.window_mask", lambda mask, filled, settings, guided=False, strength=1.0,
                         frame=None: plain_window_mask(mask, filled, settings, guided))
     before = inpaint(adm16, image, mask, steps=3, sampler="ddim", seed=3, fit="tiles", start="noise")[0]
     assert torch.equal(before, results[0])
@@ -320,7 +320,7 @@ def test_a_fill_start_regenerates_the_overlap_at_its_strength_without_a_seam(adm
     owners, hole, fill = tiles.owner_map(mask[0], plan_tiles(mask[0], SIZE)), mask[0] > 0, harmonic_fill(image, mask)
 
     def seams(rule):  # at the borders between windows, and between pixels of one window (the level without a border)
-        monkeypatch.setattr(tiles, "window_mask", rule)
+        monkeypatch.setattr("comfyui_rad.plan.window_mask", rule)
         out, _ = inpaint(adm16, image, mask, steps=3, sampler="ddim", seed=0, fit="tiles", start="harmonic",
                          start_strength=0.1)
         keep = (mask == 0)[:, None].expand_as(image)
