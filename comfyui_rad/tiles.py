@@ -61,7 +61,7 @@ from .adm import ADMConfig
 from .architecture import sampling_bytes
 from .checks import memory_limit
 from .plan import (  # noqa: F401 (TilePlan, plan_tiles, plan_batch, crop_fits, the masks: planning, named here too)
-    Plan, TilePlan, TileSettings, Window, _distance, crop_fits, cut, fit_crop, fixed_frame, group_window_mask, inside,
+    Plan, TilePlan, TileSettings, Window, crop_fits, cut, fit_crop, fixed_frame, group_window_mask, inside,
     make_plan, mark_filled, plan_batch, plan_tiles, stitch, window_mask,
 )
 from .sampling import RADDenoiser, SamplerSpec, StackedNoise, noise_draws, sample, skip_noise

@@ -92,7 +92,7 @@ def plain_window_mask(mask, filled, settings, guided=False):
     unfilled = hole & ~filled
     overlap = settings.overlap or 0
     if settings.soft > 0 and overlap > 0 and not settings.independent:
-        from comfyui_rad.tiles import _distance
+        from comfyui_rad.plan import _distance
         ramp = settings.soft * ((overlap + 1 - _distance(unfilled, overlap)) / overlap).clamp(0, 1)
     else:
         ramp = torch.zeros_like(mask)
