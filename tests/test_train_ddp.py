@@ -161,7 +161,9 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes_exactly(two_processes):
     files = two_processes
     jobs = [{"argv": common(files, "ddp-killed", batch=4, workers=1, save_every=5), "die_at": 7}]
     done = torchrun(files, jobs, "launch2", restarts=1)
-    assert "another process of this run stopped" in done.stderr  # rank 0's message when rank 1 died
+    # Rank 0 usually reports the lost peer ("another process of this run stopped", CollectiveError: its message is
+    # tested in test_train_scale), but torchrun's agent may stop rank 0 first (seen once in a fresh-clone CI run on a
+    # quiet machine): what must hold either way is the restart and the exact resume.
     assert "torchrun restart 1: resuming from the newest checkpoint" in done.stderr
     killed = trained(files, "ddp-killed")
     assert killed["step"] == 20
