@@ -297,7 +297,6 @@ def fixed_frame(mask: torch.Tensor, filled: torch.Tensor, window: Window) -> tor
     return frame
 
 
-
 def group_window_mask(mask: torch.Tensor, filled: torch.Tensor, window: Window, settings: TileSettings,
                       guided: bool = False, strength: float = 1.0) -> torch.Tensor:
     """The mask ``window`` is sampled with for the images of one group, float32 [b,s,s]: ``window_mask`` of its

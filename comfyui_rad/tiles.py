@@ -61,7 +61,7 @@ from .adm import ADMConfig
 from .architecture import sampling_bytes
 from .checks import memory_limit
 from .plan import (  # noqa: F401 (TilePlan, plan_tiles, plan_batch, crop_fits, the masks: planning, named here too)
-    Plan, TilePlan, TileSettings, Window, crop_fits, cut, fit_crop, fixed_frame, group_window_mask, inside,
+    Plan, TilePlan, TileSettings, crop_fits, cut, fit_crop, fixed_frame, group_window_mask, inside,
     make_plan, mark_filled, plan_batch, plan_tiles, stitch, window_mask,
 )
 from .sampling import RADDenoiser, SamplerSpec, StackedNoise, noise_draws, sample, skip_noise
@@ -97,22 +97,17 @@ def owner_map(mask: torch.Tensor, plan: TilePlan, settings: TileSettings = TileS
     for index, w in enumerate(plan.windows):
         y0, y1, x0, x1 = inside(w, height, width)
         a0, a1, b0, b1 = y0 - w.top, y1 - w.top, x0 - w.left, x1 - w.left
-        user = cut(mask[None], w, "constant")
-        done = cut(filled[None].float(), w, "constant") > 0
-        if settings.independent:
-            done = torch.zeros_like(done)
-        touched = window_mask(user, done, settings)[0, a0:a1, b0:b1] > 0
+        touched = group_window_mask(mask[None], filled[None], w, settings)[0, a0:a1, b0:b1] > 0
         owner[y0:y1, x0:x1][touched] = index
-        filled[y0:y1, x0:x1] |= mask[y0:y1, x0:x1] > 0
+        mark_filled(mask[None], filled[None], w)
     return owner
 
 
 class _Calls:
     """Counts every network call of every window (a batched call of k windows counts k, in plan order); the
     callback gets the total over all windows, the phase ("coarse pass", "window 3/6", the windows sampled numbered
-    in plan order) and
-    a preview of the whole picture as it fills (``pred_x0``: the canvas, [b,3,H,W] in [-1,1], with the window's
-    prediction)."""
+    in plan order) and a preview of the whole picture as it fills (``pred_x0``: the canvas, [b,3,H,W] in [-1,1],
+    with the window's prediction)."""
 
     def __init__(self, callback: Callable[[dict], None] | None, total: int, windows: int, waves: int):
         self.callback, self.total, self.windows, self.waves, self.done = callback, total, windows, waves, 0
